@@ -1,0 +1,14 @@
+"""didi: ultra-fast language generation with discrete (masked) diffusion LMs and DiDi-Instruct distillation."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load(path_or_repo: str, device: str = "auto", **kwargs):
+    """Load any supported model (a didi run directory, a converted checkpoint, ...) ready to sample/evaluate.
+
+    See :func:`didi.pipeline.load`.
+    """
+    from .pipeline import load as _load
+
+    return _load(path_or_repo, device=device, **kwargs)

@@ -1,0 +1,266 @@
+"""Run directories: the on-disk format of every model ``didi`` trains, converts or loads.
+
+Layout::
+
+    RUN_DIR/
+      config.json              RunConfig: kind, model, diffusion, tokenizer spec, training settings
+      tokenizer.json           tokenizer files (see didi.tokenizer)
+      model.safetensors        latest weights        } hard links to the newest complete snapshot
+      ema.safetensors          latest EMA weights    } (copies where hard links are unsupported)
+      trainer_state.pt         optimiser, step, RNG  }
+      checkpoints/step-00000200/   complete snapshots, newest ``keep`` kept; used by --resume
+
+Atomicity: a snapshot is written into ``checkpoints/.tmp-step-N-<pid>`` and renamed into place in one
+``os.replace``; a directory without the ``.tmp`` prefix is therefore always complete, and a crash mid-save
+leaves the previous snapshot (and the top-level files) untouched. Single files are written as temp + fsync +
+rename. Safetensors files carry ``{"step": ..., "format": "pt"}`` metadata.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import DiffusionConfig, ModelConfig, from_dict
+from .errors import CheckpointError
+
+CONFIG = "config.json"
+SNAPSHOT_DIR = "checkpoints"
+TRAINER_STATE = "trainer_state.pt"
+_SNAPSHOT_RE = re.compile(r"^step-(\d{8,})$")
+
+KINDS = ("mdlm", "ar", "didi")
+"""``mdlm``: a masked-diffusion teacher; ``ar``: an autoregressive model; ``didi``: a DiDi-Instruct student."""
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a model from its run directory (stored as ``config.json``)."""
+
+    kind: str
+    model: ModelConfig
+    tokenizer: dict[str, Any]
+    diffusion: DiffusionConfig | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    didi_version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = CONFIG) -> "RunConfig":
+        try:
+            kind = data["kind"]
+            if kind not in KINDS:
+                raise CheckpointError(f"{source}: unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
+            diffusion = data.get("diffusion")
+            return cls(kind=kind, model=from_dict(ModelConfig, data["model"]), tokenizer=dict(data["tokenizer"]),
+                       diffusion=from_dict(DiffusionConfig, diffusion) if diffusion else None,
+                       training=dict(data.get("training", {})), data=dict(data.get("data", {})),
+                       extra=dict(data.get("extra", {})), didi_version=data.get("didi_version", "unknown"))
+        except KeyError as exc:
+            raise CheckpointError(f"{source}: missing field {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: invalid configuration ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------------------------- atomic files
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename ``tmp_path`` over ``path`` (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Atomically write a safetensors file (tensors made contiguous; shared storage is cloned)."""
+    clean = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
+    meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+    atomic_write(path, lambda p: save_file(clean, str(p), metadata=meta))
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing or truncated file gives a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {exc})") from exc
+
+
+def tensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` requiring identical key sets and shapes; explain any difference in one line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) e.g. {missing[0]!r}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[0]!r}")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} shape mismatch(es) e.g. {k!r} {tuple(state[k].shape)} vs model "
+                        f"{tuple(own[k].shape)}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not match the model ({'; '.join(problems)})")
+    module.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------ run config
+
+def write_run_config(run_dir: Path, config: RunConfig) -> None:
+    write_json(Path(run_dir) / CONFIG, config.to_json())
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found (is {run_dir} a didi run directory?)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    return RunConfig.from_json(data, source=str(path))
+
+
+# ------------------------------------------------------------------------------------------------- snapshots
+
+def snapshot_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_snapshots(run_dir: Path) -> list[Path]:
+    """Complete snapshots of a run, oldest first (in-progress ``.tmp`` directories are ignored)."""
+    root = Path(run_dir) / SNAPSHOT_DIR
+    if not root.is_dir():
+        return []
+    snaps = [p for p in root.iterdir() if p.is_dir() and _SNAPSHOT_RE.match(p.name)]
+    return sorted(snaps, key=lambda p: int(_SNAPSHOT_RE.match(p.name).group(1)))
+
+
+def latest_snapshot(run_dir: Path) -> Path | None:
+    snaps = list_snapshots(run_dir)
+    return snaps[-1] if snaps else None
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Make ``dst`` show ``src`` atomically: a hard link renamed over ``dst`` (a copy if links are unsupported)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def save_snapshot(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+                  *, keep: int = 2) -> Path:
+    """Write a complete snapshot and publish it at the top level of the run directory.
+
+    ``tensors`` maps a file stem (``model``, ``ema``, ``discriminator``, ...) to a state dict; ``state`` is the
+    trainer state (optimisers, step, RNG) saved as ``trainer_state.pt``. Older snapshots beyond ``keep`` are
+    removed only after the new one is in place.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / SNAPSHOT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / snapshot_name(step)
+    tmp = root / f".tmp-{snapshot_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        for stem, sd in tensors.items():
+            save_tensors(tmp / f"{stem}.safetensors", sd, {"step": step})
+        atomic_write(tmp / TRAINER_STATE, lambda p: torch.save({**state, "step": step}, p))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for f in sorted(final.iterdir()):
+        _publish(f, run_dir / f.name)
+    _fsync_dir(run_dir)
+    for old in list_snapshots(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(snapshot: Path) -> dict[str, Any]:
+    path = Path(snapshot) / TRAINER_STATE
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt pickles
+        raise CheckpointError(f"{path}: cannot read trainer state (truncated or corrupt: {exc})") from exc
+
+
+def clean_stale_tmp(run_dir: Path) -> None:
+    """Remove leftovers of interrupted saves (never touches complete snapshots)."""
+    root = Path(run_dir) / SNAPSHOT_DIR
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True)

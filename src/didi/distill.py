@@ -1,0 +1,638 @@
+"""DiDi-Instruct: distil a few-step student from a masked-diffusion teacher (Zheng et al., ICLR 2026).
+
+Objective (paper §2, notes §2.1-2.2): the integral KL between the student's and the teacher's forward marginals,
+``D_IKL = ∫ ω(t) KL(q_ν(·,t) ‖ q_θ(·,t)) dt``, whose gradient is a policy gradient (score-function identity)::
+
+    ∇ν D_IKL = E_{τ~π, x~p_ν, z~Q_τ(·|x)} [ ω(τ)/π(τ) · R(z, τ) · ∇ν log p_ν(x) ],   R = log q_ν/q_θ.
+
+One iteration of :func:`distill_step` (notes §4.4):
+
+1. *Intermediate-state matching* (score decomposition): the student generates from all-mask in two ancestral
+   steps ``1 → τ → t0`` and keeps ``log P(z_τ | z_1) + log P(x | z_τ)`` (only newly revealed tokens depend on ν).
+2. *Coupled time*: real rows (from the corpus) and student rows are corrupted at the same τ.
+3. *Discriminator* (label 1 = real, 0 = student; BCE with label smoothing on the corrupted positions) is updated
+   first; its per-token log-odds ``log q_real/q_ν ≈ -R`` at the corrupted positions, clipped and averaged, are the
+   sequence reward the student *maximises*.
+4. *Grouped reward normalisation*: every real row is replicated G times; rewards are standardised within each
+   group of G student samples and clipped → advantage ``A``.
+5. Student loss ``-mean(ω(τ)·A·(logp_1 + logp_2)) + kl_hi·D(z_1) + kl_lo·D(z_τ) − entropy_weight·H`` with
+   ``D`` the forward / reverse / Jeffrey divergence between teacher and student denoisers (regularisers), then an
+   EMA update of the student.
+
+Choices where the sources disagree (notes §8) are documented on :class:`DistillConfig` and in docs/method.md.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import distributed as dist
+from .backbone import DiT
+from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
+                         load_trainer_state, read_run_config, save_snapshot, write_run_config)
+from .config import DiffusionConfig, helpfield, to_dict
+from .diffusion import NEG_INF, LogLinearSchedule, forward_mask
+from .discriminator import Discriminator, build_discriminator, default_trainable_blocks
+from .errors import CheckpointError, ConfigError, TrainingError, require
+from .sampling import sample_masked_tokens
+from .train import ema_update
+from .utils import autocast, capture_rng_state, pick_device, resolve_precision, restore_rng_state, step_generator
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of DiDi-Instruct. Defaults are the published ones (notes §5) unless stated.
+
+    Ambiguities (notes §8) and the choice made:
+    1. "real" samples: corpus data (released code); ``real_source=teacher`` uses teacher samples instead.
+    3. ω(τ) = -α'(τ)/(1-α(τ)) = 1/τ, clamped to [0.1, 10]; dividing by π(τ) is off by default.
+    6. step 2 ends at t0 = 1e-3; positions still masked are filled from the same student prediction
+       (``fill_remaining``, no extra call) so the discriminator never sees [MASK] in a "clean" sample.
+    7. regulariser: Jeffrey divergence β = 0.5 at z_1 and z_τ with weights 0.01 each, entropy 5e-4 (initial-commit
+       config); the released trainer used forward KL (``divergence=forward``).
+    9. learning-rate schedule: linear warm-up then linear decay (released trainer); ``lr_schedule=cosine`` optional.
+    10. discriminator warm-up: 0 steps (published config); set ``disc_warmup_steps`` to train D alone first.
+    12. σ input: the MDLM teacher and the student were trained without time (σ=0) and keep seeing σ=0. The
+       density ratio the discriminator estimates depends on the corruption time, so its trainable blocks receive
+       σ_τ while its frozen teacher blocks see σ=0 (``sigma_mode=disc``). ``released`` feeds σ_τ to the teacher and
+       to every discriminator block (the released code's quirk); ``zero`` tells nobody.
+    """
+
+    teacher: str = helpfield("", "run directory of the teacher MDLM")
+    out: str = helpfield("", "student run directory to create")
+    steps: int = helpfield(10_000, "distillation iterations (paper: 10,000)")
+    batch_size: int = helpfield(4, "real rows per iteration; each is replicated --group-size times for the student")
+    group_size: int = helpfield(4, "G: student samples per group for grouped reward normalisation (>= 2)")
+    lr: float = helpfield(1e-6, "student peak learning rate (paper: 1e-6)")
+    disc_lr: float = helpfield(1e-5, "discriminator learning rate")
+    lr_schedule: str = helpfield("linear", "after warm-up: linear decay, cosine, or constant")
+    warmup_steps: int = helpfield(1000, "linear learning-rate warm-up steps (both optimisers)")
+    min_lr_ratio: float = helpfield(0.0, "final learning rate as a fraction of the peak")
+    beta1: float = helpfield(0.9, "AdamW beta1 (both optimisers)")
+    beta2: float = helpfield(0.999, "AdamW beta2 (both optimisers)")
+    weight_decay: float = helpfield(0.0, "AdamW weight decay (both optimisers)")
+    grad_clip: float = helpfield(1.0, "student gradient-norm clip")
+    disc_grad_clip: float = helpfield(1.0, "discriminator gradient-norm clip")
+    tau_a: float = helpfield(1.0, "τ ~ Beta(a, b): a (released HEAD: Beta(1,1); initial config: Beta(2,2))")
+    tau_b: float = helpfield(1.0, "τ ~ Beta(a, b): b")
+    tau_min: float = helpfield(0.02, "clamp τ from below")
+    tau_max: float = helpfield(0.98, "clamp τ from above")
+    t0: float = helpfield(1e-3, "end time of the student's second step (τ → t0)")
+    fill_remaining: bool = helpfield(True, "fill masks left at t0 from the step-2 prediction (no extra call)")
+    student_steps: int = helpfield(2, "student generation steps in training: 2 = intermediate-state matching, "
+                                      "1 = single jump (ablation)")
+    remask_prob: float = helpfield(0.0, "re-mask tokens revealed in step 1 with this probability")
+    coupled_time: bool = helpfield(True, "corrupt real and student rows at the intermediate time τ (else an "
+                                         "independent time, ablation)")
+    omega: str = helpfield("alpha", "ω(τ): alpha = -α'/(1-α) clamped, or constant (ablation)")
+    omega_min: float = helpfield(0.1, "ω clamp, lower")
+    omega_max: float = helpfield(10.0, "ω clamp, upper")
+    importance_weight: bool = helpfield(False, "divide ω(τ) by the proposal density π(τ)")
+    advantage: str = helpfield("group", "reward normalisation: group (GRPO-style), batch, or none (ablation)")
+    reward_clip: float = helpfield(8.0, "clip per-token discriminator log-odds to ±this")
+    advantage_clip: float = helpfield(3.0, "clip advantages to ±this")
+    log_odds_eps: float = helpfield(1e-6, "ε in log(σ(d)+ε) - log(1-σ(d)+ε)")
+    label_smoothing: float = helpfield(0.1, "discriminator targets 1-s (real) and s (fake)")
+    disc_blocks: int = helpfield(-1, "trainable discriminator blocks, counted from the top (-1: 4 of 12, "
+                                     "scaled to the model depth)")
+    disc_warmup_steps: int = helpfield(0, "iterations during which only the discriminator trains")
+    student_update_every: int = helpfield(1, "update the student every N iterations")
+    divergence: str = helpfield("jeffrey", "teacher-student regulariser: jeffrey, forward or reverse KL")
+    jeffrey_beta: float = helpfield(0.5, "Jeffrey mix: (1-β)·KL(teacher‖student) + β·KL(student‖teacher)")
+    kl_hi: float = helpfield(0.01, "regulariser weight at z_1 (first step)")
+    kl_lo: float = helpfield(0.01, "regulariser weight at z_τ (second step)")
+    kl_one_step: float = helpfield(0.05, "regulariser weight in the 1-step ablation (kl_beta)")
+    entropy_weight: float = helpfield(5e-4, "entropy bonus on the student's predictions")
+    ema_decay: float = helpfield(0.999, "student EMA decay (the EMA is used for sampling)")
+    real_source: str = helpfield("data", "what the discriminator treats as real: data or teacher samples")
+    teacher_nfe: int = helpfield(64, "steps of the teacher sampler when --real-source teacher")
+    sigma_mode: str = helpfield("disc", "who is told the noise level σ_τ: disc (the discriminator's trainable "
+                                        "blocks), released (teacher and every discriminator block), or zero")
+    regularize: bool = helpfield(True, "apply the KL and entropy regularisers (ablation switch)")
+    save_every: int = helpfield(200, "snapshot every N iterations")
+    keep_checkpoints: int = helpfield(2, "snapshots kept")
+    log_every: int = helpfield(10, "metrics interval")
+    seed: int = helpfield(0, "random seed")
+    device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, ...")
+    precision: str = helpfield("auto", "auto (bf16 autocast on CUDA), bf16 or fp32")
+    progress: bool = helpfield(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1 (got {self.batch_size})")
+        require(self.group_size >= 2, "group_size", f"must be >= 2 for grouped normalisation (got {self.group_size})")
+        require(self.lr > 0 and self.disc_lr > 0, "lr", "learning rates must be > 0")
+        require(self.lr_schedule in ("linear", "cosine", "constant"), "lr_schedule",
+                f"must be linear, cosine or constant (got {self.lr_schedule!r})")
+        require(self.tau_a > 0 and self.tau_b > 0, "tau_a", f"Beta parameters must be > 0 (got {self.tau_a}, "
+                                                                f"{self.tau_b})")
+        require(0.0 < self.tau_min < self.tau_max < 1.0, "tau_min", "need 0 < tau_min < tau_max < 1")
+        require(0.0 <= self.t0 < self.tau_min, "t0", f"must be in [0, tau_min) (got {self.t0})")
+        require(self.student_steps in (1, 2), "student_steps",
+                f"must be 1 or 2 (the two-step trajectory needs 2; got {self.student_steps})")
+        require(0.0 <= self.remask_prob < 1.0, "remask_prob", f"must be in [0, 1) (got {self.remask_prob})")
+        require(self.omega in ("alpha", "constant"), "omega", f"must be alpha or constant (got {self.omega!r})")
+        require(0 < self.omega_min <= self.omega_max, "omega_min", "need 0 < omega_min <= omega_max")
+        require(self.advantage in ("group", "batch", "none"), "advantage",
+                f"must be group, batch or none (got {self.advantage!r})")
+        require(self.divergence in ("jeffrey", "forward", "reverse"), "divergence",
+                f"must be jeffrey, forward or reverse (got {self.divergence!r})")
+        require(0.0 <= self.jeffrey_beta <= 1.0, "jeffrey_beta", f"must be in [0, 1] (got {self.jeffrey_beta})")
+        require(0.0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+        require(self.reward_clip > 0 and self.advantage_clip > 0, "reward_clip", "clips must be > 0")
+        require(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
+        require(self.real_source in ("data", "teacher"), "real_source", "must be data or teacher")
+        require(self.teacher_nfe >= 1, "teacher_nfe", "must be >= 1")
+        require(self.sigma_mode in ("disc", "released", "zero"), "sigma_mode", "must be disc, released or zero")
+        require(self.disc_warmup_steps >= 0, "disc_warmup_steps", "must be >= 0")
+        require(self.student_update_every >= 1, "student_update_every", "must be >= 1")
+        require(self.save_every >= 1, "save_every", "must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------- components
+
+def sample_tau(n: int, cfg: DistillConfig, generator: torch.Generator, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """τ ~ Beta(a, b) per row, clamped to [tau_min, tau_max]; returns (τ, π(τ)) in float64."""
+    # Beta via two Gamma draws on the given generator (torch.distributions has no generator argument).
+    gen_device = generator.device
+    ga = torch._standard_gamma(torch.full((n,), cfg.tau_a, dtype=torch.float64, device=gen_device),
+                               generator=generator)
+    gb = torch._standard_gamma(torch.full((n,), cfg.tau_b, dtype=torch.float64, device=gen_device),
+                               generator=generator)
+    tau = (ga / (ga + gb)).clamp(cfg.tau_min, cfg.tau_max)
+    log_pi = ((cfg.tau_a - 1) * torch.log(tau) + (cfg.tau_b - 1) * torch.log1p(-tau)
+              - (math.lgamma(cfg.tau_a) + math.lgamma(cfg.tau_b) - math.lgamma(cfg.tau_a + cfg.tau_b)))
+    return tau.to(device), log_pi.exp().to(device)
+
+
+def omega_weight(tau: torch.Tensor, pi_tau: torch.Tensor, schedule: LogLinearSchedule, cfg: DistillConfig
+                 ) -> torch.Tensor:
+    """ω(τ) = -α'(τ)/(1-α(τ)) (= 1/τ, the MDLM ELBO weight) clamped, optionally divided by π(τ)."""
+    if cfg.omega == "constant":
+        w = torch.ones_like(tau)
+    else:
+        w = schedule.weight(tau).clamp(cfg.omega_min, cfg.omega_max)
+    return w / pi_tau if cfg.importance_weight else w
+
+
+def student_log_probs(logits: torch.Tensor, mask_index: int) -> torch.Tensor:
+    """log x̂ at masked positions (float32, the [MASK] column removed); differentiable."""
+    logits = logits.float()
+    logits = torch.cat([logits[..., :mask_index], torch.full_like(logits[..., :1], NEG_INF),
+                        logits[..., mask_index + 1:]], dim=-1)
+    return torch.log_softmax(logits, dim=-1)
+
+
+@dataclass
+class StepOutput:
+    """One student ancestral step with its policy log-probability."""
+
+    z_next: torch.Tensor  # (N, L)
+    log_prob: torch.Tensor  # (N,) sum of log x̂ over positions revealed in this step (carries gradient)
+    log_x_hat: torch.Tensor  # (N, L, V), or (1, L, V) when every row had the same input
+    was_masked: torch.Tensor  # positions masked at the step input, batch dimension like log_x_hat
+
+
+def student_step(logits: torch.Tensor, z: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Tensor, *,
+                 mask_index: int, generator: torch.Generator, fill: bool = False) -> StepOutput:
+    """Ancestral step ``z_t → z_s`` with the transition's log-probability.
+
+    ``log P(z_s | z_t) = Σ_{revealed i} log x̂(z_t)^i[z_s^i] + const(α)``: a masked position stays masked with a
+    ν-independent probability, so only revealed tokens carry the policy gradient (``prev_is_mask``, unbiased).
+    ``alpha_t``/``alpha_s`` are (N,) float64; ``fill`` reveals every masked position (α_s = 1). ``logits`` may
+    have batch size 1 when all rows share the same input ``z`` (the all-mask start): nothing is copied N times.
+    """
+    n = z.shape[0]
+    log_x_hat = student_log_probs(logits, mask_index)
+    shared = log_x_hat.shape[0] == 1 and n > 1
+    rows = torch.zeros(n, dtype=torch.long, device=z.device) if shared else torch.arange(n, device=z.device)
+    was_masked = z == mask_index
+    reveal_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t))[:, None]
+    uniform = torch.rand(z.shape, generator=generator, device=z.device, dtype=torch.float64)
+    reveal = was_masked & ((uniform < reveal_prob) | fill)
+    z_next = z.clone()
+    row_idx, pos_idx = reveal.nonzero(as_tuple=True)
+    if row_idx.numel():
+        z_next[row_idx, pos_idx] = sample_masked_tokens(log_x_hat.detach()[rows[row_idx], pos_idx], mask_index,
+                                                        generator)
+    log_prob = torch.zeros(n, device=z.device, dtype=log_x_hat.dtype).index_add(
+        0, row_idx, log_x_hat[rows[row_idx], pos_idx, z_next[row_idx, pos_idx]])
+    return StepOutput(z_next, log_prob, log_x_hat, was_masked[:1] if shared else was_masked)
+
+
+def divergence(student_lp: torch.Tensor, teacher_lp: torch.Tensor, positions: torch.Tensor, kind: str,
+               beta: float) -> torch.Tensor:
+    """Mean over ``positions`` of KL(teacher‖student) (forward), KL(student‖teacher) (reverse) or the Jeffrey
+    mix ``(1-β)·forward + β·reverse``; both inputs are log-probabilities over the vocabulary."""
+    if not positions.any():
+        return student_lp.sum() * 0.0
+    s, t = student_lp[positions], teacher_lp[positions]
+    forward = (t.exp() * (t - s)).sum(-1).mean()
+    reverse = (s.exp() * (s - t)).sum(-1).mean()
+    if kind == "forward":
+        return forward
+    if kind == "reverse":
+        return reverse
+    return (1.0 - beta) * forward + beta * reverse
+
+
+def entropy(log_p: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Mean token entropy ``-Σ p log p`` over ``positions``."""
+    if not positions.any():
+        return log_p.sum() * 0.0
+    lp = log_p[positions]
+    return -(lp.exp() * lp).sum(-1).mean()
+
+
+def discriminator_loss(disc_logits_real: torch.Tensor, real_positions: torch.Tensor,
+                       disc_logits_fake: torch.Tensor, fake_positions: torch.Tensor, smoothing: float
+                       ) -> torch.Tensor:
+    """½[BCE(D(z_real), 1-s) + BCE(D(z_fake), s)], each averaged over the corrupted (masked) positions."""
+    def masked_bce(logits: torch.Tensor, positions: torch.Tensor, target: float) -> torch.Tensor:
+        if not positions.any():
+            return logits.sum() * 0.0
+        values = logits[positions]
+        return F.binary_cross_entropy_with_logits(values, torch.full_like(values, target))
+    return 0.5 * (masked_bce(disc_logits_real, real_positions, 1.0 - smoothing)
+                  + masked_bce(disc_logits_fake, fake_positions, smoothing))
+
+
+def sequence_rewards(disc_logits: torch.Tensor, positions: torch.Tensor, *, clip: float, eps: float
+                     ) -> torch.Tensor:
+    """Per-row reward: mean over corrupted positions of clip(log(σ(d)+ε) - log(1-σ(d)+ε), ±clip)."""
+    p = torch.sigmoid(disc_logits.float())
+    log_odds = (torch.log(p + eps) - torch.log1p(-p + eps)).clamp(-clip, clip)
+    count = positions.sum(-1)
+    return (log_odds * positions).sum(-1) / (count + 1e-8)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, mode: str = "group", clip: float = 3.0,
+                     eps: float = 1e-8) -> torch.Tensor:
+    """GRPO-style advantage: standardise rewards within each consecutive group of ``group_size`` rows (unbiased
+    std), then clip. ``batch`` standardises over all rows; ``none`` returns the raw rewards (ablation)."""
+    if mode == "none":
+        return rewards
+    if mode == "batch":
+        return ((rewards - rewards.mean()) / (rewards.std() + eps)).clamp(-clip, clip)
+    groups = rewards.view(-1, group_size)
+    normalised = (groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + eps)
+    return normalised.view(-1).clamp(-clip, clip)
+
+
+# -------------------------------------------------------------------------------------------------- models
+
+@dataclass
+class DistillModels:
+    """Everything an iteration touches: networks, optimisers and fixed settings."""
+
+    student: nn.Module
+    teacher: nn.Module
+    discriminator: Discriminator
+    ema: nn.Module
+    opt_student: torch.optim.Optimizer
+    opt_disc: torch.optim.Optimizer
+    schedule: LogLinearSchedule
+    mask_index: int
+    device: torch.device
+    precision: torch.dtype | None = None
+    frozen_disc_blocks: int = 0
+
+    @classmethod
+    def from_teacher(cls, teacher: DiT, cfg: DistillConfig, mask_index: int, eps: float, device: torch.device,
+                     precision: torch.dtype | None = None) -> "DistillModels":
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        student = copy.deepcopy(teacher).train().requires_grad_(True)
+        ema = copy.deepcopy(teacher).eval().requires_grad_(False)
+        k = default_trainable_blocks(len(teacher.blocks)) if cfg.disc_blocks < 0 else cfg.disc_blocks
+        if k > len(teacher.blocks):
+            raise ConfigError(f"--disc-blocks: the teacher has only {len(teacher.blocks)} blocks (got {k})")
+        time_blocks = {"disc": k, "released": len(teacher.blocks), "zero": 0}[cfg.sigma_mode]
+        disc = build_discriminator(teacher, k, time_blocks).to(device).train()
+        opt_s = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.disc_lr,
+                                  betas=(cfg.beta1, cfg.beta2), eps=1e-8, weight_decay=cfg.weight_decay)
+        return cls(student, teacher, disc, ema, opt_s, opt_d, LogLinearSchedule(eps), mask_index, device,
+                   precision, frozen_disc_blocks=len(teacher.blocks) - k)
+
+    def disc_logits(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Discriminator logits (N, L); the frozen lower blocks run without autograd (they never train)."""
+        with autocast(self.device, self.precision):
+            return self.discriminator(z, sigma, no_grad_blocks=self.frozen_disc_blocks)
+
+    def forward(self, net: nn.Module, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return net(z, sigma)
+
+
+def _lr_factor(step: int, cfg: DistillConfig) -> float:
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    shape = 1.0 - progress if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+
+# ------------------------------------------------------------------------------------------- one iteration
+
+@dataclass
+class Rollout:
+    """The student's two-step generation 1 → τ → t0 and what the loss needs from it."""
+
+    x_fake: torch.Tensor
+    log_prob: torch.Tensor  # (N,) log P(z_τ|z_1) + log P(x|z_τ)
+    steps: list[StepOutput] = field(default_factory=list)
+    inputs: list[torch.Tensor] = field(default_factory=list)
+
+
+def student_rollout(models: DistillModels, n: int, seq_len: int, tau: torch.Tensor, cfg: DistillConfig,
+                    generator: torch.Generator, sigma_fn) -> Rollout:
+    """Generate ``n`` rows from all-mask with the student: ``1 → τ → t0`` (or ``1 → t0`` when student_steps=1).
+
+    The all-mask input is identical for every row, so step 1 runs the network once and broadcasts.
+    """
+    mask, sched, dev = models.mask_index, models.schedule, models.device
+    z1 = torch.full((n, seq_len), mask, dtype=torch.long, device=dev)
+    one = torch.ones(n, dtype=torch.float64, device=dev)
+    alpha_1 = sched.alpha(one)
+    alpha_t0 = sched.alpha(torch.full_like(one, cfg.t0))
+    logits1 = models.forward(models.student, z1[:1], sigma_fn(one[:1]))  # shared by all rows
+    if cfg.student_steps == 1:
+        step = student_step(logits1, z1, alpha_1, alpha_t0, mask_index=mask, generator=generator,
+                            fill=cfg.fill_remaining)
+        return Rollout(step.z_next, step.log_prob, [step], [z1])
+    alpha_tau = sched.alpha(tau.double())
+    first = student_step(logits1, z1, alpha_1, alpha_tau, mask_index=mask, generator=generator)
+    z_tau = first.z_next
+    if cfg.remask_prob > 0:
+        revealed = first.was_masked & (z_tau != mask)
+        back = revealed & (torch.rand(z_tau.shape, generator=generator, device=dev, dtype=torch.float64)
+                           < cfg.remask_prob)
+        z_tau = torch.where(back, torch.full_like(z_tau, mask), z_tau)
+    logits2 = models.forward(models.student, z_tau, sigma_fn(tau))
+    second = student_step(logits2, z_tau, alpha_tau, alpha_t0, mask_index=mask, generator=generator,
+                          fill=cfg.fill_remaining)
+    return Rollout(second.z_next, first.log_prob + second.log_prob, [first, second], [z1, z_tau])
+
+
+@torch.no_grad()
+def teacher_samples(models: DistillModels, n: int, seq_len: int, cfg: DistillConfig,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Teacher ancestral samples (``real_source=teacher``)."""
+    from .sampling import AncestralConfig, ancestral_sample
+
+    def denoiser(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return models.forward(models.teacher, z, sigma)
+    return ancestral_sample(denoiser, batch_size=n, seq_len=seq_len, mask_index=models.mask_index,
+                            schedule=models.schedule, config=AncestralConfig(num_steps=cfg.teacher_nfe),
+                            generator=generator, device=models.device).tokens
+
+
+def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: DistillConfig,
+                 generator: torch.Generator) -> dict[str, float]:
+    """One DiDi-Instruct iteration on a batch of real rows (B, L); returns scalar metrics.
+
+    Raises :class:`TrainingError` on a non-finite loss *before* any weight is changed by it.
+    """
+    G, mask, sched, dev = cfg.group_size, models.mask_index, models.schedule, models.device
+    x_real = x_real.to(dev)
+    if cfg.real_source == "teacher":
+        x_real = teacher_samples(models, x_real.shape[0], x_real.shape[1], cfg, generator)
+    x_real = x_real.repeat_interleave(G, dim=0)
+    n, seq_len = x_real.shape
+
+    def zero_sigma(t: torch.Tensor) -> torch.Tensor:  # student (and teacher unless `released`): no time input
+        return torch.zeros(t.shape, device=dev)
+
+    def time_sigma(t: torch.Tensor) -> torch.Tensor:
+        return sched.sigma(t.double()).float()
+
+    teacher_sigma = time_sigma if cfg.sigma_mode == "released" else zero_sigma
+
+    tau, pi_tau = sample_tau(n, cfg, generator, dev)
+    for group in models.opt_student.param_groups:
+        group["lr"] = cfg.lr * _lr_factor(step, cfg)
+    for group in models.opt_disc.param_groups:
+        group["lr"] = cfg.disc_lr * _lr_factor(step, cfg)
+
+    # 1. student generation with the policy log-probability
+    rollout = student_rollout(models, n, seq_len, tau, cfg, generator, zero_sigma)
+    x_fake = rollout.x_fake
+
+    # 2. coupled corruption of real and student rows at the same time
+    if cfg.coupled_time:
+        t_corr = tau
+    else:
+        t_corr = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * torch.rand(n, generator=generator, device=dev,
+                                                                         dtype=torch.float64)
+    alpha_corr = sched.alpha(t_corr.double())[:, None]
+    z_real = forward_mask(x_real, alpha_corr, mask, torch.rand(x_real.shape, generator=generator, device=dev,
+                                                               dtype=torch.float64))
+    z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
+                          torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
+    pos_real, pos_fake = z_real == mask, (z_fake == mask) & (x_fake != mask)
+    sigma_corr = time_sigma(t_corr)  # the discriminator decides (time_blocks) which blocks see it
+
+    # 3. discriminator update
+    models.discriminator.train()
+    d_loss = discriminator_loss(models.disc_logits(z_real, sigma_corr), pos_real,
+                                models.disc_logits(z_fake, sigma_corr), pos_fake, cfg.label_smoothing)
+    if not torch.isfinite(d_loss):
+        raise TrainingError(f"non-finite discriminator loss at step {step}")
+    models.opt_disc.zero_grad(set_to_none=True)
+    d_loss.backward()
+    _sanitize_grads(models.discriminator)
+    torch.nn.utils.clip_grad_norm_([p for p in models.discriminator.parameters() if p.requires_grad],
+                                   cfg.disc_grad_clip)
+    models.opt_disc.step()
+    metrics = {"disc_loss": float(d_loss), "tau": float(tau.mean())}
+
+    if step < cfg.disc_warmup_steps or step % cfg.student_update_every:
+        models.opt_student.zero_grad(set_to_none=True)
+        return metrics
+
+    # 4. rewards from the updated discriminator, grouped normalisation
+    with torch.no_grad():
+        models.discriminator.eval()
+        rewards = sequence_rewards(models.disc_logits(z_fake, sigma_corr), pos_fake, clip=cfg.reward_clip,
+                                   eps=cfg.log_odds_eps)
+        models.discriminator.train()
+        advantage = group_advantages(rewards, G, mode=cfg.advantage, clip=cfg.advantage_clip)
+        omega = omega_weight(tau, pi_tau, sched, cfg).float()
+
+    # 5. student loss: policy gradient + regularisers
+    pg_loss = -(omega * advantage * rollout.log_prob).mean()
+    kl = torch.zeros((), device=dev)
+    ent = torch.zeros((), device=dev)
+    if cfg.regularize:
+        weights = [cfg.kl_one_step] if cfg.student_steps == 1 else [cfg.kl_hi, cfg.kl_lo]
+        entropies = []
+        times = [torch.ones(1, device=dev, dtype=torch.float64), tau]
+        for weight, st, z_in, t_in in zip(weights, rollout.steps, rollout.inputs, times):
+            with torch.no_grad():  # the step-1 input is shared by all rows: one teacher call
+                z_in = z_in[: st.log_x_hat.shape[0]]
+                teacher_lp = student_log_probs(models.forward(models.teacher, z_in, teacher_sigma(t_in[: len(z_in)])),
+                                               mask)
+            kl = kl + weight * divergence(st.log_x_hat, teacher_lp, st.was_masked, cfg.divergence,
+                                          cfg.jeffrey_beta)
+            entropies.append(entropy(st.log_x_hat, st.was_masked))
+        ent = torch.stack(entropies).mean()
+    loss = pg_loss + kl - cfg.entropy_weight * ent
+    if not torch.isfinite(loss):
+        models.opt_student.zero_grad(set_to_none=True)
+        raise TrainingError(f"non-finite student loss at step {step}")
+    models.opt_student.zero_grad(set_to_none=True)
+    loss.backward()
+    _sanitize_grads(models.student)
+    grad_norm = torch.nn.utils.clip_grad_norm_(models.student.parameters(), cfg.grad_clip)
+    models.opt_student.step()
+    ema_update(models.ema, models.student, cfg.ema_decay)
+    metrics.update(reward=float(rewards.mean()), reward_std=float(rewards.std()) if n > 1 else 0.0,
+                   advantage_std=float(advantage.std()) if n > 1 else 0.0, pg_loss=float(pg_loss), kl=float(kl),
+                   entropy=float(ent), grad_norm=float(grad_norm), omega=float(omega.mean()))
+    return metrics
+
+
+def _sanitize_grads(module: nn.Module) -> None:
+    """Replace NaN/inf gradient entries by 0 (as the released trainer does) so one bad element cannot poison
+    the Adam moments; a non-finite *loss* is caught before this and stops the step."""
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+
+def _load_teacher(path: Path, device: torch.device) -> tuple[RunConfig, DiT]:
+    config = read_run_config(path)
+    if config.kind != "mdlm" or config.diffusion is None:
+        raise CheckpointError(f"{path}: --teacher must be a masked-diffusion (mdlm) run, this one is {config.kind!r}")
+    teacher = DiT(config.model)
+    weights = path / "ema.safetensors" if (path / "ema.safetensors").exists() else path / "model.safetensors"
+    load_state_dict_strict(teacher, load_tensors(weights), str(weights))
+    return config, teacher.to(device)
+
+
+def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *, resume: bool = False) -> Path:
+    """Run DiDi-Instruct from ``cfg.teacher`` into ``cfg.out`` (or resume it); returns the student run dir."""
+    from .data import BatchSchedule, DataConfig, prepare_data
+    from .tokenizer import load_tokenizer
+
+    require(bool(cfg.out), "out", "a student run directory is required")
+    out = Path(cfg.out)
+    device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    snapshot = None
+    if resume:
+        student_config = read_run_config(out)
+        if student_config.kind != "didi":
+            raise CheckpointError(f"{out}: is not a DiDi-Instruct student run")
+        saved = DistillConfig(**{k: v for k, v in student_config.extra.get("distill", {}).items()
+                                 if k in DistillConfig.__dataclass_fields__})
+        for name in ("steps", "device", "progress", "save_every", "log_every", "keep_checkpoints", "out"):
+            setattr(saved, name, getattr(cfg, name))
+        cfg = saved
+        snapshot = latest_snapshot(out)
+        if snapshot is None:
+            raise CheckpointError(f"{out}: no complete snapshot to resume from")
+    elif (out / "config.json").exists() or latest_snapshot(out) is not None:
+        raise CheckpointError(f"{out}: already holds a run; use --resume or choose another --out")
+    require(bool(cfg.teacher), "teacher", "a teacher run directory is required")
+    teacher_dir = Path(cfg.teacher)
+    teacher_config, teacher = _load_teacher(teacher_dir, device)
+    tokenizer = load_tokenizer(teacher_dir, teacher_config.tokenizer)
+    data_values = {**teacher_config.data, **(data_overrides or {})}
+    if data_values.get("tokenizer") not in (None, "auto", tokenizer.kind):
+        raise ConfigError(f"--tokenizer: the teacher uses a {tokenizer.kind} tokenizer, data asks for "
+                          f"{data_values['tokenizer']}")
+    data_cfg = DataConfig(**{k: v for k, v in data_values.items() if k in DataConfig.__dataclass_fields__})
+    if data_cfg.seq_len > teacher_config.model.max_seq_len:
+        raise ConfigError(f"--seq-len: {data_cfg.seq_len} exceeds the teacher's maximum "
+                          f"{teacher_config.model.max_seq_len}")
+    prepared = prepare_data(data_cfg, tokenizer=tokenizer, progress=cfg.progress)
+
+    torch.manual_seed(cfg.seed)
+    models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
+                                        teacher_config.diffusion.eps, device, precision)
+    start = 0
+    if snapshot is not None:
+        start = _restore(snapshot, models)
+    else:
+        student_config = RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
+                                   diffusion=teacher_config.diffusion, training=teacher_config.training,
+                                   data=to_dict(data_cfg),
+                                   extra={"distill": to_dict(cfg), "teacher": str(teacher_dir)})
+        write_run_config(out, student_config)
+    clean_stale_tmp(out)
+
+    batches = BatchSchedule(len(prepared.train), cfg.batch_size, seed=cfg.seed)
+    bar = tqdm(total=cfg.steps, initial=start, desc="distill", disable=not cfg.progress, dynamic_ncols=True)
+    metrics_path = out / "metrics.jsonl"
+    skipped = 0
+    last = time.perf_counter()
+    for step in range(start, cfg.steps):
+        x = prepared.train.batch(batches.indices(step))
+        generator = step_generator(cfg.seed, step, stream=2, device=device)
+        try:
+            metrics = distill_step(models, x, step, cfg, generator)
+        except TrainingError as exc:
+            # NaN guard: the step's updates were not applied; log it and go on from the current weights.
+            skipped += 1
+            bar.write(f"step {step}: skipped ({exc})")
+            _zero_grads(models)
+            if skipped > max(10, cfg.steps // 20):
+                raise TrainingError(f"too many non-finite steps ({skipped}); last good snapshot kept in {out}")
+            metrics = {"skipped": 1.0}
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            metrics["samples_per_s"] = cfg.log_every * cfg.batch_size * cfg.group_size / max(1e-9, now - last)
+            last = now
+            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("disc_loss", "reward", "advantage_std", "kl",
+                                                             "entropy", "samples_per_s") if k in metrics})
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps({"step": done, **metrics}) + "\n")
+        bar.update(1)
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _save(out, done, models, cfg)
+    bar.close()
+    return out
+
+
+def _zero_grads(models: DistillModels) -> None:
+    models.opt_student.zero_grad(set_to_none=True)
+    models.opt_disc.zero_grad(set_to_none=True)
+
+
+def _save(out: Path, step: int, models: DistillModels, cfg: DistillConfig) -> None:
+    tensors = {"model": models.student.state_dict(), "ema": models.ema.state_dict(),
+               "discriminator": models.discriminator.state_dict()}
+    state = {"opt_student": models.opt_student.state_dict(), "opt_disc": models.opt_disc.state_dict(),
+             "rng": capture_rng_state(), "distill_config": to_dict(cfg)}
+    save_snapshot(out, step, tensors, state, keep=cfg.keep_checkpoints)
+
+
+def _restore(snapshot: Path, models: DistillModels) -> int:
+    dev = models.device
+    load_state_dict_strict(models.student, load_tensors(snapshot / "model.safetensors", dev), str(snapshot))
+    load_state_dict_strict(models.ema, load_tensors(snapshot / "ema.safetensors", dev), str(snapshot))
+    load_state_dict_strict(models.discriminator, load_tensors(snapshot / "discriminator.safetensors", dev),
+                           str(snapshot))
+    state = load_trainer_state(snapshot)
+    models.opt_student.load_state_dict(state["opt_student"])
+    models.opt_disc.load_state_dict(state["opt_disc"])
+    restore_rng_state(state["rng"])
+    return int(state["step"])

@@ -1,0 +1,407 @@
+"""Training recipe for the teacher MDLM (``didi train``) and the autoregressive baseline (``didi train-ar``).
+
+One readable loop (nanoGPT style) over reusable parts:
+
+* data: :func:`didi.data.prepare_data` packs the corpus; :class:`didi.data.BatchSchedule` gives the global batch
+  of every step as a pure function of ``(seed, step)``;
+* objective: MDLM continuous-time NELBO (:func:`didi.diffusion.mdlm_token_losses`, antithetic times over the
+  global batch) or next-token cross-entropy for ``ar``;
+* AdamW, linear warm-up then cosine/linear/constant schedule, gradient clipping, EMA weights, bf16 autocast where
+  supported, periodic validation, atomic snapshots, exact resume.
+
+Distributed: under ``torchrun`` the model is wrapped in ``DistributedDataParallel``; every rank draws the same
+global-batch randomness and keeps its contiguous slice, and the loss is normalised by the *global* token count,
+so N processes compute the same update as one process with the same global batch.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import distributed as dist
+from .backbone import DiT
+from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
+                         load_trainer_state, read_run_config, save_snapshot, write_run_config)
+from .config import DiffusionConfig, ModelConfig, helpfield, to_dict
+from .data import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
+from .diffusion import LogLinearSchedule, mdlm_token_losses, sample_times
+from .errors import CheckpointError, ConfigError, TrainingError, require
+from .tokenizer import Tokenizer, load_tokenizer
+from .utils import (autocast, capture_rng_state, pick_device, resolve_precision, restore_rng_state, seed_everything,
+                    step_generator)
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``didi train`` / ``didi train-ar`` (data options are in :class:`didi.data.DataConfig`)."""
+
+    out: str = helpfield("", "run directory to create (or to continue with --resume)")
+    preset: str = helpfield("tiny", "model size: tiny, small (169M, the paper's), medium, large")
+    steps: int = helpfield(2000, "total optimisation steps")
+    global_batch_size: int = helpfield(32, "sequences per optimisation step, summed over all processes")
+    micro_batch_size: int = helpfield(0, "sequences per forward pass on one process (0 = global/world size); "
+                                         "gradient accumulation makes up the rest")
+    lr: float = helpfield(3e-4, "peak learning rate")
+    lr_schedule: str = helpfield("cosine", "decay after warm-up: cosine, linear or constant")
+    min_lr_ratio: float = helpfield(0.1, "final learning rate as a fraction of --lr")
+    warmup_steps: int = helpfield(100, "linear warm-up steps")
+    weight_decay: float = helpfield(0.0, "AdamW weight decay")
+    beta1: float = helpfield(0.9, "AdamW beta1")
+    beta2: float = helpfield(0.999, "AdamW beta2")
+    grad_clip: float = helpfield(1.0, "clip the global gradient norm to this value (0 = off)")
+    ema_decay: float = helpfield(0.999, "EMA decay of the weights used for sampling (0 = no EMA)")
+    dropout: float = helpfield(-1.0, "dropout inside blocks (-1 = preset default: 0.1)")
+    hidden_size: int = helpfield(0, "override the preset's width (0 = preset)")
+    n_blocks: int = helpfield(0, "override the preset's depth (0 = preset)")
+    n_heads: int = helpfield(0, "override the preset's heads (0 = preset)")
+    cond_dim: int = helpfield(0, "override the preset's conditioning width (0 = preset)")
+    eval_every: int = helpfield(200, "validate every N steps (0 = only at the end)")
+    eval_batches: int = helpfield(4, "validation batches (of --micro-batch-size sequences) per evaluation")
+    save_every: int = helpfield(500, "write a snapshot every N steps (and always at the end)")
+    keep_checkpoints: int = helpfield(2, "how many snapshots to keep in RUN_DIR/checkpoints")
+    log_every: int = helpfield(10, "progress-bar/metrics update interval in steps")
+    seed: int = helpfield(0, "random seed (data order, diffusion times, masks, init)")
+    device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    precision: str = helpfield("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32")
+    compile: bool = helpfield(False, "torch.compile the model")
+    grad_checkpointing: bool = helpfield(False, "activation checkpointing (saves memory on large presets)")
+    fsdp: bool = helpfield(False, "shard parameters with FullyShardedDataParallel instead of DDP (multi-GPU)")
+    progress: bool = helpfield(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
+        require(self.global_batch_size >= 1, "global_batch_size", f"must be >= 1 (got {self.global_batch_size})")
+        require(self.micro_batch_size >= 0, "micro_batch_size", f"must be >= 0 (got {self.micro_batch_size})")
+        require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
+        require(self.lr_schedule in ("cosine", "linear", "constant"), "lr_schedule",
+                f"must be cosine, linear or constant (got {self.lr_schedule!r})")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1] (got {self.min_lr_ratio})")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0 (got {self.warmup_steps})")
+        require(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (got {self.grad_clip})")
+        require(self.save_every >= 1, "save_every", f"must be >= 1 (got {self.save_every})")
+        require(self.eval_every >= 0, "eval_every", f"must be >= 0 (got {self.eval_every})")
+        require(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0, "dropout",
+                f"must be in [0, 1) (got {self.dropout})")
+
+
+def lr_at(step: int, cfg: TrainConfig | Any) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then decay to ``min_lr_ratio * lr`` at ``steps``."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.lr_schedule == "linear":
+        return floor + (cfg.lr - floor) * (1.0 - progress)
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer, seq_len: int) -> ModelConfig:
+    overrides = dict(hidden_size=cfg.hidden_size or None, n_blocks=cfg.n_blocks or None,
+                     n_heads=cfg.n_heads or None, cond_dim=cfg.cond_dim or None)
+    return ModelConfig.from_preset(
+        cfg.preset, **overrides, max_seq_len=seq_len, arch="gpt" if kind == "ar" else "dit",
+        vocab_size=tokenizer.vocab_size if kind == "ar" else tokenizer.model_vocab_size,
+        dropout=None if cfg.dropout < 0 else cfg.dropout)
+
+
+def build_network(model_config: ModelConfig) -> nn.Module:
+    if model_config.arch == "gpt":
+        from .ar import GPT
+
+        return GPT(model_config)
+    return DiT(model_config)
+
+
+# --------------------------------------------------------------------------------------------- objectives
+
+Objective = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+"""``objective(model, x, noise) -> summed loss over the rows of x`` (normalised by the caller)."""
+
+
+def mdlm_objective(schedule: LogLinearSchedule, diffusion: DiffusionConfig) -> Objective:
+    def objective(model: nn.Module, x: torch.Tensor, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = mdlm_token_losses(model, x, noise["t"], noise["u"], schedule=schedule,
+                                   mask_index=diffusion.mask_index, time_conditioning=diffusion.time_conditioning)
+        return losses.sum()
+    return objective
+
+
+def ar_objective(model: nn.Module, x: torch.Tensor, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+
+
+def tokens_per_row(kind: str, seq_len: int) -> int:
+    """Tokens a row contributes to the loss normaliser (AR predicts L-1 tokens, MDLM scores all L)."""
+    return seq_len - 1 if kind == "ar" else seq_len
+
+
+def draw_noise(kind: str, diffusion: DiffusionConfig | None, seed: int, step: int, rows: int, seq_len: int,
+               device: torch.device) -> dict[str, torch.Tensor]:
+    """All randomness of one global batch, a pure function of (seed, step) (AR training needs none)."""
+    if kind == "ar":
+        return {}
+    gen = step_generator(seed, step, stream=1)
+    t = sample_times(rows, gen, sampling_eps=diffusion.sampling_eps, antithetic=diffusion.antithetic)
+    u = torch.rand((rows, seq_len), generator=gen)
+    return {"t": t.to(device), "u": u.to(device)}
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, blocks: TokenBlocks, *, kind: str, objective: Objective,
+                    diffusion: DiffusionConfig | None, batch_size: int, num_batches: int, seed: int,
+                    device: torch.device, precision: torch.dtype | None) -> float:
+    """Mean per-token validation loss (MDLM: NELBO in nats/token, an upper bound; AR: cross-entropy).
+
+    Uses the first ``num_batches * batch_size`` validation blocks in order with fixed noise, so values are
+    comparable across evaluations of one run.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    n = min(len(blocks), max(1, num_batches) * batch_size)
+    for b, start in enumerate(range(0, n, batch_size)):
+        idx = list(range(start, min(n, start + batch_size)))
+        x = blocks.batch(idx).to(device)
+        noise = draw_noise(kind, diffusion, seed + 10_007, b, len(idx), x.shape[1], device)
+        with autocast(device, precision):
+            total += float(objective(model, x, noise))
+        count += len(idx) * tokens_per_row(kind, x.shape[1])
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop writes a final snapshot and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool
+                 ) -> tuple[RunConfig, PreparedData, Path | None]:
+    run_dir = Path(cfg.out)
+    if resume:
+        run_config = read_run_config(run_dir)
+        if run_config.kind != kind:
+            raise CheckpointError(f"{run_dir}: is a {run_config.kind!r} run; resume it with the matching command")
+        snapshot = latest_snapshot(run_dir)
+        if snapshot is None:
+            raise CheckpointError(f"{run_dir}: no complete snapshot to resume from")
+        tokenizer = load_tokenizer(run_dir, run_config.tokenizer)
+        saved = DataConfig(**{k: v for k, v in run_config.data.items() if k in DataConfig.__dataclass_fields__})
+        prepared = prepare_data(saved, tokenizer=tokenizer, progress=cfg.progress and dist.is_main())
+        return run_config, prepared, snapshot
+    if (run_dir / "config.json").exists() or latest_snapshot(run_dir) is not None:
+        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    prepared = prepare_data(data_cfg, progress=cfg.progress and dist.is_main())
+    tokenizer = prepared.tokenizer
+    model_config = build_model_config(cfg, kind, tokenizer, data_cfg.seq_len)
+    diffusion = None if kind == "ar" else DiffusionConfig(mask_index=tokenizer.diffusion_mask_id)
+    run_config = RunConfig(kind=kind, model=model_config, tokenizer={}, diffusion=diffusion,
+                           training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data},
+                           data=to_dict(data_cfg))
+    return run_config, prepared, None
+
+
+def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume: bool = False) -> Path:
+    """Train (or resume) a ``kind`` model (``mdlm`` or ``ar``) into ``cfg.out``; returns the run directory."""
+    require(kind in ("mdlm", "ar"), "kind", f"must be mdlm or ar (got {kind!r})")
+    require(bool(cfg.out), "out", "a run directory is required")
+    ctx = dist.init()
+    device = ctx.device if ctx.enabled else pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    run_dir = Path(cfg.out)
+    run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume)
+    if resume:  # the saved run decides everything that shapes the model and the data
+        cfg = _merge_resume_config(run_config, cfg)
+    seq_len = prepared.train.seq_len
+    if seq_len > run_config.model.max_seq_len:
+        raise ConfigError(f"--seq-len: {seq_len} is longer than the model's maximum {run_config.model.max_seq_len}")
+
+    world = ctx.world_size
+    micro = cfg.micro_batch_size or cfg.global_batch_size // world
+    if cfg.global_batch_size % world:
+        raise ConfigError(f"--global-batch-size: {cfg.global_batch_size} is not divisible by the world size {world}")
+    per_rank = cfg.global_batch_size // world
+    if per_rank % micro:
+        raise ConfigError(f"--micro-batch-size: {micro} must divide the per-process batch {per_rank}")
+    accumulation = per_rank // micro
+
+    seed_everything(cfg.seed)
+    model = build_network(run_config.model).to(device)
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)
+    start_step = 0
+    if snapshot is not None:
+        start_step = _restore(snapshot, model, ema, optimizer, device)
+    elif ctx.is_main:
+        run_config.tokenizer = prepared.tokenizer.save(run_dir)
+        write_run_config(run_dir, run_config)
+    dist.barrier()
+    clean_stale_tmp(run_dir) if ctx.is_main else None
+
+    wrapped = dist.wrap_model(model, device, fsdp=cfg.fsdp) if ctx.enabled else model
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    schedule = LogLinearSchedule(run_config.diffusion.eps) if kind == "mdlm" else None
+    objective = mdlm_objective(schedule, run_config.diffusion) if kind == "mdlm" else ar_objective
+    batches = BatchSchedule(len(prepared.train), cfg.global_batch_size, seed=cfg.seed)
+    tokens_in_global_batch = cfg.global_batch_size * tokens_per_row(kind, seq_len)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {kind}", disable=not (cfg.progress and ctx.is_main),
+               dynamic_ncols=True)
+    step = start_step
+    last_log = time.perf_counter()
+    tokens_since_log = 0
+    with _StopRequest() as stop:
+        while step < cfg.steps:
+            rows = shard(batches.indices(step), ctx.rank, world)
+            x_rank = prepared.train.batch(rows).to(device)
+            noise = draw_noise(kind, run_config.diffusion, cfg.seed, step, cfg.global_batch_size, seq_len, device)
+            lo = ctx.rank * per_rank
+            noise = {k: v[lo:lo + per_rank] for k, v in noise.items()}
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for m in range(accumulation):
+                part = slice(m * micro, (m + 1) * micro)
+                sync = nullcontext() if (m == accumulation - 1 or not ctx.enabled) else wrapped.no_sync()
+                with sync, autocast(device, precision):
+                    loss = objective(forward, x_rank[part], {k: v[part] for k, v in noise.items()})
+                    scaled = loss * (world / tokens_in_global_batch)
+                scaled.backward()
+                loss_sum += loss.detach()
+            total_loss = dist.all_reduce_sum(loss_sum) / tokens_in_global_batch
+            if not torch.isfinite(total_loss):
+                optimizer.zero_grad(set_to_none=True)
+                bar.close()
+                last = latest_snapshot(run_dir)
+                raise TrainingError(f"non-finite loss at step {step}; training stopped, last good checkpoint kept"
+                                    f" ({last if last else 'none written yet'})")
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                         if cfg.grad_clip > 0 else torch.zeros(()))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema_update(ema, model, cfg.ema_decay)
+            step += 1
+            tokens_since_log += cfg.global_batch_size * seq_len
+            record: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                record = {"step": step, "loss": float(total_loss), "lr": lr, "grad_norm": float(grad_norm),
+                          "tokens_per_s": tokens_since_log / max(1e-9, now - last_log)}
+                last_log, tokens_since_log = now, 0
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.2e}")
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                eval_model = ema if ema is not None else model
+                val = validation_loss(eval_model, prepared.valid, kind=kind, objective=objective,
+                                      diffusion=run_config.diffusion, batch_size=micro,
+                                      num_batches=cfg.eval_batches, seed=cfg.seed, device=device,
+                                      precision=precision)
+                record.update(step=step, val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+                label = "val_nelbo" if kind == "mdlm" else "val_loss"
+                bar.write(f"step {step}: {label} {val:.4f} (ppl{' bound' if kind == 'mdlm' else ''} "
+                          f"{math.exp(min(val, 50.0)):.2f})")
+            if record and ctx.is_main:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            bar.update(1)
+            if step % cfg.save_every == 0 or step == cfg.steps or stop.requested:
+                _save(run_dir, step, model, ema, optimizer, cfg, ctx)
+                if stop.requested:
+                    bar.write(f"stop requested: snapshot written at step {step}; resume with --resume")
+                    break
+    bar.close()
+    dist.barrier()
+    return run_dir
+
+
+def _merge_resume_config(run_config: RunConfig, cfg: TrainConfig) -> TrainConfig:
+    """On resume the saved options are kept, except ``--steps`` (to extend a run) and runtime-only options."""
+    saved = {k: v for k, v in run_config.training.items() if k in TrainConfig.__dataclass_fields__}
+    runtime = ("out", "steps", "device", "progress", "compile", "save_every", "eval_every", "log_every",
+               "keep_checkpoints", "fsdp", "micro_batch_size")
+    saved.update({k: getattr(cfg, k) for k in runtime})
+    return TrainConfig(**saved)
+
+
+def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.state_dict().items()}
+
+
+def _save(run_dir: Path, step: int, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
+          cfg: TrainConfig, ctx: dist.Context) -> None:
+    optim_state = dist.optimizer_state(model, optimizer)
+    if not ctx.is_main:
+        dist.barrier()
+        return
+    tensors = {"model": _state_dict(model)}
+    if ema is not None:
+        tensors["ema"] = _state_dict(ema)
+    state = {"optimizer": optim_state, "rng": capture_rng_state(), "train_config": to_dict(cfg)}
+    save_snapshot(run_dir, step, tensors, state, keep=cfg.keep_checkpoints)
+    dist.barrier()
+
+
+def _restore(snapshot: Path, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> int:
+    load_state_dict_strict(model, load_tensors(snapshot / "model.safetensors", device), str(snapshot))
+    if ema is not None:
+        ema_path = snapshot / "ema.safetensors"
+        state = load_tensors(ema_path, device) if ema_path.exists() else model.state_dict()
+        load_state_dict_strict(ema, state, str(ema_path))
+    state = load_trainer_state(snapshot)
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"])
+    return int(state["step"])
+

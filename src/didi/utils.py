@@ -1,0 +1,106 @@
+"""Small runtime helpers: device choice, autocast, seeding and RNG state capture."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import option_error
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """Return the device to run on: ``auto`` picks cuda > mps > cpu; otherwise the named device."""
+    if preference in (None, "", "auto"):
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(preference)
+    except RuntimeError as exc:
+        raise option_error("device", f"unknown device {preference!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise option_error("device", "CUDA was requested but is not available on this machine")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Map ``auto|bf16|fp32`` to an autocast dtype (``None`` = full fp32).
+
+    ``auto`` uses bf16 autocast on CUDA devices that support it and fp32 elsewhere (on CPU, fp32 keeps runs
+    deterministic and tests exact).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    raise option_error("precision", f"must be one of auto, bf16, fp32 (got {precision!r})")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast context for ``dtype`` on ``device``; a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Snapshot every global RNG (python, numpy, torch CPU and CUDA) for exact resume."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_generator(seed: int, step: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose state depends only on ``(seed, step, stream)``.
+
+    Training draws all per-step randomness of the *global* batch (diffusion times, masks) from such a generator,
+    so a run is reproducible across resumes and across world sizes: every rank draws the same global numbers and
+    keeps its own slice.
+    """
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step * 97 + stream * 7_919) % (2**63 - 1))
+    return g
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so that wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
