@@ -156,6 +156,25 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write samples as JSON lines (tokens, text, nfe, seconds); "
                    "a .fasta path writes FASTA for protein models")
     p.add_argument("--quiet", action="store_true", help="do not print the samples")
+    _add_rgas_arguments(p)
+
+
+def _add_rgas_arguments(parser: argparse.ArgumentParser) -> None:
+    from .rgas import RGASConfig
+
+    add_config_arguments(parser, RGASConfig, group="rgas (with --sampler rgas; see didi.rgas)")
+
+
+def _rgas_config(args: argparse.Namespace) -> Any:
+    """The ``RGASConfig`` of the command line with ``--sampler rgas``, else ``None`` (RGAS options are an error)."""
+    from .rgas import RGASConfig
+
+    given = [f.name for f in dataclasses.fields(RGASConfig) if getattr(args, f.name, None) is not None]
+    if args.sampler != "rgas":
+        if given:
+            raise option_error(given[0], "is an RGAS option: it needs --sampler rgas")
+        return None
+    return config_from_args(RGASConfig, args)
 
 
 def _run_sample(args: argparse.Namespace) -> None:
@@ -166,10 +185,11 @@ def _run_sample(args: argparse.Namespace) -> None:
         raise option_error("nfe", f"must be >= 1 (got {args.nfe})")
     if args.num_samples < 1:
         raise option_error("num-samples", f"must be >= 1 (got {args.num_samples})")
+    rgas = _rgas_config(args)
     model = load(args.model, device=args.device, weights=args.weights)
     results = model.sample(args.num_samples, args.nfe, seed=args.seed, batch_size=args.batch_size,
                            seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache,
-                           top_p=args.top_p, progress=True)
+                           top_p=args.top_p, progress=True, **(dataclasses.asdict(rgas) if rgas else {}))
     records = write_samples(model, results, args.out)
     if not args.quiet:
         for i, rec in enumerate(records):
@@ -198,15 +218,18 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) ->
 
 def _run_train_command(args: argparse.Namespace, kind: str) -> None:
     from .data import DataConfig
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resume_config, train
 
     if args.resume is not None:
-        args.out = str(args.resume)
+        given = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f) is not None}
+        run_dir = train(resume_config(args.resume, **given), DataConfig(), kind=kind, resume=True)
+        print(f"[didi] run written to {run_dir}", file=sys.stderr)
+        return
     if not args.out:
         raise option_error("out", "a run directory is required (or --resume RUN_DIR)")
     cfg = config_from_args(TrainConfig, args)
     data_cfg = config_from_args(DataConfig, args, seed=cfg.seed)
-    run_dir = train(cfg, data_cfg, kind=kind, resume=args.resume is not None)
+    run_dir = train(cfg, data_cfg, kind=kind)
     print(f"[didi] run written to {run_dir}", file=sys.stderr)
 
 
@@ -293,13 +316,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="validation NELBO bound (diffusion) / perplexity (AR) of every model (default: on)")
     p.add_argument("--no-cache", dest="use_cache", action="store_const", const=False, default=None,
                    help="disable the samplers' caches (diffusion: call every step; AR: no KV cache)")
-    add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache"))
+    add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache", "rgas"))
+    _add_rgas_arguments(p)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from .evaluation import EvalConfig, evaluate, format_table, plot_report, write_report
 
-    config = config_from_args(EvalConfig, args)
+    config = config_from_args(EvalConfig, args, rgas=_rgas_config(args))
     report = evaluate(config)
     print(format_table(report))
     if config.json:
@@ -310,9 +334,44 @@ def _run_eval(args: argparse.Namespace) -> None:
         print(f"[didi] plot written to {config.plot}", file=sys.stderr)
 
 
+DISTILL_DATA_OPTIONS = ("data", "seq_len", "max_documents", "folio", "valid_fraction", "cache_dir")
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from .data import DataConfig
+    from .distill import DistillConfig
+
+    p = sub.add_parser("distill", help="distill a few-step student from a teacher with DiDi-Instruct",
+                       description="DiDi-Instruct: train a few-step student (initialised from the teacher) with the "
+                                   "integral-KL policy gradient, an adversarial discriminator, grouped reward "
+                                   "normalisation and intermediate-state matching. Defaults are the published "
+                                   "hyper-parameters; see docs/method.md.")
+    p.add_argument("--resume", type=Path, default=None, metavar="STUDENT_DIR",
+                   help="continue a distillation run from its last snapshot")
+    add_config_arguments(p, DistillConfig, group="distillation")
+    add_config_arguments(p, DataConfig, group="data (default: the teacher's corpus and settings)",
+                         exclude=tuple(f for f in DataConfig.__dataclass_fields__ if f not in DISTILL_DATA_OPTIONS))
+
+
+def _run_distill(args: argparse.Namespace) -> None:
+    from .distill import DistillConfig, distill
+
+    if args.resume is not None:
+        args.out = str(args.resume)
+    if not args.out:
+        raise option_error("out", "a student run directory is required (or --resume STUDENT_DIR)")
+    if not args.teacher and args.resume is None:
+        raise option_error("teacher", "a teacher run directory is required")
+    cfg = config_from_args(DistillConfig, args, teacher=args.teacher or "")
+    overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
+    out = distill(cfg, overrides, resume=args.resume is not None)
+    print(f"[didi] student written to {out}", file=sys.stderr)
+
+
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("train", _add_train, _run_train),
     ("train-ar", _add_train_ar, _run_train_ar),
+    ("distill", _add_distill, _run_distill),
     ("info", _add_info, _run_info),
     ("sample", _add_sample, _run_sample),
     ("convert", _add_convert, _run_convert),

@@ -517,7 +517,11 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
     ``seq_len``, so any change re-tokenizes and an unchanged setup loads the memmap directly.
     """
     corpus = load_corpus(config)
-    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config, corpus)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(config, corpus)
+    elif (tokenizer.kind == "protein") != (corpus.default_tokenizer == "protein"):
+        raise DataError(f"{corpus.name}: this corpus needs a {corpus.default_tokenizer} tokenizer but the model uses "
+                        f"a {tokenizer.kind} tokenizer (vocabulary mismatch)")
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     source = corpus.fingerprint or _texts_fingerprint(corpus)
     identity = {"format": 1, "corpus": corpus.name, "source": source, "folio": config.folio,

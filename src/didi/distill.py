@@ -45,7 +45,7 @@ from .diffusion import NEG_INF, LogLinearSchedule, forward_mask
 from .discriminator import Discriminator, build_discriminator, default_trainable_blocks
 from .errors import CheckpointError, ConfigError, TrainingError, require
 from .sampling import sample_masked_tokens
-from .train import ema_update
+from .train import ema_decay_at, ema_update
 from .utils import autocast, capture_rng_state, pick_device, resolve_precision, restore_rng_state, step_generator
 
 
@@ -499,7 +499,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     _sanitize_grads(models.student)
     grad_norm = torch.nn.utils.clip_grad_norm_(models.student.parameters(), cfg.grad_clip)
     models.opt_student.step()
-    ema_update(models.ema, models.student, cfg.ema_decay)
+    ema_update(models.ema, models.student, ema_decay_at(cfg.ema_decay, max(0, step - cfg.disc_warmup_steps)))
     metrics.update(reward=float(rewards.mean()), reward_std=float(rewards.std()) if n > 1 else 0.0,
                    advantage_std=float(advantage.std()) if n > 1 else 0.0, pg_loss=float(pg_loss), kl=float(kl),
                    entropy=float(ent), grad_norm=float(grad_norm), omega=float(omega.mean()))
@@ -574,7 +574,10 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
         student_config = RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
                                    diffusion=teacher_config.diffusion, training=teacher_config.training,
                                    data=to_dict(data_cfg),
-                                   extra={"distill": to_dict(cfg), "teacher": str(teacher_dir)})
+                                   extra={"distill": to_dict(cfg), "teacher": str(teacher_dir),
+                                          "discriminator": {"time_blocks": models.discriminator.time_blocks,
+                                                            "trainable_blocks": len(teacher.blocks)
+                                                            - models.frozen_disc_blocks}})
         write_run_config(out, student_config)
     clean_stale_tmp(out)
 

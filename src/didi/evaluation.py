@@ -44,6 +44,7 @@ from .config import DiffusionConfig, helpfield
 from .diffusion import Denoiser, LogLinearSchedule, mdlm_token_losses, sample_times
 from .errors import DataError, DidiError, option_error, require
 from .pipeline import DiffusionPipeline, load
+from .rgas import RGASConfig
 from .samples import read_samples
 from .sampling import SampleResult
 from .utils import pick_device, synchronize
@@ -446,6 +447,7 @@ class EvalConfig:
     json: str | None = helpfield(None, "write the report (every row, per-batch timings, settings) as JSON here")
     plot: str | None = helpfield(None, "draw gen-PPL and entropy against NFE into this image "
                                        f"({', '.join(PLOT_FORMATS)})")
+    rgas: RGASConfig | None = helpfield(None, "RGAS settings with --sampler rgas (default: RGASConfig())")
 
     def __post_init__(self) -> None:
         if isinstance(self.nfe, str):
@@ -467,6 +469,9 @@ class EvalConfig:
         require(self.weights in ("ema", "model"), "weights", f"must be ema or model (got {self.weights!r})")
         require(self.plot is None or Path(self.plot).suffix.lstrip(".").lower() in PLOT_FORMATS, "plot",
                 f"{self.plot}: the file name must end in one of .{', .'.join(PLOT_FORMATS)}")
+        require(self.rgas is None or self.sampler == "rgas", "sampler", "RGAS settings need --sampler rgas")
+        if self.sampler == "rgas" and self.rgas is None:
+            self.rgas = RGASConfig()
 
 
 @dataclass
@@ -555,13 +560,14 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
     seq_len = config.seq_len or model.seq_len
     batch_size = min(config.batch_size or config.num_samples, config.num_samples)
     sampler = "ancestral" if is_ar else config.sampler
+    sampler_options = dataclasses.asdict(config.rgas) if sampler == "rgas" else {}
     rows = []
     for nfe in [None] if is_ar else config.nfe:
         _log(f"{label}: sampling {config.num_samples} x {seq_len} tokens" + ("" if is_ar else f" at {nfe} NFE"))
         timed = timed_sampling(model, num_samples=config.num_samples, batch_size=batch_size, nfe=nfe,
                                seed=config.seed, warmup=config.warmup, repeats=config.repeats,
                                memory_baseline=baseline, seq_len=seq_len, sampler=sampler,
-                               use_cache=config.use_cache, top_p=config.top_p)
+                               use_cache=config.use_cache, top_p=config.top_p, **sampler_options)
         tokens = timed.samples
         row = EvalRow(model=label, kind=model.kind, sampler=timed.results[0].sampler, nfe=nfe, source=str(path),
                       num_samples=config.num_samples, seq_len=seq_len,
@@ -652,6 +658,9 @@ def evaluate(config: EvalConfig) -> EvalReport:
     """
     device = pick_device(config.device)
     kinds = [read_run_config(Path(p)).kind for p in config.models]  # a bad run directory fails here, early
+    for path, kind in zip(config.models, kinds):
+        if config.sampler == "rgas" and kind != "ar" and not (Path(path) / "discriminator.safetensors").is_file():
+            raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; {path} has none")
     evaluator_name = config.evaluator or next((p for p, k in zip(config.models, kinds) if k == "ar"), None)
     evaluator = None
     if evaluator_name:
@@ -719,6 +728,10 @@ def format_table(report: EvalReport) -> str:
                      f"antithetic time per block), over at most {cfg['eval_blocks']} validation blocks.")
     lines.append("- NFE made: network calls counted by the sampler per batch (the diffusion cache skips calls while "
                  "no token changed; AR: one call per generated token).")
+    if "discriminator" in extra_keys:
+        lines.append("- discriminator calls: RGAS discriminator forward passes per batch (one re-ranking pass over "
+                     "all batch x candidates rows counts once); discriminator_backward: its gradient-tilting "
+                     "backward passes. Neither is included in NFE.")
     if cfg["models"]:
         batch = min(cfg["batch_size"] or cfg["num_samples"], cfg["num_samples"])
         lines.append(f"- speed on {meta['device']}: latency = median over >= {cfg['repeats']} full batches of "

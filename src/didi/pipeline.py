@@ -103,7 +103,7 @@ class DiffusionPipeline:
         """Generate ``num_samples`` sequences in batches; one :class:`SampleResult` per batch.
 
         ``sampler``: ``ancestral`` (MDLM ancestral with the cache trick) or ``rgas`` (students only, see
-        :mod:`didi.rgas`).
+        :mod:`didi.rgas`; ``sampler_options`` are :class:`didi.rgas.RGASConfig` fields, e.g. ``num_candidates=8``).
         """
         require(num_samples >= 1, "num_samples", f"must be >= 1 (got {num_samples})")
         seq_len = seq_len or self.seq_len
@@ -121,10 +121,11 @@ class DiffusionPipeline:
                                           time_conditioning=self.config.diffusion.time_conditioning,
                                           generator=generator, device=self.device, progress=progress)
             elif sampler == "rgas":
-                from .rgas import rgas_sample
+                from .rgas import RGASConfig, rgas_sample
 
-                result = rgas_sample(self, batch_size=b, seq_len=seq_len, num_steps=nfe, generator=generator,
-                                     progress=progress, **sampler_options)
+                result = rgas_sample(self, batch_size=b, seq_len=seq_len, num_steps=nfe,
+                                     config=RGASConfig(**sampler_options), generator=generator, use_cache=use_cache,
+                                     top_p=top_p, progress=progress)
             else:
                 raise CheckpointError(f"--sampler: unknown sampler {sampler!r} (expected ancestral or rgas)")
             results.append(result)

@@ -111,6 +111,12 @@ def lr_at(step: int, cfg: TrainConfig | Any) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """EMA warm-up: ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are not dominated by
+    the initial weights (with 0.999, 82% of the average would still be the initialisation after 200 steps)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
@@ -250,7 +256,11 @@ def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool
 
 
 def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume: bool = False) -> Path:
-    """Train (or resume) a ``kind`` model (``mdlm`` or ``ar``) into ``cfg.out``; returns the run directory."""
+    """Train (or resume) a ``kind`` model (``mdlm`` or ``ar``) into ``cfg.out``; returns the run directory.
+
+    To resume, pass ``resume=True`` with the saved options (:func:`resume_config`); the data settings are read
+    from the run directory and ``data_cfg`` is ignored.
+    """
     require(kind in ("mdlm", "ar"), "kind", f"must be mdlm or ar (got {kind!r})")
     require(bool(cfg.out), "out", "a run directory is required")
     ctx = dist.init()
@@ -258,8 +268,6 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     precision = resolve_precision(cfg.precision, device)
     run_dir = Path(cfg.out)
     run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume)
-    if resume:  # the saved run decides everything that shapes the model and the data
-        cfg = _merge_resume_config(run_config, cfg)
     seq_len = prepared.train.seq_len
     if seq_len > run_config.model.max_seq_len:
         raise ConfigError(f"--seq-len: {seq_len} is longer than the model's maximum {run_config.model.max_seq_len}")
@@ -332,7 +340,7 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema_update(ema, model, cfg.ema_decay)
+                ema_update(ema, model, ema_decay_at(cfg.ema_decay, step))
             step += 1
             tokens_since_log += cfg.global_batch_size * seq_len
             record: dict[str, Any] = {}
@@ -366,12 +374,22 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     return run_dir
 
 
-def _merge_resume_config(run_config: RunConfig, cfg: TrainConfig) -> TrainConfig:
-    """On resume the saved options are kept, except ``--steps`` (to extend a run) and runtime-only options."""
+RESUMABLE_OPTIONS = ("steps", "device", "progress", "compile", "save_every", "eval_every", "log_every",
+                     "keep_checkpoints", "fsdp", "micro_batch_size", "grad_checkpointing")
+"""Options that may differ when a run is resumed; everything else is taken from the saved run."""
+
+
+def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
+    """The saved :class:`TrainConfig` of ``run_dir`` with ``overrides`` (only :data:`RESUMABLE_OPTIONS`)."""
+    run_config = read_run_config(Path(run_dir))
     saved = {k: v for k, v in run_config.training.items() if k in TrainConfig.__dataclass_fields__}
-    runtime = ("out", "steps", "device", "progress", "compile", "save_every", "eval_every", "log_every",
-               "keep_checkpoints", "fsdp", "micro_batch_size")
-    saved.update({k: getattr(cfg, k) for k in runtime})
+    for key, value in overrides.items():
+        if value is None or key == "out":
+            continue
+        if key not in RESUMABLE_OPTIONS and saved.get(key) != value:
+            raise ConfigError(f"--{key.replace('_', '-')}: cannot change when resuming (saved: {saved.get(key)!r})")
+        saved[key] = value
+    saved["out"] = str(run_dir)
     return TrainConfig(**saved)
 
 
