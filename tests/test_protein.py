@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import importlib.machinery
 import math
 import random
@@ -11,16 +12,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from didi import protein
-from didi.data import DataConfig, available_corpora, load_corpus
-from didi.errors import CheckpointError, DataError
+from didi.cli import main
+from didi.data import (DataConfig, available_corpora, crop_documents, load_corpus, pack_blocks, pack_documents,
+                       prepare_data, resolve_packing)
+from didi.errors import CheckpointError, ConfigError, DataError
 from didi.protein import (AMINO_ACIDS, STANDARD_AMINO_ACIDS, SWISSPROT_COMPOSITION, ProteinTokenizer,
                           SkippedRecordsWarning, amino_acid_composition, esmfold_plddt, js_divergence, kl_divergence,
                           low_complexity_coverage, protein_metrics, read_fasta, sequence_entropy, split_by_sequence,
                           write_fasta)
-from didi.tokenizer import load_tokenizer
+from didi.tokenizer import Tokenizer, load_tokenizer
+from test_ar import make_run, tiny_tokenizer
 
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"  # human, P0CG48
 
@@ -230,6 +235,69 @@ def test_load_protein_corpus_from_a_fasta_path(tmp_path):
         protein.load_protein_corpus(DataConfig(data="shakespeare"))
 
 
+def test_fasta_paths_reach_the_protein_loader(tmp_path):
+    write_fasta(tmp_path / "p.faa.gz", ["MKVLLA", "WYCHHP", "GGSA", "MKKL"])
+    corpus = load_corpus(DataConfig(data=str(tmp_path / "p.faa.gz"), valid_fraction=0.25))
+    assert corpus.default_tokenizer == "protein" and sorted(corpus.train + corpus.valid) == \
+        ["GGSA", "MKKL", "MKVLLA", "WYCHHP"]
+    with pytest.raises(DataError, match=r"missing\.fasta: FASTA file not found"):
+        load_corpus(DataConfig(data=str(tmp_path / "missing.fasta")))
+
+
+# ----------------------------------------------------------------------------------------------------- packing
+
+def test_crop_packing_keeps_whole_proteins_and_their_starts():
+    BOS, EOS, PAD = 1, 2, 0
+    blocks = crop_documents([[5, 6, 7], [8, 8, 8, 8], [9] * 5, [10, 11, 12, 13, 14, 15, 16, 17], [4]], bos_id=BOS,
+                            eos_id=EOS, pad_id=PAD, seq_len=6)
+    expected = [[BOS, 5, 6, 7, EOS, PAD],
+                [BOS, 8, 8, 8, 8, EOS],  # seq_len - 2 tokens: the EOS still fits
+                [BOS, 9, 9, 9, 9, 9],  # one more: no room for EOS, so none (as if cut)
+                [BOS, 10, 11, 12, 13, 14],  # a longer document keeps its start and has no EOS
+                [BOS, 4, EOS, PAD, PAD, PAD]]
+    assert blocks.dtype == np.int32
+    np.testing.assert_array_equal(blocks, expected)
+    with pytest.raises(ConfigError, match="--seq-len"):
+        crop_documents([[4]], bos_id=BOS, eos_id=EOS, pad_id=PAD, seq_len=2)
+
+
+def test_packing_modes_and_auto():
+    protein_tok, text_tok = ProteinTokenizer(), Tokenizer()
+    text_tok.bos_id = text_tok.eos_id = 0  # a BPE-like tokenizer: no PAD, one end-of-text token
+    assert resolve_packing("auto", protein_tok) == "crop" and resolve_packing("auto", text_tok) == "wrap"
+    assert resolve_packing("wrap", protein_tok) == "wrap" and resolve_packing("crop", text_tok) == "crop"
+    docs = [protein_tok.encode("MKV"), protein_tok.encode("ACDEFGHIK")]
+    np.testing.assert_array_equal(pack_blocks(docs, protein_tok, packing="auto", seq_len=8),
+                                  crop_documents(docs, bos_id=1, eos_id=2, pad_id=0, seq_len=8))
+    np.testing.assert_array_equal(pack_blocks(docs, protein_tok, packing="wrap", seq_len=8),
+                                  pack_documents(docs, bos_id=1, eos_id=2, seq_len=8))
+    np.testing.assert_array_equal(pack_blocks([[7, 8]], text_tok, packing="crop", seq_len=6), [[0, 7, 8, 0, 0, 0]])
+    with pytest.raises(ConfigError, match="--packing: must be one of auto, wrap, crop"):
+        DataConfig(packing="stream")
+
+
+def test_prepare_data_crops_proteins_and_caches_per_packing(tmp_path):
+    sequences = ["M" + "ACDEFGHIKLMNPQRSTVWY"[i % 20:] + "K" * (i % 7) for i in range(60)]
+    write_fasta(tmp_path / "p.fasta", sequences)
+    config = DataConfig(data=str(tmp_path / "p.fasta"), seq_len=16, valid_fraction=0.1,
+                        cache_dir=str(tmp_path / "cache"))
+    crop = prepare_data(config, progress=False)
+    tok = crop.tokenizer
+    assert isinstance(tok, ProteinTokenizer) and crop.stats["train"]["documents"] == crop.stats["train"]["blocks"]
+    train = np.asarray(crop.train.array)
+    decoded = [tok.decode(row) for row in train]
+    assert all(d in sequences or any(s.startswith(d) for s in sequences) for d in decoded)
+    whole = sum(len(d) <= 14 for d in decoded)  # the proteins that fit with BOS and EOS in 16 tokens
+    assert crop.stats["train"]["cropped"] == len(train) - whole and 0 < whole < len(train)
+    assert (train[:, 0] == tok.bos_id).all()
+    wrap = prepare_data(DataConfig(**{**config.__dict__, "packing": "wrap"}), progress=False)
+    assert "cropped" not in wrap.stats["train"] and len(wrap.train) == wrap.stats["train"]["tokens"] // 14
+    assert (np.asarray(wrap.train.array)[:, -1] == tok.eos_id).all()
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4  # two splits x two packings, side by side
+    again = prepare_data(config, progress=False)  # the cached crop blocks, not the wrap ones
+    np.testing.assert_array_equal(np.asarray(again.train.array), train)
+
+
 # ----------------------------------------------------------------------------------------------------- metrics
 
 def test_sequence_entropy_definition():
@@ -303,3 +371,70 @@ def test_esmfold_unavailable_is_a_clear_error(monkeypatch):
         esmfold_plddt([UBIQUITIN], device="cpu")
     with pytest.raises(DataError, match="sequence 2 is empty"):
         esmfold_plddt([UBIQUITIN, ""], device="cpu")
+
+
+# ------------------------------------------------------------------------------------------ didi sample and eval
+
+@pytest.fixture
+def protein_run(tmp_path):
+    """A protein diffusion run with random weights whose recorded corpus is a small FASTA file."""
+    rng = random.Random(0)
+    write_fasta(tmp_path / "corpus.fasta", ["M" + "".join(rng.choices(STANDARD_AMINO_ACIDS, k=rng.randint(4, 20)))
+                                            for _ in range(80)])
+    data = {"data": str(tmp_path / "corpus.fasta"), "seq_len": 16, "valid_fraction": 0.25,
+            "cache_dir": str(tmp_path / "cache")}
+    make_run(tmp_path / "protein", "mdlm", ProteinTokenizer(), seq_len=16, data=data)
+    return tmp_path / "protein"
+
+
+def test_sample_writes_fasta_for_proteins_only(protein_run, tmp_path, capsys):
+    out = tmp_path / "s.fa"
+    assert main(["sample", "--model", str(protein_run), "--nfe", "4", "--num-samples", "3", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    lines = out.read_text().splitlines()
+    assert printed.splitlines() == lines and lines[0].startswith(">sample_0 nfe=") and len(lines) <= 6
+    make_run(tmp_path / "text", "mdlm", tiny_tokenizer())
+    assert main(["sample", "--model", str(tmp_path / "text"), "--nfe", "2", "--num-samples", "1", "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "t.fasta")]) == 2
+    assert "t.fasta: FASTA output needs a protein model (bpe tokenizer)" in capsys.readouterr().err
+    assert not (tmp_path / "t.fasta").exists()
+
+
+def test_eval_protein_sample_file_against_its_corpus(protein_run, tmp_path, capsys):
+    samples, report = tmp_path / "s.jsonl", tmp_path / "eval.json"
+    assert main(["sample", "--model", str(protein_run), "--nfe", "4", "--num-samples", "5", "--device", "cpu",
+                 "--quiet", "--out", str(samples)]) == 0
+    assert main(["eval", "--samples", str(samples), "--device", "cpu", "--json", str(report)]) == 0
+    row, natural = json.loads(report.read_text())["rows"]
+    texts = [json.loads(line)["text"] for line in samples.read_text().splitlines()]
+    corpus = load_corpus(DataConfig(data=str(tmp_path / "corpus.fasta"), valid_fraction=0.25))
+    cropped = [s if len(s) <= 14 else s[:15] for s in corpus.valid]  # as in the model's 16-token blocks
+    assert cropped != corpus.valid
+    expected = protein_metrics(texts, amino_acid_composition(cropped))
+    assert row["protein"] == pytest.approx(expected) and row["entropy"] == pytest.approx(expected["entropy"])
+    assert natural["model"] == "corpus.fasta (validation)" and natural["num_samples"] == 5
+    assert natural["protein"] == pytest.approx(protein_metrics(cropped[:5], amino_acid_composition(cropped)))
+
+
+def test_eval_without_a_recorded_corpus_uses_the_builtin_composition(tmp_path, capsys):
+    make_run(tmp_path / "protein", "mdlm", ProteinTokenizer(), seq_len=16)
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tmp_path / "protein"), "--nfe", "2", "--num-samples", "3", "--no-likelihood",
+                 "--repeats", "1", "--device", "cpu", "--json", str(report)]) == 0
+    assert "built-in UniProtKB/Swiss-Prot table" in capsys.readouterr().err
+    result = json.loads(report.read_text())
+    assert result["meta"]["protein_reference"]["name"] == "" and len(result["rows"]) == 1  # no natural row
+    assert result["rows"][0]["protein"]["composition_js"] > 0
+
+
+def test_plddt_option_errors(protein_run, tmp_path, capsys, monkeypatch):
+    make_run(tmp_path / "text", "mdlm", tiny_tokenizer())
+    argv = ["eval", "--nfe", "2", "--num-samples", "2", "--no-likelihood", "--device", "cpu", "--plddt", "--model"]
+    assert main(argv + [str(tmp_path / "text")]) == 2
+    assert "--plddt: pLDDT scores proteins" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.setitem(sys.modules, "esm", None)
+    assert main(argv + [str(protein_run)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors[-1].startswith("didi: error: ESMFold is not available")

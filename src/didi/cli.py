@@ -154,7 +154,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, default=None, help="write samples as JSON lines (tokens, text, nfe, seconds); "
-                   "a .fasta path writes FASTA for protein models")
+                   "a .fasta/.fa/.faa[.gz] path writes FASTA (protein models, which also print FASTA)")
     p.add_argument("--quiet", action="store_true", help="do not print the samples")
     _add_rgas_arguments(p)
 
@@ -179,7 +179,7 @@ def _rgas_config(args: argparse.Namespace) -> Any:
 
 def _run_sample(args: argparse.Namespace) -> None:
     from .pipeline import load
-    from .samples import write_samples
+    from .samples import format_sample, write_samples
 
     if args.nfe < 1:
         raise option_error("nfe", f"must be >= 1 (got {args.nfe})")
@@ -193,8 +193,7 @@ def _run_sample(args: argparse.Namespace) -> None:
     records = write_samples(model, results, args.out)
     if not args.quiet:
         for i, rec in enumerate(records):
-            print(f"--- sample {i} (nfe {rec['nfe']}, {rec['seconds']:.2f}s for its batch) ---")
-            print(rec["text"])
+            print(format_sample(i, rec))
     total = sum(r.seconds for r in results)
     print(f"[didi] {len(records)} samples, nfe {max(r.nfe for r in results)}, {total:.2f}s"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
@@ -316,7 +315,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="validation NELBO bound (diffusion) / perplexity (AR) of every model (default: on)")
     p.add_argument("--no-cache", dest="use_cache", action="store_const", const=False, default=None,
                    help="disable the samplers' caches (diffusion: call every step; AR: no KV cache)")
-    add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache", "rgas"))
+    p.add_argument("--plddt", action="store_true", default=None,
+                   help="protein models: also report ESMFold's mean pLDDT (needs ESMFold and its weights)")
+    add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache", "rgas",
+                                                 "plddt"))
     _add_rgas_arguments(p)
 
 
@@ -368,7 +370,25 @@ def _run_distill(args: argparse.Namespace) -> None:
     print(f"[didi] student written to {out}", file=sys.stderr)
 
 
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    from .quickstart import QuickstartConfig
+
+    p = sub.add_parser("quickstart", help="train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
+                       description="The whole pipeline on the embedded Gutenberg Shakespeare: a tiny MDLM teacher, "
+                                   "its samples at 1024 and 16 NFE, a DiDi-Instruct student at 16 NFE, and an "
+                                   "evaluation table under an AR model trained on the same text. Finished stages "
+                                   "are reused when run again.")
+    add_config_arguments(p, QuickstartConfig)
+
+
+def _run_quickstart(args: argparse.Namespace) -> None:
+    from .quickstart import QuickstartConfig, quickstart
+
+    quickstart(config_from_args(QuickstartConfig, args))
+
+
 COMMANDS: list[tuple[str, Callable, Callable]] = [
+    ("quickstart", _add_quickstart, _run_quickstart),
     ("train", _add_train, _run_train),
     ("train-ar", _add_train_ar, _run_train_ar),
     ("distill", _add_distill, _run_distill),

@@ -1,4 +1,4 @@
-"""Corpora, train/validation splits, tokenization, packing ("wrap") and deterministic batches.
+"""Corpora, train/validation splits, tokenization, packing ("wrap" or "crop") and deterministic batches.
 
 Pipeline: :func:`load_corpus` gives the documents of both splits, :func:`build_tokenizer` the tokenizer,
 :func:`prepare_data` tokenizes each split once into packed blocks cached as ``.npy`` memmaps, and
@@ -10,6 +10,8 @@ Corpora (``--data``):
   :func:`register_corpus` (``proteins`` comes from :mod:`didi.protein`);
 * a local ``.txt`` file (one document), ``.jsonl`` file (one document per line, field ``text``) or a directory
   holding such files;
+* a protein FASTA file (``.fasta``, ``.fa``, ``.faa``, ``.fas``, optionally ``.gz``; one document per sequence, read
+  by :func:`didi.protein.load_protein_corpus`);
 * a Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, ``hf:/path/saved/with/save_to_disk``, or a bare name
   that is neither registered nor a path (``openwebtext``).
 
@@ -19,8 +21,15 @@ datasets) holds out a seeded choice of ``valid_fraction`` of the documents; a co
 that (a single ``.txt`` file) gives instead the last ``valid_fraction`` of each document's text, cut at a line
 start, as nanoGPT does. ``valid_fraction=0`` means no validation data: ``PreparedData.valid`` then has 0 blocks.
 
-Packing follows MDLM's wrap mode: every document's ids plus EOS are concatenated and cut into chunks of
-``seq_len - 2`` tokens; each block is ``[BOS] chunk [EOS]`` and the final partial chunk is dropped.
+Packing (``--packing``, see :func:`pack_blocks`):
+
+* ``wrap`` (MDLM's, the default for text): every document's ids plus EOS are concatenated and cut into chunks of
+  ``seq_len - 2`` tokens; each block is ``[BOS] chunk [EOS]`` and the final partial chunk is dropped;
+* ``crop`` (the default for proteins): one whole document per block, ``[BOS] doc [EOS] [PAD] ...``. A document of
+  more than ``seq_len - 2`` tokens keeps its *start* (``[BOS]`` and its first ``seq_len - 1`` tokens, no EOS: it
+  does not end there), so every block begins at a document's beginning (a protein's N-terminus) and cropping
+  needs no random numbers. PAD is an ordinary token to the diffusion model: it is masked and predicted like any
+  other, so the model learns where a sequence ends and a sample's length is where its first EOS/PAD falls.
 """
 from __future__ import annotations
 
@@ -45,6 +54,7 @@ from .errors import DataError, option_error, require
 from .tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
 
 TOKENIZERS = ("auto", "bpe", "gpt2", "protein")
+PACKINGS = ("auto", "wrap", "crop")
 TEXT_FIELD = "text"
 """The field holding a document's text in ``.jsonl`` records and Hugging Face datasets."""
 
@@ -53,12 +63,16 @@ TEXT_FIELD = "text"
 class DataConfig:
     """Which corpus to train on, how it is tokenized and split, and how long the packed blocks are."""
 
-    data: str = helpfield("shakespeare", "registered corpus name, local .txt/.jsonl file or directory, or a Hugging "
-                                         "Face dataset (hf:NAME[:CONFIG], hf:/saved/dataset, or a bare name)")
+    data: str = helpfield("shakespeare", "registered corpus name (shakespeare, proteins), local .txt/.jsonl file or "
+                                         "directory, protein FASTA file (.fasta/.fa/.faa[.gz]), or a Hugging Face "
+                                         "dataset (hf:NAME[:CONFIG], hf:/saved/dataset, or a bare name)")
     tokenizer: str = helpfield("auto", "auto (the corpus' default), bpe (trained on the train split), gpt2 or protein",
                                choices=TOKENIZERS)
     vocab_size: int = helpfield(4096, "vocabulary size of the BPE trained when --tokenizer is bpe")
     seq_len: int = helpfield(128, "tokens per packed block, BOS and EOS included")
+    packing: str = helpfield("auto", "wrap (documents concatenated and cut into blocks, MDLM), crop (one document "
+                                     "per block, [BOS] doc [EOS] [PAD]..., long ones keep their start) or auto (crop "
+                                     "for protein tokenizers, wrap otherwise)", choices=PACKINGS)
     valid_fraction: float = helpfield(0.05, "share of documents held out for validation in corpora without a "
                                             "natural split (0 = no validation)")
     folio: bool = helpfield(False, "shakespeare: also use the First Folio spelling of the plays")
@@ -73,6 +87,7 @@ class DataConfig:
                 f"must be one of {', '.join(TOKENIZERS)} (got {self.tokenizer!r})")
         require(self.vocab_size >= 257, "vocab_size", f"a byte-level BPE needs >= 257 tokens (got {self.vocab_size})")
         require(self.seq_len >= 3, "seq_len", f"must be >= 3 to hold BOS, a token and EOS (got {self.seq_len})")
+        require(self.packing in PACKINGS, "packing", f"must be one of {', '.join(PACKINGS)} (got {self.packing!r})")
         require(0.0 <= self.valid_fraction < 1.0, "valid_fraction", f"must be in [0, 1) (got {self.valid_fraction})")
         require(self.max_documents is None or self.max_documents >= 1, "max_documents",
                 f"must be >= 1 (got {self.max_documents})")
@@ -122,9 +137,13 @@ def available_corpora() -> dict[str, str]:
 def load_corpus(config: DataConfig) -> Corpus:
     """Resolve ``config.data`` (registered name, local path or Hugging Face dataset) into a :class:`Corpus`."""
     _import_plugins()
+    from .protein import is_fasta_path, load_protein_corpus  # imported here: didi.protein imports this module
+
     data = config.data
     if data in _CORPORA:
         corpus = _CORPORA[data][0](config)
+    elif is_fasta_path(data):
+        corpus = load_protein_corpus(config)
     elif data.startswith("hf:"):
         corpus = _load_hf(data[3:], config)
     elif Path(data).expanduser().exists():
@@ -398,6 +417,48 @@ def pack_documents(token_lists: Iterable[Sequence[int]], *, bos_id: int, eos_id:
     return BlockPacker(bos_id=bos_id, eos_id=eos_id, seq_len=seq_len).add(token_lists)
 
 
+def crop_documents(token_lists: Iterable[Sequence[int]], *, bos_id: int, eos_id: int, pad_id: int,
+                   seq_len: int) -> np.ndarray:
+    """Crop packing: one ``(seq_len,)`` int32 block per document, ``[BOS] doc [EOS] [PAD] ...``.
+
+    A document of more than ``seq_len - 2`` tokens is cut to its first ``seq_len - 1`` and gets no EOS (it does
+    not end there).
+    """
+    require(seq_len >= 3, "seq_len", f"must be >= 3 to hold BOS, a token and EOS (got {seq_len})")
+    token_lists = list(token_lists)
+    blocks = np.full((len(token_lists), seq_len), pad_id, dtype=np.int32)
+    blocks[:, 0] = bos_id
+    for row, ids in zip(blocks, token_lists):
+        kept = np.asarray(ids[:seq_len - 1], dtype=np.int32)
+        row[1:1 + len(kept)] = kept
+        if len(ids) <= seq_len - 2:
+            row[1 + len(kept)] = eos_id
+    return blocks
+
+
+def resolve_packing(packing: str, tokenizer: Tokenizer) -> str:
+    """``auto`` is ``crop`` for protein tokenizers (whole proteins per block) and ``wrap`` otherwise."""
+    require(packing in PACKINGS, "packing", f"must be one of {', '.join(PACKINGS)} (got {packing!r})")
+    if packing == "auto":
+        return "crop" if tokenizer.kind == "protein" else "wrap"
+    return packing
+
+
+def pack_blocks(token_lists: Sequence[Sequence[int]], tokenizer: Tokenizer, *, packing: str, seq_len: int,
+                packer: BlockPacker | None = None) -> np.ndarray:
+    """Blocks of ``token_lists`` packed as ``packing`` (``auto`` resolved by :func:`resolve_packing`).
+
+    ``wrap`` goes through ``packer`` when given (streaming: its carry continues into the next call). ``crop``
+    pads with the tokenizer's PAD, or with EOS for a tokenizer without one (text BPEs).
+    """
+    if resolve_packing(packing, tokenizer) == "crop":
+        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        return crop_documents(token_lists, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=pad_id,
+                              seq_len=seq_len)
+    packer = packer or BlockPacker(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seq_len=seq_len)
+    return packer.add(token_lists)
+
+
 def _write_npy_header(fh: Any, rows: int, seq_len: int) -> None:
     np.lib.format.write_array_header_1_0(fh, {"descr": "<i4", "fortran_order": False, "shape": (rows, seq_len)})
 
@@ -452,7 +513,7 @@ class TokenBlocks:
 @dataclass
 class PreparedData:
     """A tokenized corpus ready to train on. ``stats[split]`` has ``documents``, ``tokens`` (document tokens plus
-    one EOS each, i.e. the packed stream) and ``blocks``."""
+    one EOS each, i.e. the wrap-packed stream) and ``blocks``; crop packing adds ``cropped`` (documents cut)."""
 
     tokenizer: Tokenizer
     train: TokenBlocks
@@ -478,10 +539,10 @@ def _texts_fingerprint(corpus: Corpus) -> str:
     return digest.hexdigest()
 
 
-def _tokenize_to_npy(path: Path, documents: Sequence[str], tokenizer: Tokenizer, seq_len: int, *, what: str,
-                     progress: bool) -> dict[str, int]:
+def _tokenize_to_npy(path: Path, documents: Sequence[str], tokenizer: Tokenizer, seq_len: int, packing: str, *,
+                     what: str, progress: bool) -> dict[str, int]:
     """Tokenize and pack ``documents`` straight into an ``.npy`` file (blocks never all held in memory)."""
-    stats = {"documents": 0, "tokens": 0, "blocks": 0}
+    stats = {"documents": 0, "tokens": 0, "blocks": 0, **({"cropped": 0} if packing == "crop" else {})}
 
     def write(tmp: Path) -> None:
         packer = BlockPacker(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seq_len=seq_len)
@@ -491,11 +552,13 @@ def _tokenize_to_npy(path: Path, documents: Sequence[str], tokenizer: Tokenizer,
             data_start = fh.tell()
             for start in range(0, len(documents), _ENCODE_BATCH):
                 ids = tokenizer.encode_batch(list(documents[start:start + _ENCODE_BATCH]))
-                blocks = packer.add(ids)
+                blocks = pack_blocks(ids, tokenizer, packing=packing, seq_len=seq_len, packer=packer)
                 fh.write(blocks.astype("<i4", copy=False).tobytes())
                 stats["documents"] += len(ids)
                 stats["tokens"] += sum(len(i) + 1 for i in ids)
                 stats["blocks"] += len(blocks)
+                if packing == "crop":
+                    stats["cropped"] += sum(len(i) > seq_len - 2 for i in ids)
                 bar.update(len(ids))
             if stats["blocks"] == 0:
                 raise DataError(f"{what}: {stats['tokens']} tokens are too few for one block of --seq-len {seq_len}"
@@ -513,8 +576,9 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
     """Load the corpus, build (or use the given) tokenizer, and return both splits as packed memmapped blocks.
 
     Each split is tokenized once and cached under ``cache_dir`` as ``<corpus>-<split>-<key>.npy`` (plus a
-    ``.json`` with its stats); the key hashes the corpus source, the split options, the tokenizer and
-    ``seq_len``, so any change re-tokenizes and an unchanged setup loads the memmap directly.
+    ``.json`` with its stats); the key hashes the corpus source, the split options, the tokenizer, the packing
+    (resolved: ``auto`` becomes ``wrap`` or ``crop``) and ``seq_len``, so any change re-tokenizes and an unchanged
+    setup loads the memmap directly.
     """
     corpus = load_corpus(config)
     if tokenizer is None:
@@ -522,11 +586,12 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
     elif (tokenizer.kind == "protein") != (corpus.default_tokenizer == "protein"):
         raise DataError(f"{corpus.name}: this corpus needs a {corpus.default_tokenizer} tokenizer but the model uses "
                         f"a {tokenizer.kind} tokenizer (vocabulary mismatch)")
+    packing = resolve_packing(config.packing, tokenizer)
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     source = corpus.fingerprint or _texts_fingerprint(corpus)
     identity = {"format": 1, "corpus": corpus.name, "source": source, "folio": config.folio,
                 "valid_fraction": config.valid_fraction, "seed": config.seed, "max_documents": config.max_documents,
-                "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": config.seq_len}
+                "tokenizer": tokenizer_fingerprint(tokenizer), "packing": packing, "seq_len": config.seq_len}
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", corpus.name).strip("_")[-48:] or "corpus"
     splits: dict[str, TokenBlocks] = {}
     stats: dict[str, dict[str, int]] = {}
@@ -541,7 +606,7 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
         if path.exists() and meta.exists():
             stats[split] = json.loads(meta.read_text())["stats"]
         else:
-            stats[split] = _tokenize_to_npy(path, documents, tokenizer, config.seq_len,
+            stats[split] = _tokenize_to_npy(path, documents, tokenizer, config.seq_len, packing,
                                             what=f"{corpus.name} {split}", progress=progress)
             write_json(meta, {"stats": stats[split], **identity, "split": split})
         splits[split] = TokenBlocks.load(path, mmap=True)

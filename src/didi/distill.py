@@ -40,13 +40,13 @@ from . import distributed as dist
 from .backbone import DiT
 from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
                          load_trainer_state, read_run_config, save_snapshot, write_run_config)
-from .config import DiffusionConfig, helpfield, to_dict
+from .config import helpfield, to_dict
 from .diffusion import NEG_INF, LogLinearSchedule, forward_mask
-from .discriminator import Discriminator, build_discriminator, default_trainable_blocks
+from .discriminator import build_discriminator, default_trainable_blocks
 from .errors import CheckpointError, ConfigError, TrainingError, require
 from .sampling import sample_masked_tokens
 from .train import ema_decay_at, ema_update
-from .utils import autocast, capture_rng_state, pick_device, resolve_precision, restore_rng_state, step_generator
+from .utils import autocast, resolve_precision
 
 
 @dataclass
@@ -294,11 +294,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, mode: str = "gro
 
 @dataclass
 class DistillModels:
-    """Everything an iteration touches: networks, optimisers and fixed settings."""
+    """Everything an iteration touches: networks, optimisers and fixed settings.
+
+    Under ``torchrun`` :func:`distill` wraps ``student`` and ``discriminator`` (the networks that train) in
+    ``DistributedDataParallel``; the teacher and the EMA stay local (identical on every rank).
+    """
 
     student: nn.Module
     teacher: nn.Module
-    discriminator: Discriminator
+    discriminator: nn.Module  # a Discriminator (DDP-wrapped under torchrun)
     ema: nn.Module
     opt_student: torch.optim.Optimizer
     opt_disc: torch.optim.Optimizer
@@ -450,7 +454,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     models.discriminator.train()
     d_loss = discriminator_loss(models.disc_logits(z_real, sigma_corr), pos_real,
                                 models.disc_logits(z_fake, sigma_corr), pos_fake, cfg.label_smoothing)
-    if not torch.isfinite(d_loss):
+    if not dist.all_finite(d_loss):  # collective: every rank skips the step together
         raise TrainingError(f"non-finite discriminator loss at step {step}")
     models.opt_disc.zero_grad(set_to_none=True)
     d_loss.backward()
@@ -491,7 +495,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
             entropies.append(entropy(st.log_x_hat, st.was_masked))
         ent = torch.stack(entropies).mean()
     loss = pg_loss + kl - cfg.entropy_weight * ent
-    if not torch.isfinite(loss):
+    if not dist.all_finite(loss):
         models.opt_student.zero_grad(set_to_none=True)
         raise TrainingError(f"non-finite student loss at step {step}")
     models.opt_student.zero_grad(set_to_none=True)
@@ -499,7 +503,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     _sanitize_grads(models.student)
     grad_norm = torch.nn.utils.clip_grad_norm_(models.student.parameters(), cfg.grad_clip)
     models.opt_student.step()
-    ema_update(models.ema, models.student, ema_decay_at(cfg.ema_decay, max(0, step - cfg.disc_warmup_steps)))
+    ema_update(models.ema, dist.unwrap(models.student), ema_decay_at(cfg.ema_decay, max(0, step - cfg.disc_warmup_steps)))
     metrics.update(reward=float(rewards.mean()), reward_std=float(rewards.std()) if n > 1 else 0.0,
                    advantage_std=float(advantage.std()) if n > 1 else 0.0, pg_loss=float(pg_loss), kl=float(kl),
                    entropy=float(ent), grad_norm=float(grad_norm), omega=float(omega.mean()))
@@ -526,51 +530,66 @@ def _load_teacher(path: Path, device: torch.device) -> tuple[RunConfig, DiT]:
     return config, teacher.to(device)
 
 
+def _saved_config(out: Path, cfg: DistillConfig) -> DistillConfig:
+    """The options of the run in ``out`` with the few that may change on resume taken from ``cfg``."""
+    student_config = read_run_config(out)
+    if student_config.kind != "didi":
+        raise CheckpointError(f"{out}: is not a DiDi-Instruct student run")
+    if latest_snapshot(out) is None:
+        raise CheckpointError(f"{out}: no complete snapshot to resume from")
+    saved = DistillConfig(**{k: v for k, v in student_config.extra.get("distill", {}).items()
+                             if k in DistillConfig.__dataclass_fields__})
+    for name in ("steps", "device", "progress", "save_every", "log_every", "keep_checkpoints", "out"):
+        setattr(saved, name, getattr(cfg, name))
+    return saved
+
+
 def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *, resume: bool = False) -> Path:
-    """Run DiDi-Instruct from ``cfg.teacher`` into ``cfg.out`` (or resume it); returns the student run dir."""
-    from .data import BatchSchedule, DataConfig, prepare_data
+    """Run DiDi-Instruct from ``cfg.teacher`` into ``cfg.out`` (or resume it); returns the student run dir.
+
+    Under ``torchrun`` every rank calls this: ``--batch-size`` real rows per iteration are split over the ranks and
+    each row's G replicas stay on its rank, so grouped reward normalisation never mixes ranks; the randomness of a
+    rank's rows comes from ``(seed, step, rank)``, so a run is reproducible for a given world size. Rank 0 prepares
+    the data first, logs rank-averaged metrics and writes every file.
+    """
+    from .data import BatchSchedule, DataConfig, prepare_data, shard
     from .tokenizer import load_tokenizer
 
     require(bool(cfg.out), "out", "a student run directory is required")
     out = Path(cfg.out)
-    device = pick_device(cfg.device)
+    ctx = dist.init(cfg.device)
+    device = ctx.device
+    with dist.main_process_first():  # rank 0 checks the run directory and tokenizes first
+        if resume:
+            cfg = _saved_config(out, cfg)
+        elif ctx.is_main and ((out / "config.json").exists() or latest_snapshot(out) is not None):
+            raise CheckpointError(f"{out}: already holds a run; use --resume or choose another --out")
+        require(bool(cfg.teacher), "teacher", "a teacher run directory is required")
+        teacher_dir = Path(cfg.teacher)
+        teacher_config, teacher = _load_teacher(teacher_dir, device)
+        tokenizer = load_tokenizer(teacher_dir, teacher_config.tokenizer)
+        data_values = {**teacher_config.data, **(data_overrides or {})}
+        if data_values.get("tokenizer") not in (None, "auto", tokenizer.kind):
+            raise ConfigError(f"--tokenizer: the teacher uses a {tokenizer.kind} tokenizer, data asks for "
+                              f"{data_values['tokenizer']}")
+        data_cfg = DataConfig(**{k: v for k, v in data_values.items() if k in DataConfig.__dataclass_fields__})
+        if data_cfg.seq_len > teacher_config.model.max_seq_len:
+            raise ConfigError(f"--seq-len: {data_cfg.seq_len} exceeds the teacher's maximum "
+                              f"{teacher_config.model.max_seq_len}")
+        prepared = prepare_data(data_cfg, tokenizer=tokenizer, progress=cfg.progress and ctx.is_main)
+    if cfg.batch_size % ctx.world_size:
+        raise ConfigError(f"--batch-size: {cfg.batch_size} real rows per iteration cannot be split evenly over "
+                          f"{ctx.world_size} processes")
     precision = resolve_precision(cfg.precision, device)
-    snapshot = None
-    if resume:
-        student_config = read_run_config(out)
-        if student_config.kind != "didi":
-            raise CheckpointError(f"{out}: is not a DiDi-Instruct student run")
-        saved = DistillConfig(**{k: v for k, v in student_config.extra.get("distill", {}).items()
-                                 if k in DistillConfig.__dataclass_fields__})
-        for name in ("steps", "device", "progress", "save_every", "log_every", "keep_checkpoints", "out"):
-            setattr(saved, name, getattr(cfg, name))
-        cfg = saved
-        snapshot = latest_snapshot(out)
-        if snapshot is None:
-            raise CheckpointError(f"{out}: no complete snapshot to resume from")
-    elif (out / "config.json").exists() or latest_snapshot(out) is not None:
-        raise CheckpointError(f"{out}: already holds a run; use --resume or choose another --out")
-    require(bool(cfg.teacher), "teacher", "a teacher run directory is required")
-    teacher_dir = Path(cfg.teacher)
-    teacher_config, teacher = _load_teacher(teacher_dir, device)
-    tokenizer = load_tokenizer(teacher_dir, teacher_config.tokenizer)
-    data_values = {**teacher_config.data, **(data_overrides or {})}
-    if data_values.get("tokenizer") not in (None, "auto", tokenizer.kind):
-        raise ConfigError(f"--tokenizer: the teacher uses a {tokenizer.kind} tokenizer, data asks for "
-                          f"{data_values['tokenizer']}")
-    data_cfg = DataConfig(**{k: v for k, v in data_values.items() if k in DataConfig.__dataclass_fields__})
-    if data_cfg.seq_len > teacher_config.model.max_seq_len:
-        raise ConfigError(f"--seq-len: {data_cfg.seq_len} exceeds the teacher's maximum "
-                          f"{teacher_config.model.max_seq_len}")
-    prepared = prepare_data(data_cfg, tokenizer=tokenizer, progress=cfg.progress)
 
     torch.manual_seed(cfg.seed)
     models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
                                         teacher_config.diffusion.eps, device, precision)
+    snapshot = dist.broadcast_object(latest_snapshot(out)) if resume else None
     start = 0
     if snapshot is not None:
         start = _restore(snapshot, models)
-    else:
+    elif ctx.is_main:
         student_config = RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
                                    diffusion=teacher_config.diffusion, training=teacher_config.training,
                                    data=to_dict(data_cfg),
@@ -579,39 +598,59 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
                                                             "trainable_blocks": len(teacher.blocks)
                                                             - models.frozen_disc_blocks}})
         write_run_config(out, student_config)
-    clean_stale_tmp(out)
+    if ctx.is_main:
+        clean_stale_tmp(out)
+    if ctx.enabled:
+        # Each network is called twice before its backward (student: steps 1 and 2; discriminator: real and
+        # fake rows). DDP handles that without static_graph: autograd accumulates every parameter's gradient once
+        # per backward, which fires DDP's all-reduce hook once (tests/test_distributed.py checks the gradients
+        # against one process).
+        models.student = dist.ddp(models.student, device)
+        models.discriminator = dist.ddp(models.discriminator, device)
 
     batches = BatchSchedule(len(prepared.train), cfg.batch_size, seed=cfg.seed)
-    bar = tqdm(total=cfg.steps, initial=start, desc="distill", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc="distill", disable=not (cfg.progress and ctx.is_main),
+               dynamic_ncols=True)
+    say = bar.write if ctx.is_main else (lambda message: None)
     metrics_path = out / "metrics.jsonl"
     skipped = 0
     last = time.perf_counter()
-    for step in range(start, cfg.steps):
-        x = prepared.train.batch(batches.indices(step))
-        generator = step_generator(cfg.seed, step, stream=2, device=device)
-        try:
-            metrics = distill_step(models, x, step, cfg, generator)
-        except TrainingError as exc:
-            # NaN guard: the step's updates were not applied; log it and go on from the current weights.
-            skipped += 1
-            bar.write(f"step {step}: skipped ({exc})")
-            _zero_grads(models)
-            if skipped > max(10, cfg.steps // 20):
-                raise TrainingError(f"too many non-finite steps ({skipped}); last good snapshot kept in {out}")
-            metrics = {"skipped": 1.0}
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            metrics["samples_per_s"] = cfg.log_every * cfg.batch_size * cfg.group_size / max(1e-9, now - last)
-            last = now
-            bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("disc_loss", "reward", "advantage_std", "kl",
-                                                             "entropy", "samples_per_s") if k in metrics})
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps({"step": done, **metrics}) + "\n")
-        bar.update(1)
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            _save(out, done, models, cfg)
+    with dist.StopRequest() as stop:
+        for step in range(start, cfg.steps):
+            x = prepared.train.batch(shard(batches.indices(step), ctx.rank, ctx.world_size))
+            # randomness private to this rank's rows: rollouts and corruption (generator), dropout (global RNG)
+            generator = torch.Generator(device=device).manual_seed(dist.rank_seed(cfg.seed, step, ctx.rank, 2))
+            torch.manual_seed(dist.rank_seed(cfg.seed, step, ctx.rank, 3))
+            try:
+                metrics = distill_step(models, x, step, cfg, generator)
+            except TrainingError as exc:
+                # NaN guard (agreed by all ranks): the step's updates were not applied; go on from the current weights
+                skipped += 1
+                say(f"step {step}: skipped ({exc})")
+                _zero_grads(models)
+                if skipped > max(10, cfg.steps // 20):
+                    raise TrainingError(f"too many non-finite steps ({skipped}); last good snapshot kept in {out}")
+                metrics = {"skipped": 1.0}
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                metrics = dist.mean_over_ranks(metrics)
+                now = time.perf_counter()
+                metrics["samples_per_s"] = cfg.log_every * cfg.batch_size * cfg.group_size / max(1e-9, now - last)
+                last = now
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("disc_loss", "reward", "advantage_std", "kl",
+                                                                 "entropy", "samples_per_s") if k in metrics})
+                if ctx.is_main:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps({"step": done, **metrics}) + "\n")
+            bar.update(1)
+            stopping = stop.agreed()
+            if done % cfg.save_every == 0 or done == cfg.steps or stopping:
+                _save(out, done, models, cfg)
+                if stopping:
+                    say(f"stop requested: snapshot written at step {done}; resume with --resume")
+                    break
     bar.close()
+    dist.barrier()
     return out
 
 
@@ -621,14 +660,21 @@ def _zero_grads(models: DistillModels) -> None:
 
 
 def _save(out: Path, step: int, models: DistillModels, cfg: DistillConfig) -> None:
-    tensors = {"model": models.student.state_dict(), "ema": models.ema.state_dict(),
-               "discriminator": models.discriminator.state_dict()}
+    """Rank 0 writes student, EMA, discriminator and both optimisers (DDP keeps them identical on all ranks).
+
+    No RNG state is saved: every step reseeds from ``(seed, step, rank)``.
+    """
+    if not dist.is_main():
+        return
+    tensors = {"model": dist.unwrap(models.student).state_dict(), "ema": models.ema.state_dict(),
+               "discriminator": dist.unwrap(models.discriminator).state_dict()}
     state = {"opt_student": models.opt_student.state_dict(), "opt_disc": models.opt_disc.state_dict(),
-             "rng": capture_rng_state(), "distill_config": to_dict(cfg)}
+             "distill_config": to_dict(cfg)}
     save_snapshot(out, step, tensors, state, keep=cfg.keep_checkpoints)
 
 
 def _restore(snapshot: Path, models: DistillModels) -> int:
+    """Load a snapshot into the (not yet DDP-wrapped) networks and optimisers; every rank reads the same files."""
     dev = models.device
     load_state_dict_strict(models.student, load_tensors(snapshot / "model.safetensors", dev), str(snapshot))
     load_state_dict_strict(models.ema, load_tensors(snapshot / "ema.safetensors", dev), str(snapshot))
@@ -637,5 +683,4 @@ def _restore(snapshot: Path, models: DistillModels) -> int:
     state = load_trainer_state(snapshot)
     models.opt_student.load_state_dict(state["opt_student"])
     models.opt_disc.load_state_dict(state["opt_disc"])
-    restore_rng_state(state["rng"])
     return int(state["step"])

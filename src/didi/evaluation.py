@@ -12,7 +12,10 @@ Metrics, each a plain function:
   fakes low perplexity;
 * :func:`diffusion_nelbo` / :func:`ar_nll` — validation likelihood over packed blocks: the MDLM NELBO (an upper
   bound on the perplexity) or the AR cross-entropy;
-* :func:`timed_sampling` — latency per batch, generated tokens per second, exact NFE, peak memory.
+* :func:`timed_sampling` — latency per batch, generated tokens per second, exact NFE, peak memory;
+* proteins (models with the amino-acid tokenizer): :func:`didi.protein.protein_metrics` of the decoded sequences
+  (residue entropy, composition divergence from the natural sequences of :func:`protein_reference`, distinct and
+  low-complexity fractions, lengths), optionally ESMFold pLDDT, and a row scoring those natural sequences alike.
 
 :func:`evaluate` runs them over models x NFE budgets (or over sample files) into an :class:`EvalReport`, printed
 by :func:`format_table`, saved by :func:`write_report` and drawn by :func:`plot_report`.
@@ -38,15 +41,17 @@ import torch.nn.functional as F
 
 from . import __version__
 from .ar import ARPipeline, next_token_nll
-from .checkpoint import atomic_write, read_run_config, write_json
+from .checkpoint import RunConfig, atomic_write, read_run_config, write_json
 from .cli import parse_int_list
 from .config import DiffusionConfig, helpfield
 from .diffusion import Denoiser, LogLinearSchedule, mdlm_token_losses, sample_times
 from .errors import DataError, DidiError, option_error, require
 from .pipeline import DiffusionPipeline, load
+from .protein import SWISSPROT_COMPOSITION, amino_acid_composition, esmfold_scorer, protein_metrics
 from .rgas import RGASConfig
 from .samples import read_samples
 from .sampling import SampleResult
+from .tokenizer import Tokenizer, load_tokenizer
 from .utils import pick_device, synchronize
 
 Model = DiffusionPipeline | ARPipeline
@@ -335,18 +340,26 @@ def ar_nll(model: ARPipeline | Callable[[torch.Tensor], torch.Tensor], blocks: A
     return Likelihood.from_sums(total, tokens, sequences, bound=False)
 
 
+def _validation_split(config: RunConfig, tokenizer: Tokenizer, seq_len: int, data: str | None) -> tuple[str, Any]:
+    """``(corpus, blocks)``: the validation blocks of a run's training corpus (or of ``data``), packed with its
+    tokenizer and packing at ``seq_len``; ``corpus`` is ``""`` and ``blocks`` ``None`` if the run records none."""
+    from .data import DataConfig, prepare_data
+
+    settings = {k: v for k, v in config.data.items() if k in DataConfig.__dataclass_fields__}
+    if data:
+        settings["data"] = data
+    if "data" not in settings:
+        return "", None
+    settings["seq_len"] = seq_len
+    return settings["data"], prepare_data(DataConfig(**settings), tokenizer=tokenizer).valid
+
+
 def validation_blocks(model: Model, data: str | None = None) -> Any:
     """The validation split (:class:`didi.data.TokenBlocks`) of the model's training corpus, or of ``data``,
     packed with the model's tokenizer at its training length."""
-    from .data import DataConfig, prepare_data
-
-    settings = {k: v for k, v in model.config.data.items() if k in DataConfig.__dataclass_fields__}
-    if data:
-        settings["data"] = data
-    require("data" in settings, "data", f"{model.path} does not record its training corpus; pass --data")
-    settings["seq_len"] = model.seq_len
-    valid = prepare_data(DataConfig(**settings), tokenizer=model.tokenizer).valid
-    require(len(valid) > 0, "data", f"{settings['data']}: the corpus has no validation blocks")
+    corpus, valid = _validation_split(model.config, model.tokenizer, model.seq_len, data)
+    require(valid is not None, "data", f"{model.path} does not record its training corpus; pass --data")
+    require(len(valid) > 0, "data", f"{corpus}: the corpus has no validation blocks")
     return valid
 
 
@@ -448,6 +461,8 @@ class EvalConfig:
     plot: str | None = helpfield(None, "draw gen-PPL and entropy against NFE into this image "
                                        f"({', '.join(PLOT_FORMATS)})")
     rgas: RGASConfig | None = helpfield(None, "RGAS settings with --sampler rgas (default: RGASConfig())")
+    plddt: bool = helpfield(False, "protein rows: also report ESMFold's mean pLDDT of the samples (needs ESMFold "
+                                   "and its weights; slow without a GPU)")
 
     def __post_init__(self) -> None:
         if isinstance(self.nfe, str):
@@ -496,6 +511,7 @@ class EvalRow:
     likelihood: Likelihood | None = None
     peak_memory_mib: float | None = None
     speedup: float | None = None
+    protein: dict[str, float] | None = None  # didi.protein.protein_metrics (+ plddt) of protein rows
 
     @property
     def nfe_made(self) -> float | None:
@@ -546,8 +562,95 @@ def _extra_calls(results: Sequence[SampleResult]) -> dict[str, list[int]]:
     return {k: [int(r.extra_calls.get(k, 0)) for r in results] for k in keys}
 
 
+# ------------------------------------------------------------------------------------------------ proteins
+
+@dataclass
+class ProteinReference:
+    """The natural sequences protein samples are compared with.
+
+    ``sequences``: the validation blocks of a protein model's corpus, decoded like samples (packed and cropped as
+    the model was trained, so a perfect model matches their lengths too); ``composition``: their pooled residue
+    composition, or the built-in UniProtKB/Swiss-Prot table when there is no validation data (no ``sequences``).
+    """
+
+    name: str
+    source: str
+    composition: dict[str, float]
+    sequences: list[str]
+
+
+def protein_reference(run_dir: Path | None, data: str | None = None) -> ProteinReference:
+    """The :class:`ProteinReference` of a protein run: its training corpus (or ``data``) at its training length;
+    the built-in composition if there is no run, or it records no corpus, or the corpus has no validation split."""
+    corpus, blocks, seq_len, tokenizer = "", None, 0, None
+    if run_dir is not None:
+        config = read_run_config(run_dir)
+        tokenizer = load_tokenizer(run_dir, config.tokenizer)
+        seq_len = int(config.training.get("seq_len", config.model.max_seq_len))
+        corpus, blocks = _validation_split(config, tokenizer, seq_len, data)
+    if blocks is None or len(blocks) == 0:
+        why = "no protein run" if run_dir is None else \
+            f"{run_dir} records no corpus" if blocks is None else f"{corpus} has no validation split"
+        _log(f"{why}: amino-acid composition is compared with the built-in UniProtKB/Swiss-Prot table")
+        return ProteinReference(name="", source="UniProtKB/Swiss-Prot composition (built-in table)",
+                                composition=SWISSPROT_COMPOSITION, sequences=[])
+    sequences = [tokenizer.decode(row) for row in np.asarray(blocks.array).tolist()]
+    return ProteinReference(name=f"{Path(corpus).name} (validation)",
+                            source=f"the {len(sequences)} validation sequences of {corpus} "
+                                   f"({seq_len}-token blocks, as trained)",
+                            composition=amino_acid_composition(sequences), sequences=sequences)
+
+
+@dataclass
+class ProteinScoring:
+    """The protein metrics of ``didi eval``: against ``reference``, with ESMFold pLDDT when ``plddt`` is given."""
+
+    reference: ProteinReference
+    plddt: Callable[[Sequence[str]], list[float]] | None = None
+
+    def score(self, row: EvalRow, texts: Sequence[str]) -> None:
+        """Set ``row.protein`` (:func:`didi.protein.protein_metrics`, plus the mean ``plddt`` over the non-empty
+        sequences) and make ``row.entropy`` the residue entropy (special tokens such as PAD excluded)."""
+        metrics = protein_metrics(texts, self.reference.composition)
+        if self.plddt is not None:
+            folded = [t for t in texts if t]
+            metrics["plddt"] = statistics.fmean(self.plddt(folded)) if folded else math.nan
+        row.protein = metrics
+        row.entropy = metrics["entropy"]
+
+    def reference_row(self, num_samples: int, config: EvalConfig, evaluator: Evaluator | None) -> EvalRow | None:
+        """The first ``num_samples`` natural sequences (a seeded random choice) scored like a sampled row."""
+        texts = self.reference.sequences[:num_samples]
+        if not texts:
+            return None
+        row = EvalRow(model=self.reference.name, kind="data", sampler="n/a", nfe=None, source=self.reference.source,
+                      num_samples=len(texts), seq_len=None, generated_tokens=0, nfe_per_batch=[], extra_calls={},
+                      batch_sizes=[], latencies_s=[], timing="not sampled")
+        self.score(row, texts)
+        if evaluator is not None:
+            row.gen_ppl = generative_perplexity(texts, evaluator, batch_size=config.eval_batch_size)
+        return row
+
+
+def _protein_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]],
+                     device: torch.device) -> ProteinScoring | None:
+    """Protein scoring if the report has protein models or protein sample files, else ``None``. The reference
+    comes from the first protein model, else from the run recorded in the first protein sample file."""
+    models = [Path(p) for p, run in zip(config.models, runs) if run.tokenizer.get("type") == "protein"]
+    recorded = [str(records[0].get("model") or "") for _, records in files
+                if records[0].get("tokenizer") == "protein"]
+    if not models and not recorded:
+        require(not config.plddt, "plddt", "pLDDT scores proteins: no --model or --samples here is a protein model")
+        return None
+    candidates = models + [Path(m) for m in recorded if m and is_didi_run(m)]
+    reference = protein_reference(candidates[0] if candidates else None, config.data)
+    if config.plddt:
+        _log("loading ESMFold for pLDDT")
+    return ProteinScoring(reference=reference, plddt=esmfold_scorer(device) if config.plddt else None)
+
+
 def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device,
-                    evaluator: Evaluator | None) -> list[EvalRow]:
+                    evaluator: Evaluator | None, proteins: ProteinScoring | None) -> list[EvalRow]:
     """Likelihood once, then one row per budget (one row for an AR model): sample, time, score."""
     baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = load(path, device=str(device), weights=config.weights, precision=config.precision)
@@ -577,8 +680,11 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
                       timing=f"measured here: {len(timed.results)} timed batch(es) after {config.warmup} warm-up",
                       entropy=mean_sample_entropy(tokens), likelihood=likelihood,
                       peak_memory_mib=timed.peak_memory_mib)
+        texts = model.decode(tokens)
         if evaluator is not None:
-            row.gen_ppl = generative_perplexity(model.decode(tokens), evaluator, batch_size=config.eval_batch_size)
+            row.gen_ppl = generative_perplexity(texts, evaluator, batch_size=config.eval_batch_size)
+        if model.tokenizer.kind == "protein":
+            proteins.score(row, texts)
         rows.append(row)
     del model
     if device.type == "cuda":
@@ -586,9 +692,9 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
     return rows
 
 
-def _evaluate_file(path: Path, config: EvalConfig, evaluator: Evaluator | None) -> EvalRow:
-    """A row from a `didi sample` file; its batches are consecutive runs of ``batch_size`` records."""
-    records = read_samples(path)
+def _evaluate_file(path: Path, records: list[dict[str, Any]], config: EvalConfig, evaluator: Evaluator | None,
+                   proteins: ProteinScoring | None) -> EvalRow:
+    """A row from the records of a `didi sample` file; its batches are consecutive runs of ``batch_size``."""
     first = records[0]
     kind = str(first.get("kind") or "?")
     batches, i = [], 0
@@ -613,9 +719,12 @@ def _evaluate_file(path: Path, config: EvalConfig, evaluator: Evaluator | None) 
                   timing="recorded by didi sample (no warm-up)" if timed else "not recorded",
                   entropy=mean_sample_entropy(tokens) if tokens else None)
     if texts is None:
-        _log(f"{path}: records without 'text': generative perplexity is not computed")
-    elif evaluator is not None:
+        _log(f"{path}: records without 'text': generative perplexity and protein metrics are not computed")
+        return row
+    if evaluator is not None:
         row.gen_ppl = generative_perplexity(texts, evaluator, batch_size=config.eval_batch_size)
+    if first.get("tokenizer") == "protein":
+        proteins.score(row, texts)
     return row
 
 
@@ -652,12 +761,15 @@ def _peak_rss_mib() -> float | None:
 
 
 def evaluate(config: EvalConfig) -> EvalReport:
-    """Run ``didi eval``: every ``--model`` at every budget, then every ``--samples`` file, into a report.
+    """Run ``didi eval``: every ``--model`` at every budget, then every ``--samples`` file, into a report; with
+    protein models or samples, a last row scores natural sequences alike (:meth:`ProteinScoring.reference_row`).
 
-    The evaluator is loaded once, before sampling, so a bad ``--evaluator`` fails before any work.
+    The evaluator (and ESMFold) is loaded once, before sampling, so a bad ``--evaluator`` fails before any work.
     """
     device = pick_device(config.device)
-    kinds = [read_run_config(Path(p)).kind for p in config.models]  # a bad run directory fails here, early
+    runs = [read_run_config(Path(p)) for p in config.models]  # a bad run directory or sample file fails here, early
+    files = [(Path(path), read_samples(Path(path))) for path in config.samples]
+    kinds = [run.kind for run in runs]
     for path, kind in zip(config.models, kinds):
         if config.sampler == "rgas" and kind != "ar" and not (Path(path) / "discriminator.safetensors").is_file():
             raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; {path} has none")
@@ -668,16 +780,23 @@ def evaluate(config: EvalConfig) -> EvalReport:
         evaluator = load_evaluator(evaluator_name, device)
     else:
         _log("no --evaluator and no AR --model: generative perplexity is not computed")
+    proteins = _protein_scoring(config, runs, files, device)
     rows: list[EvalRow] = []
     for path, label in zip(config.models, _labels(config.models)):
-        rows += _evaluate_model(path, label, config, device, evaluator)
-    for path in config.samples:
-        rows.append(_evaluate_file(Path(path), config, evaluator))
+        rows += _evaluate_model(path, label, config, device, evaluator, proteins)
+    for path, records in files:
+        rows.append(_evaluate_file(path, records, config, evaluator, proteins))
+    natural = None if proteins is None else \
+        proteins.reference_row(max(r.num_samples for r in rows), config, evaluator)
+    if natural is not None:
+        rows.append(natural)
     reference = _set_speedups(rows)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "didi_version": __version__, "torch_version": torch.__version__, "device": _describe_device(device),
         "evaluator": None if evaluator is None else {"name": evaluator.name, "context_len": evaluator.context_len},
+        "protein_reference": None if proteins is None else {"name": proteins.reference.name,
+                                                            "source": proteins.reference.source},
         "process_peak_rss_mib": _peak_rss_mib(), "config": dataclasses.asdict(config),
     }
     return EvalReport(rows=rows, meta=meta, reference=reference)
@@ -696,12 +815,26 @@ def _fmt_calls(calls: Sequence[int]) -> str:
     return str(calls[0]) if len(set(calls)) == 1 else f"{np.mean(calls):.1f}"
 
 
+def _protein_cells(row: EvalRow, plddt: bool) -> list[str]:
+    """length (mean ± std), AA-comp JS, distinct, low-complexity (and pLDDT) of a protein row."""
+    m = row.protein
+    if m is None:
+        return ["n/a"] * (5 if plddt else 4)
+    cells = [f"{m['length_mean']:.1f} ± {m['length_std']:.1f}", _fmt(m["composition_js"], ".4f"),
+             f"{m['distinct_fraction']:.2f}", f"{m['low_complexity_fraction']:.2f}"]
+    return cells + ([_fmt(m.get("plddt"), ".1f")] if plddt else [])
+
+
 def format_table(report: EvalReport) -> str:
     """The report as a Markdown table followed by notes saying exactly what every column measures."""
     rows = report.rows
     extra_keys = sorted({k for r in rows for k in r.extra_calls})
+    protein = any(r.protein for r in rows)
+    plddt = any(r.protein and "plddt" in r.protein for r in rows)
+    protein_header = ["length", "AA-comp JS", "distinct", "low-complexity", *(["pLDDT"] if plddt else [])]
     header = ["model", "kind", "sampler", "NFE", "NFE made", *(f"{k} calls" for k in extra_keys), "gen-PPL",
-              "entropy", "likelihood", "latency/batch (s)", "tokens/s", "speed-up", "peak mem (MiB)"]
+              "entropy", *(protein_header if protein else []), "likelihood", "latency/batch (s)", "tokens/s",
+              "speed-up", "peak mem (MiB)"]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
     for r in rows:
@@ -709,7 +842,8 @@ def format_table(report: EvalReport) -> str:
             f"{r.likelihood.ppl:.2f}"
         cells = [r.model, r.kind, r.sampler, "—" if r.nfe is None else str(r.nfe), _fmt_calls(r.nfe_per_batch),
                  *(_fmt_calls(r.extra_calls.get(k, [])) for k in extra_keys),
-                 _fmt(r.gen_ppl.ppl if r.gen_ppl else None, ".2f"), _fmt(r.entropy, ".3f"), likelihood,
+                 _fmt(r.gen_ppl.ppl if r.gen_ppl else None, ".2f"), _fmt(r.entropy, ".3f"),
+                 *(_protein_cells(r, plddt) if protein else []), likelihood,
                  _fmt(r.latency_s, ".3f"), _fmt(r.tokens_per_s, ",.1f"),
                  _fmt(r.speedup, ".2f") + ("×" if r.speedup is not None else ""), _fmt(r.peak_memory_mib, ",.0f")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -722,10 +856,25 @@ def format_table(report: EvalReport) -> str:
                      "scored: every non-EOS token and the first EOS of a sample, not the first token of a chunk.")
     else:
         lines.append("- gen-PPL: not computed (no --evaluator and no AR --model).")
-    lines.append("- entropy: mean over samples of the unigram entropy (nats) of each sample's own token ids.")
+    lines.append("- entropy: mean over samples of the unigram entropy (nats) of each sample's own token ids"
+                 + ("; protein rows: of its residues (special tokens such as PAD excluded; at most ln 20 = 3.00)."
+                    if protein else "."))
+    if protein:
+        natural = meta["protein_reference"]
+        lines.append("- protein rows score the decoded sequences: the first run of residues of each sample (a sample "
+                     "ends at its first EOS/PAD). length: residues, mean ± std; AA-comp JS: Jensen-Shannon "
+                     "divergence (nats) between the pooled composition of the 20 standard residues and that of "
+                     f"{natural['source']}; distinct: share of distinct sequences; low-complexity: share of "
+                     "sequences more than half covered by SEG-style windows (12 residues, entropy <= 2.2 bits).")
+        if natural["name"]:
+            lines.append(f"- {natural['name']}: the first validation sequences (a seeded random choice, as many as "
+                         "the largest row has samples), scored like samples: what a perfect model would reach.")
+        if plddt:
+            lines.append("- pLDDT: ESMFold's mean per-residue confidence (0-100), averaged over non-empty sequences.")
     if cfg["likelihood"] and cfg["models"]:
         lines.append(f"- likelihood: validation perplexity (AR) or its NELBO upper bound '≤' (diffusion, one "
-                     f"antithetic time per block), over at most {cfg['eval_blocks']} validation blocks.")
+                     f"antithetic time per block), over at most {cfg['eval_blocks']} validation blocks"
+                     + (" (protein blocks: per position, PAD included)." if protein else "."))
     lines.append("- NFE made: network calls counted by the sampler per batch (the diffusion cache skips calls while "
                  "no token changed; AR: one call per generated token).")
     if "discriminator" in extra_keys:
@@ -757,7 +906,7 @@ def plot_report(report: EvalReport, path: Path) -> None:
     from matplotlib.ticker import LogFormatter, NullFormatter, ScalarFormatter
 
     curves: dict[str, list[EvalRow]] = {}
-    references = [r for r in report.rows if r.nfe is None]
+    references = [r for r in report.rows if r.nfe is None]  # AR models and the natural protein sequences
     samplers = {r.sampler for r in report.rows if r.nfe is not None}
     for r in report.rows:
         if r.nfe is not None:
@@ -776,8 +925,8 @@ def plot_report(report: EvalReport, path: Path) -> None:
         color = next(colors)
         for ax, metric in metrics:
             if metric(r) is not None:
-                ax.axhline(metric(r), linestyle="--", color=color,
-                           label=f"{r.model} (AR, {_fmt_calls(r.nfe_per_batch)} NFE)")
+                label = f"{r.model} (AR, {_fmt_calls(r.nfe_per_batch)} NFE)" if r.kind == "ar" else r.model
+                ax.axhline(metric(r), linestyle="--", color=color, label=label)
     budgets = sorted({r.nfe for rows in curves.values() for r in rows})
     evaluator = report.meta["evaluator"]
     for ax, ylabel in ((ax_ppl, f"gen-PPL ({Path(evaluator['name']).name if evaluator else 'no evaluator'})"),

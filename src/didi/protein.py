@@ -8,7 +8,8 @@
   else the ``pyhmmer`` wheel) or a FASTA path; one document per sequence, split by sequence so that copies never
   straddle the split.
 * :func:`protein_metrics` — entropy, amino-acid composition divergence, distinct and low-complexity fractions,
-  length statistics; :func:`esmfold_plddt` — optional structure confidence (needs ESMFold weights).
+  length statistics; :func:`esmfold_scorer` / :func:`esmfold_plddt` — optional structure confidence (needs
+  ESMFold weights).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import statistics
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -486,17 +487,32 @@ def _load_esmfold(device: torch.device) -> tuple[torch.nn.Module, float]:
                     f"(needs openfold) with its weights in the torch hub cache")
 
 
-def esmfold_plddt(sequences: Sequence[str], device: str = "auto", batch_size: int = 4) -> list[float]:
-    """ESMFold's mean pLDDT (0-100) of each sequence: per-atom confidence averaged over the predicted atoms, as
-    fair-esm's ``mean_plddt``. Optional evaluator: needs ESMFold and its weights (a GPU in practice)."""
+def _require_residues(sequences: Sequence[str]) -> None:
     empty = [i + 1 for i, s in enumerate(sequences) if not s]
     if empty:
         raise DataError(f"ESMFold: sequence {empty[0]} is empty")
-    model, scale = _load_esmfold(pick_device(device))
-    scores: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        output = model.infer(list(sequences[start:start + batch_size]))  # runs under torch.no_grad
-        exists = output["atom37_atom_exists"]
-        mean = (output["plddt"] * exists).sum(dim=(1, 2)) / exists.sum(dim=(1, 2))
-        scores.extend((scale * mean).float().cpu().tolist())
-    return scores
+
+
+def esmfold_scorer(device: str | torch.device = "auto", batch_size: int = 4) -> Callable[[Sequence[str]], list[float]]:
+    """Load ESMFold once; the returned function gives ESMFold's mean pLDDT (0-100) of each sequence: per-atom
+    confidence averaged over the predicted atoms, as fair-esm's ``mean_plddt``. Optional evaluator: needs ESMFold
+    and its weights (a GPU in practice)."""
+    model, scale = _load_esmfold(pick_device(str(device)))
+
+    def score(sequences: Sequence[str]) -> list[float]:
+        _require_residues(sequences)
+        scores: list[float] = []
+        for start in range(0, len(sequences), batch_size):
+            output = model.infer(list(sequences[start:start + batch_size]))  # runs under torch.no_grad
+            exists = output["atom37_atom_exists"]
+            mean = (output["plddt"] * exists).sum(dim=(1, 2)) / exists.sum(dim=(1, 2))
+            scores.extend((scale * mean).float().cpu().tolist())
+        return scores
+
+    return score
+
+
+def esmfold_plddt(sequences: Sequence[str], device: str = "auto", batch_size: int = 4) -> list[float]:
+    """ESMFold's mean pLDDT (0-100) of each sequence (see :func:`esmfold_scorer`, which loads the model once)."""
+    _require_residues(sequences)
+    return esmfold_scorer(device, batch_size)(sequences)

@@ -1,6 +1,8 @@
 """Sample files: JSON lines with one record per sample (``tokens``, ``text``, ``nfe``, ``seconds``, ...).
 
-The same records are read back by ``didi eval --samples FILE``. Protein models may also write FASTA.
+The same records are read back by ``didi eval --samples FILE``. Protein models may also write FASTA (a path ending
+in ``.fasta``, ``.fa``, ``.faa`` or ``.fas``, optionally ``.gz``): one record per sample, headed by
+:func:`fasta_header`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 from .checkpoint import atomic_write
 from .errors import DataError
+from .protein import is_fasta_path, write_fasta
 from .sampling import SampleResult
 
 
@@ -23,20 +26,33 @@ def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, An
                 "tokens": row, "text": text, "nfe": result.nfe, "seconds": result.seconds,
                 "batch_size": int(result.tokens.shape[0]), "num_steps": result.num_steps, "sampler": result.sampler,
                 "extra_calls": dict(result.extra_calls), "model": str(getattr(model, "path", "")),
-                "kind": getattr(model, "kind", ""),
+                "kind": getattr(model, "kind", ""), "tokenizer": model.tokenizer.kind,
             })
     return records
 
 
+def fasta_header(index: int, record: dict[str, Any]) -> str:
+    """``sample_<index> nfe=<network calls of its batch> steps=<sampling steps> length=<residues>``."""
+    return f"sample_{index} nfe={record['nfe']} steps={record['num_steps']} length={len(record['text'])}"
+
+
+def format_sample(index: int, record: dict[str, Any]) -> str:
+    """How ``didi sample`` prints a record: a FASTA record for proteins, else a header line above the text."""
+    if record.get("tokenizer") == "protein":
+        return f">{fasta_header(index, record)}\n{record['text']}"
+    return f"--- sample {index} (nfe {record['nfe']}, {record['seconds']:.2f}s for its batch) ---\n{record['text']}"
+
+
 def write_samples(model: Any, results: list[SampleResult], path: Path | None) -> list[dict[str, Any]]:
-    """Build the records and, if ``path`` is given, write them atomically (JSONL, or FASTA for ``.fasta``/``.fa``)."""
+    """Build the records and, if ``path`` is given, write them atomically (JSONL, or FASTA for protein models)."""
     records = sample_records(model, results)
     if path is not None:
         path = Path(path)
-        if path.name.endswith((".fasta", ".fa", ".faa", ".fasta.gz", ".fa.gz", ".faa.gz")):
-            from .protein import write_fasta
-
-            write_fasta(path, [r["text"] for r in records])
+        if is_fasta_path(path.name):
+            if model.tokenizer.kind != "protein":
+                raise DataError(f"{path}: FASTA output needs a protein model ({model.tokenizer.kind} tokenizer); "
+                                "write JSON lines instead")
+            write_fasta(path, [r["text"] for r in records], [fasta_header(i, r) for i, r in enumerate(records)])
         else:
             lines = "".join(json.dumps(r) + "\n" for r in records)
             atomic_write(path, lambda p: p.write_text(lines))

