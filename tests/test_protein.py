@@ -394,6 +394,8 @@ def test_sample_writes_fasta_for_proteins_only(protein_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     lines = out.read_text().splitlines()
     assert printed.splitlines() == lines and lines[0].startswith(">sample_0 nfe=") and len(lines) <= 6
+    assert main(["eval", "--samples", str(out), "--device", "cpu"]) == 2
+    assert "s.fa: a FASTA file holds the sequences only" in capsys.readouterr().err
     make_run(tmp_path / "text", "mdlm", tiny_tokenizer())
     assert main(["sample", "--model", str(tmp_path / "text"), "--nfe", "2", "--num-samples", "1", "--device", "cpu",
                  "--quiet", "--out", str(tmp_path / "t.fasta")]) == 2

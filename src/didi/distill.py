@@ -71,7 +71,8 @@ class DistillConfig:
     teacher: str = helpfield("", "run directory of the teacher MDLM")
     out: str = helpfield("", "student run directory to create")
     steps: int = helpfield(10_000, "distillation iterations (paper: 10,000)")
-    batch_size: int = helpfield(4, "real rows per iteration; each is replicated --group-size times for the student")
+    batch_size: int = helpfield(4, "real rows per iteration, summed over all processes under torchrun; each is "
+                                   "replicated --group-size times for the student")
     group_size: int = helpfield(4, "G: student samples per group for grouped reward normalisation (>= 2)")
     lr: float = helpfield(1e-6, "student peak learning rate (paper: 1e-6)")
     disc_lr: float = helpfield(1e-5, "discriminator learning rate")
@@ -462,7 +463,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     torch.nn.utils.clip_grad_norm_([p for p in models.discriminator.parameters() if p.requires_grad],
                                    cfg.disc_grad_clip)
     models.opt_disc.step()
-    metrics = {"disc_loss": float(d_loss), "tau": float(tau.mean())}
+    metrics = {"disc_loss": float(d_loss.detach()), "tau": float(tau.mean())}
 
     if step < cfg.disc_warmup_steps or step % cfg.student_update_every:
         models.opt_student.zero_grad(set_to_none=True)
@@ -503,10 +504,12 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     _sanitize_grads(models.student)
     grad_norm = torch.nn.utils.clip_grad_norm_(models.student.parameters(), cfg.grad_clip)
     models.opt_student.step()
-    ema_update(models.ema, dist.unwrap(models.student), ema_decay_at(cfg.ema_decay, max(0, step - cfg.disc_warmup_steps)))
+    ema_update(models.ema, dist.unwrap(models.student),
+               ema_decay_at(cfg.ema_decay, max(0, step - cfg.disc_warmup_steps)))
     metrics.update(reward=float(rewards.mean()), reward_std=float(rewards.std()) if n > 1 else 0.0,
-                   advantage_std=float(advantage.std()) if n > 1 else 0.0, pg_loss=float(pg_loss), kl=float(kl),
-                   entropy=float(ent), grad_norm=float(grad_norm), omega=float(omega.mean()))
+                   advantage_std=float(advantage.std()) if n > 1 else 0.0, pg_loss=float(pg_loss.detach()),
+                   kl=float(kl.detach()), entropy=float(ent.detach()), grad_norm=float(grad_norm),
+                   omega=float(omega.mean()))
     return metrics
 
 

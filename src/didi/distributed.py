@@ -17,6 +17,7 @@ Conventions the recipes rely on:
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -77,6 +78,7 @@ def init(device: str = "auto") -> Context:
         raise ConfigError(f"--device: {preferred.type} is not supported under torchrun (use cuda or cpu)")
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
+        atexit.register(tdist.destroy_process_group)  # orderly teardown of NCCL/gloo at interpreter exit
     _PREPARE_GROUP = tdist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
     _CONTEXT = Context(enabled=True, rank=rank, world_size=world, local_rank=local_rank, device=dev)
     return _CONTEXT

@@ -64,6 +64,9 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: sample file not found")
+    if is_fasta_path(path.name):
+        raise DataError(f"{path}: a FASTA file holds the sequences only; evaluate the JSON lines of "
+                        "`didi sample --out FILE.jsonl` (or the model itself with --model)")
     records = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
