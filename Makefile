@@ -3,7 +3,7 @@
 #   make test         # create .venv, install didi with test extras, run the test suite
 #
 # PyTorch: the default TORCH_SPEC installs the CPU build 2.13.0 (a local wheel on our CI machines). On a CUDA
-# machine use e.g. `make quickstart TORCH_SPEC="torch>=2.2"` to get the CUDA build from PyPI.
+# machine use e.g. `make quickstart TORCH_SPEC="torch>=2.6"` to get the CUDA build from PyPI.
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -14,7 +14,7 @@ complete, so an interrupted benchmark resumes where it stopped:
 
 Usage::
 
-    python benchmarks/proteins.py                    # --scale cpu: about 40 minutes on 2 CPU cores
+    python benchmarks/proteins.py                    # --scale cpu: 30-50 minutes on 2 CPU cores
     python benchmarks/proteins.py --scale gpu --device cuda
 
 Writes ``OUT/eval.json``, ``OUT/eval.png`` and ``OUT/eval.md`` (the table, its notes, and every command with its
@@ -55,15 +55,15 @@ class Scale:
 
 
 SCALES = {
-    # ~1M-parameter models, one epoch fraction of the corpus: sized for about 40 minutes on 2 CPU cores.
+    # 1M-parameter models, two thirds of an epoch: 30-50 minutes on 2 CPU cores (51 measured on a busy machine).
     "cpu": Scale(model=("--hidden-size", "128", "--n-blocks", "4", "--n-heads", "4", "--cond-dim", "64"),
                  seq_len=128, batch_size=32, lr=1e-3, teacher_steps=400, ar_steps=300, distill_steps=150,
                  distill=("--batch-size", "2", "--group-size", "4", "--lr", "3e-5", "--disc-lr", "3e-4",
                           "--warmup-steps", "20", "--disc-warmup-steps", "50"),
                  eval_samples=64, eval_batch_size=32),
-    # ~25M-parameter models and several epochs, for a GPU (not run for docs/results_proteins.md).
+    # 25-29M-parameter models, about 17 epochs of the built-in corpus, for a GPU (not run for the results page).
     "gpu": Scale(model=("--hidden-size", "512", "--n-blocks", "8", "--n-heads", "8", "--cond-dim", "128"),
-                 seq_len=256, batch_size=128, lr=5e-4, teacher_steps=20_000, ar_steps=10_000, distill_steps=2000,
+                 seq_len=256, batch_size=64, lr=5e-4, teacher_steps=5000, ar_steps=3000, distill_steps=1000,
                  distill=("--batch-size", "8", "--group-size", "4", "--lr", "1e-5", "--disc-lr", "1e-4",
                           "--warmup-steps", "100", "--disc-warmup-steps", "200"),
                  eval_samples=256, eval_batch_size=64),

@@ -199,6 +199,14 @@ def _run_sample(args: argparse.Namespace) -> None:
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
 
 
+def _report_written(what: str, path: Path) -> None:
+    """One line on the main process only (every torchrun rank runs the command)."""
+    from . import distributed
+
+    if distributed.is_main():
+        print(f"[didi] {what} written to {path}", file=sys.stderr)
+
+
 def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) -> None:
     from .data import DataConfig
     from .train import TrainConfig
@@ -222,14 +230,13 @@ def _run_train_command(args: argparse.Namespace, kind: str) -> None:
     if args.resume is not None:
         given = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f) is not None}
         run_dir = train(resume_config(args.resume, **given), DataConfig(), kind=kind, resume=True)
-        print(f"[didi] run written to {run_dir}", file=sys.stderr)
+        _report_written("run", run_dir)
         return
     if not args.out:
         raise option_error("out", "a run directory is required (or --resume RUN_DIR)")
     cfg = config_from_args(TrainConfig, args)
     data_cfg = config_from_args(DataConfig, args, seed=cfg.seed)
-    run_dir = train(cfg, data_cfg, kind=kind)
-    print(f"[didi] run written to {run_dir}", file=sys.stderr)
+    _report_written("run", train(cfg, data_cfg, kind=kind))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -366,8 +373,7 @@ def _run_distill(args: argparse.Namespace) -> None:
         raise option_error("teacher", "a teacher run directory is required")
     cfg = config_from_args(DistillConfig, args, teacher=args.teacher or "")
     overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
-    out = distill(cfg, overrides, resume=args.resume is not None)
-    print(f"[didi] student written to {out}", file=sys.stderr)
+    _report_written("student", distill(cfg, overrides, resume=args.resume is not None))
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
