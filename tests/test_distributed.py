@@ -164,13 +164,41 @@ def test_kill_9_resumes_exactly_and_ignores_a_partial_snapshot(tmp_path, corpus_
     assert_equal(weights(run, "ema"), weights(reference, "ema"))
 
 
+PREPARE_FAILS = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    from didi import distributed
+    from didi.errors import DidiError
+
+    ctx = distributed.init("cpu")
+    try:
+        with distributed.main_process_first():
+            if ctx.is_main:
+                raise DidiError("corpus.txt: no such file")
+        outcome = "no error"
+    except DidiError as exc:
+        outcome = str(exc)
+    Path(sys.argv[1], f"rank{ctx.rank}.txt").write_text(outcome)
+    distributed.barrier()
+''')
+
+
 def test_rank_0_errors_reach_every_rank(tmp_path):
-    """Rank 0 fails while preparing the data: the other rank reports the same one-line error instead of waiting."""
+    """Rank 0 fails inside ``main_process_first``: every other rank raises the same error instead of waiting."""
+    script = tmp_path / "prepare_fails.py"
+    script.write_text(PREPARE_FAILS)
+    run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+            str(tmp_path)], timeout=120)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["corpus.txt: no such file"] * 2
+
+
+def test_a_failing_distributed_run_exits_with_one_line(tmp_path):
+    """The same through ``didi train``: torchrun may stop rank 1 before it prints, so at least rank 0's line."""
     proc = subprocess.run(torchrun(2, "train", "--out", str(tmp_path / "run"), "--data",
                                    str(tmp_path / "missing.txt"), *TINY_TRAIN_ARGS),
                           env=ENV, capture_output=True, text=True, timeout=120)
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("didi: error:")]
-    assert proc.returncode != 0 and len(errors) == 2 and all("missing.txt" in e for e in errors), errors
+    assert proc.returncode != 0 and errors and all("missing.txt" in e for e in errors), errors
 
 
 def test_an_empty_validation_split_is_skipped(tmp_path, corpus_file):
