@@ -15,6 +15,7 @@ all in one process so that every latency ratio is measured on the same machine i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ from didi.checkpoint import latest_snapshot
 from didi.data import DataConfig
 from didi.distill import DistillConfig, distill
 from didi.evaluation import EvalConfig, EvalReport, EvalRow, evaluate, plot_report
+from didi.quickstart import TINY_DISTILL
 from didi.rgas import RGASConfig
 from didi.train import TrainConfig, resume_config, train
 
@@ -56,15 +58,19 @@ class Scale:
     vocab_size: int = 4096
     train_extra: dict = field(default_factory=dict)
     eval_blocks: int = 64
+    batch_size: int = 0  # samples per sampling batch (0: num_samples)
+    repeats: int = 2  # timed batches per row at least
+    top_nfe_samples: int = 0  # samples for the teacher's largest budget (0: num_samples; 1024 NFE is slow on CPU)
+    rgas_samples: int = 0  # samples per RGAS row (0: num_samples; RGAS also runs the discriminator)
+    ablation_nfe: list[int] = field(default_factory=lambda: [8, 16])
 
 
-# Student hyper-parameters: the published ones are for a 169M model over 10k iterations (student lr 1e-6, disc lr
-# 1e-5, 1000 warm-up steps); tiny CPU runs use proportionally larger rates and shorter warm-ups.
+# "cpu" uses the quickstart's sizes and its distillation settings (didi.quickstart.TINY_DISTILL).
 SCALES = {
     "cpu": Scale(data="shakespeare", seq_len=128, preset="tiny", teacher_steps=600, ar_steps=400, distill_steps=300,
-                 global_batch_size=32, teacher_lr=1e-3,
-                 distill=dict(batch_size=4, lr=1e-5, disc_lr=1e-4, warmup_steps=20, disc_warmup_steps=20),
-                 teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32, 64, 128], num_samples=16),
+                 global_batch_size=32, teacher_lr=1e-3, distill=TINY_DISTILL,
+                 teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32, 64, 128], num_samples=128,
+                 batch_size=64, top_nfe_samples=32, rgas_samples=64),
     "paper": Scale(data="openwebtext", seq_len=1024, preset="small", teacher_steps=1_000_000, ar_steps=1_000_000,
                    distill_steps=10_000, global_batch_size=512, teacher_lr=3e-4, distill={},
                    teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32, 64, 128], num_samples=64,
@@ -72,7 +78,8 @@ SCALES = {
     "smoke": Scale(data="", seq_len=32, preset="tiny", teacher_steps=4, ar_steps=4, distill_steps=3,
                    global_batch_size=8, teacher_lr=3e-3,
                    distill=dict(batch_size=2, group_size=2, lr=1e-4, disc_lr=1e-3, warmup_steps=1),
-                   teacher_nfe=[4, 8], student_nfe=[4], num_samples=2, vocab_size=300, eval_blocks=2,
+                   teacher_nfe=[4, 8], student_nfe=[4], num_samples=2, vocab_size=300, eval_blocks=2, repeats=1,
+                   ablation_nfe=[4],
                    train_extra=dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)),
 }
 
@@ -124,12 +131,21 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
     return _timed(lambda: distill(cfg, resume=resume))
 
 
-def eval_rows(models: list[Path], nfe: list[int], scale: Scale, evaluator: str, device: str, seed: int,
-              sampler: str = "ancestral") -> list[EvalRow]:
-    config = EvalConfig(models=[str(m) for m in models], nfe=nfe, evaluator=evaluator,
-                        num_samples=scale.num_samples, seed=seed, sampler=sampler, eval_blocks=scale.eval_blocks,
-                        device=device, rgas=RGASConfig() if sampler == "rgas" else None)
-    return evaluate(config).rows
+def eval_rows(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Scale, evaluator: str, device: str,
+              seed: int, sampler: str = "ancestral", num_samples: int = 0) -> list[EvalRow]:
+    """Evaluate ``models`` at ``nfe`` (saved as OUT/eval/TAG.json and reused, so a re-run only adds what is new)."""
+    saved = out / "eval" / f"{tag}.json"
+    if saved.exists():
+        return [EvalRow.from_json(row) for row in json.loads(saved.read_text())]
+    n = num_samples or scale.num_samples
+    config = EvalConfig(models=[str(m) for m in models], nfe=nfe, evaluator=evaluator, num_samples=n,
+                        batch_size=min(n, scale.batch_size or n), warmup=0, repeats=scale.repeats, seed=seed,
+                        sampler=sampler, eval_blocks=scale.eval_blocks, device=device,
+                        rgas=RGASConfig() if sampler == "rgas" else None)
+    rows = evaluate(config).rows
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps([row.to_json() for row in rows], default=str))
+    return rows
 
 
 def _cell(value, spec: str) -> str:
@@ -166,7 +182,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} logical cores, {gpu}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,78 +215,118 @@ def main(argv: list[str] | None = None) -> int:
     ar, student = out / "ar", out / "student"
     started = time.perf_counter()
 
-    wall = {"teacher": None if args.teacher else train_stage("mdlm", teacher, scale, data, args.device, args.seed),
-            "ar": train_stage("ar", ar, scale, data, args.device, args.seed) if not scale.evaluator else None,
-            "student": distill_stage(teacher, student, scale, args.device, args.seed)}
+    wall_file = out / "wall_clock.json"
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    for stage, run in (("teacher", lambda: None if args.teacher else train_stage("mdlm", teacher, scale, data,
+                                                                                 args.device, args.seed)),
+                       ("ar", lambda: None if scale.evaluator else train_stage("ar", ar, scale, data, args.device,
+                                                                               args.seed)),
+                       ("student", lambda: distill_stage(teacher, student, scale, args.device, args.seed))):
+        seconds = run()
+        if seconds is not None or stage not in wall:
+            wall[stage] = seconds
+        wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
     evaluator = scale.evaluator or str(ar)
     names = {str(teacher): "teacher", str(student): "student", str(ar): "AR"}
-    rows = eval_rows([teacher], scale.teacher_nfe, scale, evaluator, args.device, args.seed)
-    rows += eval_rows([student], scale.student_nfe, scale, evaluator, args.device, args.seed)
-    rows += eval_rows([student], scale.student_nfe, scale, evaluator, args.device, args.seed, sampler="rgas")
+    ev = dict(out=out, scale=scale, evaluator=evaluator, device=args.device, seed=args.seed)
+    rows = eval_rows("teacher", models=[teacher], nfe=scale.teacher_nfe[:-1], **ev)
+    rows += eval_rows("teacher-top", models=[teacher], nfe=scale.teacher_nfe[-1:], num_samples=scale.top_nfe_samples,
+                      **ev)
+    rows += eval_rows("student", models=[student], nfe=scale.student_nfe, **ev)
+    rows += eval_rows("student-rgas", models=[student], nfe=scale.student_nfe, sampler="rgas",
+                      num_samples=scale.rgas_samples, **ev)
     if not scale.evaluator:
-        rows += eval_rows([ar], scale.student_nfe[:1], scale, evaluator, args.device, args.seed)
+        rows += eval_rows("ar", models=[ar], nfe=scale.student_nfe[:1], **ev)
 
     ablation_rows = []
     if args.ablation:
         for i, (label, switches) in enumerate(ABLATION):
             run = out / f"ablation-{i}"
-            distill_stage(teacher, run, scale, args.device, args.seed, **switches)
-            names[str(run)] = label
-            ablation_rows += eval_rows([run], scale.student_nfe, scale, evaluator, args.device, args.seed)
+            if not switches:  # the full method is the main student
+                run = student
+            else:
+                distill_stage(teacher, run, scale, args.device, args.seed, **switches)
+            ablation_rows += [dataclasses.replace(r, model=label) for r in eval_rows(
+                f"ablation-{i}", models=[run], nfe=scale.ablation_nfe, **ev)]
 
-    report = EvalReport(rows=rows, meta={"scale": args.scale, "smoke": args.smoke})
+    report = EvalReport(rows=rows, meta={"scale": args.scale, "smoke": args.smoke, "evaluator": {"name": evaluator}})
     plot_path = results.with_suffix(".png")
     plot_report(report, plot_path)
     (out / "results.json").write_text(json.dumps({"rows": [r.to_json() for r in rows + ablation_rows],
                                                   "wall_clock_s": wall}, indent=2, default=str))
     command = "python benchmarks/reproduce.py" + (" --smoke" if args.smoke else f" --scale {args.scale}") + (
         " --ablation" if args.ablation else "")
+    proteins = None if args.smoke else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
-                  args)
+                  data, proteins)
     results.write_text(text)
     print(text)
     return 0
 
 
-def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds, args) -> str:
+def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds, data, proteins=None) -> str:
     student_rows = [r for r in rows if names.get(r.source) == "student"]
     teacher_rows = {r.nfe: r for r in rows if names.get(r.source) == "teacher"}
     lines = [
         "# Reproduced results", "",
         f"Command: `{command}` — {date.today().isoformat()}, {seconds / 60:.1f} min in total.  ",
         f"Machine: {machine()}.  ",
-        f"Scale: {scale.preset} DiT/GPT, sequence length {scale.seq_len}, corpus `{args.data or scale.data}`, "
+        f"Scale: {scale.preset} DiT/GPT, sequence length {scale.seq_len}, "
+        f"corpus `{Path(data).name if Path(data).exists() else data}`, "
         f"teacher {scale.teacher_steps} steps, AR {scale.ar_steps} steps, DiDi-Instruct {scale.distill_steps} "
-        f"iterations ({json.dumps(scale.distill)}); {scale.num_samples} samples per row; gen-PPL under "
+        f"iterations ({json.dumps(scale.distill)}); {scale.num_samples} samples per row "
+        f"({scale.top_nfe_samples or scale.num_samples} for the teacher at {scale.teacher_nfe[-1]} NFE, "
+        f"{scale.rgas_samples or scale.num_samples} per RGAS row); gen-PPL under "
         f"{scale.evaluator or 'the AR model trained here on the same corpus'}.", "",
         "## Generation quality and speed", "",
         results_table(rows, names), "",
         f"![gen-PPL and entropy against NFE]({plot_name})", "",
-        "Latencies are medians of timed batches after a warm-up, all measured in this run on this machine; "
-        "speed-ups are latency ratios. The AR row samples token by token with a KV cache.", "",
+        "Latencies are medians over the timed batches of a row (each model's likelihood pass runs first and warms "
+        "it up), all measured in this run on this machine; speed-ups are latency ratios. The AR row samples token "
+        "by token with a KV cache. `calls made` counts real network calls (the cache skips steps where no token "
+        "changed); `disc. calls` are RGAS's extra discriminator calls per batch.", "",
         "## Training cost", "",
         "| stage | wall-clock |", "|---|---|",
     ]
     for stage, secs in wall.items():
-        lines.append(f"| {stage} | {'reused' if secs is None else f'{secs / 60:.1f} min'} |")
+        lines.append(f"| {stage} | {'given' if secs is None else f'{secs / 60:.1f} min'} |")
     if wall.get("teacher") and wall.get("student"):
         lines += ["", f"Distillation took {wall['student'] / wall['teacher']:.2f}× the teacher's training time."]
     if ablation_rows:
         lines += ["", "## Cumulative ablation (gen-PPL by NFE, ancestral sampler)", "",
-                  "| configuration | " + " | ".join(str(n) for n in scale.student_nfe) + " |",
-                  "|---|" + "---|" * len(scale.student_nfe)]
+                  "| configuration | " + " | ".join(str(n) for n in scale.ablation_nfe) + " |",
+                  "|---|" + "---|" * len(scale.ablation_nfe)]
         by_run: dict[str, dict[int, EvalRow]] = {}
         for r in ablation_rows:
-            by_run.setdefault(names.get(r.source, r.model), {})[r.nfe] = r
+            by_run.setdefault(r.model, {})[r.nfe] = r
         rgas = {r.nfe: r for r in rows if names.get(r.source) == "student" and r.sampler == "rgas"}
         by_run["+ Guided inference (RGAS)"] = rgas
         for label, cells in by_run.items():
             lines.append(f"| {label} | " + " | ".join(
                 _cell(cells[n].gen_ppl.ppl if n in cells and cells[n].gen_ppl else None, ".1f")
-                for n in scale.student_nfe) + " |")
+                for n in scale.ablation_nfe) + " |")
     if student_rows and teacher_rows:
         lines += ["", "## Reading", "", _reading(student_rows, teacher_rows, rows, names)]
+    if proteins is not None:
+        lines += ["", "## Proteins", "", "From the separate benchmark `python benchmarks/proteins.py` (teacher vs "
+                  "DiDi-Instruct student at 8/16/32 NFE on the built-in UniProt corpus); its command lines, "
+                  "settings and reading are in [results_proteins.md](results_proteins.md).", "", proteins]
     return "\n".join(lines) + "\n"
+
+
+def protein_table(page: Path) -> str | None:
+    """The first Markdown table under the "## Results" heading of the protein benchmark's page."""
+    if not page.exists():
+        return None
+    text = page.read_text()
+    if "## Results" not in text:
+        return None
+    body = text.split("## Results", 1)[1].splitlines()
+    start = next((i for i, line in enumerate(body) if line.startswith("|")), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(body)) if not body[i].startswith("|")), len(body))
+    return "\n".join(body[start:end])
 
 
 def _reading(student_rows, teacher_rows, rows, names) -> str:
@@ -281,7 +338,7 @@ def _reading(student_rows, teacher_rows, rows, names) -> str:
         if not r.gen_ppl or r.nfe not in teacher_rows or not teacher_rows[r.nfe].gen_ppl:
             continue
         same = teacher_rows[r.nfe].gen_ppl.ppl
-        verdict = "beats" if r.gen_ppl.ppl < same else "trails"
+        verdict = "beats" if r.gen_ppl.ppl < same else "trails" if r.gen_ppl.ppl > same else "matches"
         text = (f"- student ({r.sampler}) @ {r.nfe}: gen-PPL {r.gen_ppl.ppl:.1f} {verdict} the teacher @ {r.nfe} "
                 f"({same:.1f}); teacher @ {top.nfe}: {top.gen_ppl.ppl:.1f}" if top.gen_ppl else "")
         if ar is not None and ar.gen_ppl:

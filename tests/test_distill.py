@@ -1,5 +1,6 @@
 """DiDi-Instruct verified on exactly enumerable toys (vocabulary 3 + [MASK], length 3) and end to end."""
 import json
+import shutil
 import math
 
 import pytest
@@ -186,11 +187,19 @@ def distill_args(teacher, out, steps, *extra):
             "--progress", "false", *extra]
 
 
-def test_distill_cli_resume_and_sample(tmp_path, teacher_run):
+def test_distill_cli_resume_and_sample(tmp_path, teacher_run, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(distill_args(teacher_run, full, 4)) == 0
     assert main(distill_args(teacher_run, part, 2)) == 0
+    # --steps may be raised on resume (and is remembered); every other option comes from the saved run
+    assert main(["distill", "--resume", str(part), "--lr", "0.5", "--progress", "false"]) == 2
+    assert "--lr: cannot change when resuming" in capsys.readouterr().err
     assert main(["distill", "--resume", str(part), "--steps", "4", "--progress", "false"]) == 0
+    assert checkpoint.read_run_config(part).extra["distill"]["steps"] == 4
+    shutil.rmtree(part / "checkpoints" / checkpoint.snapshot_name(4))  # as if killed before its last snapshot
+    assert checkpoint.latest_snapshot(part).name == checkpoint.snapshot_name(2)
+    assert main(["distill", "--resume", str(part), "--progress", "false"]) == 0  # to the saved 4 steps, no more
+    assert checkpoint.latest_snapshot(part).name == checkpoint.snapshot_name(4)
     for name in ("model", "ema", "discriminator"):
         a = checkpoint.load_tensors(full / f"{name}.safetensors")
         b = checkpoint.load_tensors(part / f"{name}.safetensors")

@@ -12,8 +12,8 @@ from didi.cli import main
 from didi.data import TokenBlocks
 from didi.diffusion import LogLinearSchedule, mdlm_token_losses, sample_times
 from didi.errors import ConfigError
-from didi.evaluation import (EvalConfig, ar_nll, diffusion_nelbo, generative_perplexity, load_evaluator,
-                             mean_sample_entropy, sample_entropy, scored_positions, timed_sampling)
+from didi.evaluation import (EvalConfig, EvalRow, Perplexity, ar_nll, diffusion_nelbo, generative_perplexity,
+                             load_evaluator, mean_sample_entropy, sample_entropy, scored_positions, timed_sampling)
 from didi.pipeline import load
 from didi.protein import ProteinTokenizer
 from didi.samples import read_samples
@@ -228,6 +228,9 @@ def test_cli_eval_end_to_end(runs, tmp_path, capsys):
     assert report["rows"][2]["nfe_per_batch"] == [SEQ_LEN - 1] * 4 and report["rows"][2]["speedup"] == 1.0
     assert all(n <= 4 for n in report["rows"][0]["nfe_per_batch"])
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
+    for row in report["rows"]:  # the JSON round-trips into rows (benchmarks reuse saved evaluations)
+        again = EvalRow.from_json(row)
+        assert again.to_json() == row and isinstance(again.gen_ppl, Perplexity)
 
 
 def test_cli_eval_of_sample_files(runs, tmp_path, capsys):

@@ -67,6 +67,7 @@ def test_resume_continues_exactly(tmp_path, corpus_file):
     ema_a, ema_b = checkpoint.load_tensors(full / "ema.safetensors"), checkpoint.load_tensors(part / "ema.safetensors")
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     assert [m["loss"] for m in read_metrics(full)] == [m["loss"] for m in read_metrics(part)]
+    assert checkpoint.read_run_config(part).training["steps"] == 6  # a later --resume goes on to the new length
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, corpus_file, monkeypatch):

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import DiffusionConfig, ModelConfig, from_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 CONFIG = "config.json"
 SNAPSHOT_DIR = "checkpoints"
@@ -163,6 +163,20 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tenso
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
     write_json(Path(run_dir) / CONFIG, config.to_json())
+
+
+def resumed_options(saved: dict[str, Any], overrides: dict[str, Any], resumable: tuple[str, ...],
+                    fields: Any, ignore: tuple[str, ...] = ("out",)) -> dict[str, Any]:
+    """The saved options of a run (restricted to ``fields``) with ``overrides`` applied; only names in
+    ``resumable`` may differ from the saved value (one clear error otherwise), ``None`` and ``ignore`` are skipped."""
+    options = {k: v for k, v in saved.items() if k in fields}
+    for key, value in overrides.items():
+        if value is None or key in ignore:
+            continue
+        if key not in resumable and options.get(key) != value:
+            raise ConfigError(f"--{key.replace('_', '-')}: cannot change when resuming (saved: {options.get(key)!r})")
+        options[key] = value
+    return options
 
 
 def read_run_config(run_dir: Path) -> RunConfig:

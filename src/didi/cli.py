@@ -363,17 +363,19 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_distill(args: argparse.Namespace) -> None:
-    from .distill import DistillConfig, distill
+    from .distill import DistillConfig, distill, resume_config
 
+    overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
     if args.resume is not None:
-        args.out = str(args.resume)
+        given = {f: getattr(args, f) for f in DistillConfig.__dataclass_fields__ if getattr(args, f) is not None}
+        _report_written("student", distill(resume_config(args.resume, **given), overrides, resume=True))
+        return
     if not args.out:
         raise option_error("out", "a student run directory is required (or --resume STUDENT_DIR)")
-    if not args.teacher and args.resume is None:
+    if not args.teacher:
         raise option_error("teacher", "a teacher run directory is required")
-    cfg = config_from_args(DistillConfig, args, teacher=args.teacher or "")
-    overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
-    _report_written("student", distill(cfg, overrides, resume=args.resume is not None))
+    cfg = config_from_args(DistillConfig, args)
+    _report_written("student", distill(cfg, overrides))
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:

@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .backbone import DiT
 from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
-                         load_trainer_state, read_run_config, save_snapshot, write_run_config)
+                         load_trainer_state, read_run_config, resumed_options, save_snapshot,
+                         write_run_config)
 from .config import helpfield, to_dict
 from .diffusion import NEG_INF, LogLinearSchedule, forward_mask
 from .discriminator import build_discriminator, default_trainable_blocks
@@ -533,18 +534,23 @@ def _load_teacher(path: Path, device: torch.device) -> tuple[RunConfig, DiT]:
     return config, teacher.to(device)
 
 
-def _saved_config(out: Path, cfg: DistillConfig) -> DistillConfig:
-    """The options of the run in ``out`` with the few that may change on resume taken from ``cfg``."""
+RESUMABLE_OPTIONS = ("steps", "device", "progress", "save_every", "log_every", "keep_checkpoints")
+"""Options that may differ when a distillation is resumed; everything else is taken from the saved run."""
+
+
+def resume_config(out: str | Path, **overrides: Any) -> DistillConfig:
+    """The saved :class:`DistillConfig` of the student run ``out`` with ``overrides`` (only
+    :data:`RESUMABLE_OPTIONS` may change; ``None`` values are ignored)."""
+    out = Path(out)
     student_config = read_run_config(out)
     if student_config.kind != "didi":
         raise CheckpointError(f"{out}: is not a DiDi-Instruct student run")
     if latest_snapshot(out) is None:
         raise CheckpointError(f"{out}: no complete snapshot to resume from")
-    saved = DistillConfig(**{k: v for k, v in student_config.extra.get("distill", {}).items()
-                             if k in DistillConfig.__dataclass_fields__})
-    for name in ("steps", "device", "progress", "save_every", "log_every", "keep_checkpoints", "out"):
-        setattr(saved, name, getattr(cfg, name))
-    return saved
+    saved = resumed_options(student_config.extra.get("distill", {}), overrides, RESUMABLE_OPTIONS,
+                            DistillConfig.__dataclass_fields__, ignore=("out", "teacher"))
+    saved["out"] = str(out)
+    return DistillConfig(**saved)
 
 
 def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *, resume: bool = False) -> Path:
@@ -564,7 +570,7 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     device = ctx.device
     with dist.main_process_first():  # rank 0 checks the run directory and tokenizes first
         if resume:
-            cfg = _saved_config(out, cfg)
+            cfg = resume_config(out, **{name: getattr(cfg, name) for name in RESUMABLE_OPTIONS})
         elif ctx.is_main and ((out / "config.json").exists() or latest_snapshot(out) is not None):
             raise CheckpointError(f"{out}: already holds a run; use --resume or choose another --out")
         require(bool(cfg.teacher), "teacher", "a teacher run directory is required")
@@ -592,6 +598,10 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     start = 0
     if snapshot is not None:
         start = _restore(snapshot, models)
+        saved_config = read_run_config(out)
+        if ctx.is_main and saved_config.extra["distill"].get("steps") != cfg.steps:
+            saved_config.extra["distill"]["steps"] = cfg.steps  # an extended run resumes to its new length
+            write_run_config(out, saved_config)
     elif ctx.is_main:
         student_config = RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
                                    diffusion=teacher_config.diffusion, training=teacher_config.training,

@@ -536,6 +536,15 @@ class EvalRow:
         return {**dataclasses.asdict(self), "nfe_made": self.nfe_made, "latency_s": self.latency_s,
                 "tokens_per_s": self.tokens_per_s}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EvalRow":
+        """Inverse of :meth:`to_json` (derived fields are recomputed, not read)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        row = cls(**{k: v for k, v in data.items() if k in names})
+        row.gen_ppl = Perplexity(**row.gen_ppl) if isinstance(row.gen_ppl, dict) else row.gen_ppl
+        row.likelihood = Likelihood(**row.likelihood) if isinstance(row.likelihood, dict) else row.likelihood
+        return row
+
 
 @dataclass
 class EvalReport:
@@ -928,7 +937,7 @@ def plot_report(report: EvalReport, path: Path) -> None:
                 label = f"{r.model} (AR, {_fmt_calls(r.nfe_per_batch)} NFE)" if r.kind == "ar" else r.model
                 ax.axhline(metric(r), linestyle="--", color=color, label=label)
     budgets = sorted({r.nfe for rows in curves.values() for r in rows})
-    evaluator = report.meta["evaluator"]
+    evaluator = report.meta.get("evaluator")
     for ax, ylabel in ((ax_ppl, f"gen-PPL ({Path(evaluator['name']).name if evaluator else 'no evaluator'})"),
                        (ax_ent, "sample entropy (nats)")):
         ax.set_xscale("log", base=2)

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .backbone import DiT
 from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
-                         load_trainer_state, read_run_config, save_snapshot, write_run_config)
+                         load_trainer_state, read_run_config, resumed_options, save_snapshot,
+                         write_run_config)
 from .config import DiffusionConfig, ModelConfig, helpfield, to_dict
 from .data import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
 from .diffusion import LogLinearSchedule, mdlm_token_losses, sample_times
@@ -249,6 +250,9 @@ def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool
             run_config, prepared = _create_run(cfg, data_cfg, kind, run_dir, progress)
         else:
             run_config, prepared = _open_run(run_dir, kind, resume, progress)
+            if resume and dist.is_main() and run_config.training.get("steps") != cfg.steps:
+                run_config.training["steps"] = cfg.steps  # an extended run resumes to its new length
+                write_run_config(run_dir, run_config)
     snapshot = dist.broadcast_object(latest_snapshot(run_dir)) if resume else None
     return run_config, prepared, snapshot
 
@@ -388,13 +392,7 @@ RESUMABLE_OPTIONS = ("steps", "device", "progress", "compile", "save_every", "ev
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The saved :class:`TrainConfig` of ``run_dir`` with ``overrides`` (only :data:`RESUMABLE_OPTIONS`)."""
     run_config = read_run_config(Path(run_dir))
-    saved = {k: v for k, v in run_config.training.items() if k in TrainConfig.__dataclass_fields__}
-    for key, value in overrides.items():
-        if value is None or key == "out":
-            continue
-        if key not in RESUMABLE_OPTIONS and saved.get(key) != value:
-            raise ConfigError(f"--{key.replace('_', '-')}: cannot change when resuming (saved: {saved.get(key)!r})")
-        saved[key] = value
+    saved = resumed_options(run_config.training, overrides, RESUMABLE_OPTIONS, TrainConfig.__dataclass_fields__)
     saved["out"] = str(run_dir)
     return TrainConfig(**saved)
 
