@@ -269,7 +269,8 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
     teacher_rows = {r.nfe: r for r in rows if names.get(r.source) == "teacher"}
     lines = [
         "# Reproduced results", "",
-        f"Command: `{command}` — {date.today().isoformat()}, {seconds / 60:.1f} min in total.  ",
+        f"Command: `{command}` — {date.today().isoformat()}; this invocation took {seconds / 60:.1f} min (stages "
+        "finished by an earlier, interrupted invocation are reused; their training times are below).  ",
         f"Machine: {machine()}.  ",
         f"Scale: {scale.preset} DiT/GPT, sequence length {scale.seq_len}, "
         f"corpus `{Path(data).name if Path(data).exists() else data}`, "
@@ -294,9 +295,11 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         lines += ["", f"Distillation took {wall['student'] / wall['teacher']:.2f}× the teacher's training time."]
     if ablation_rows:
         lines += ["", "## Cumulative ablation (gen-PPL by NFE, ancestral sampler)", "",
+                  "Each row adds one technique to the row above (paper notes §6.3), same iterations and seed; the "
+                  "last row samples the full student with RGAS.", "",
                   "| configuration | " + " | ".join(str(n) for n in scale.ablation_nfe) + " |",
                   "|---|" + "---|" * len(scale.ablation_nfe)]
-        by_run: dict[str, dict[int, EvalRow]] = {}
+        by_run: dict[str, dict[int, EvalRow]] = {"Teacher, no distillation (reference)": teacher_rows}
         for r in ablation_rows:
             by_run.setdefault(r.model, {})[r.nfe] = r
         rgas = {r.nfe: r for r in rows if names.get(r.source) == "student" and r.sampler == "rgas"}
@@ -343,6 +346,10 @@ def _reading(student_rows, teacher_rows, rows, names) -> str:
                 f"({same:.1f}); teacher @ {top.nfe}: {top.gen_ppl.ppl:.1f}" if top.gen_ppl else "")
         if ar is not None and ar.gen_ppl:
             text += f"; AR: {ar.gen_ppl.ppl:.1f}"
+        if r.sampler == "rgas":
+            plain = next((x for x in student_rows if x.sampler != "rgas" and x.nfe == r.nfe and x.gen_ppl), None)
+            if plain is not None:
+                text += f"; the same student with the ancestral sampler: {plain.gen_ppl.ppl:.1f}"
         out.append(text + f"; entropy {r.entropy:.2f} vs teacher {teacher_rows[r.nfe].entropy:.2f}.")
     return "\n".join(out)
 
