@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from didi.checkpoint import latest_snapshot
+from didi.checkpoint import completed_steps, latest_snapshot
 from didi.cli import main as didi
 
 
@@ -71,11 +71,6 @@ SCALES = {
 NFE = "8,16,32,256"
 
 
-def complete(run_dir: Path, steps: int) -> bool:
-    snapshot = latest_snapshot(run_dir)
-    return snapshot is not None and int(snapshot.name.split("-")[1]) >= steps
-
-
 def stage(argv: list[str], log: list[dict]) -> str:
     """Run ``didi ARGV`` (exit on failure), record the command and its wall-clock time; return what it printed."""
     print(f"\n$ didi {' '.join(argv)}", flush=True)
@@ -92,7 +87,7 @@ def stage(argv: list[str], log: list[dict]) -> str:
 
 def train(kind: str, run_dir: Path, steps: int, scale: Scale, args: argparse.Namespace, log: list[dict]) -> None:
     command = "train" if kind == "mdlm" else "train-ar"
-    if complete(run_dir, steps):
+    if completed_steps(run_dir) >= steps:
         print(f"[benchmark] {run_dir} is complete, reusing it")
     elif latest_snapshot(run_dir) is not None:
         stage([command, "--resume", str(run_dir), "--steps", str(steps), "--device", args.device], log)
@@ -104,7 +99,7 @@ def train(kind: str, run_dir: Path, steps: int, scale: Scale, args: argparse.Nam
 
 
 def distill(teacher: Path, student: Path, scale: Scale, args: argparse.Namespace, log: list[dict]) -> None:
-    if complete(student, scale.distill_steps):
+    if completed_steps(student) >= scale.distill_steps:
         print(f"[benchmark] {student} is complete, reusing it")
     elif latest_snapshot(student) is not None:
         stage(["distill", "--resume", str(student), "--steps", str(scale.distill_steps), "--device", args.device], log)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from didi.checkpoint import latest_snapshot
+from didi.checkpoint import completed_steps, latest_snapshot
 from didi.data import DataConfig
 from didi.distill import DistillConfig, distill
 from didi.evaluation import EvalConfig, EvalReport, EvalRow, evaluate, plot_report
@@ -95,11 +95,6 @@ ABLATION = [
 ]
 
 
-def _done(run_dir: Path, steps: int) -> bool:
-    snap = latest_snapshot(run_dir)
-    return snap is not None and int(snap.name.split("-")[1]) >= steps
-
-
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -109,7 +104,7 @@ def _timed(fn) -> float:
 def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, seed: int) -> float | None:
     """Train (or resume) a teacher/AR run; returns its wall-clock seconds (None when reused)."""
     steps = scale.teacher_steps if kind == "mdlm" else scale.ar_steps
-    if _done(run_dir, steps):
+    if completed_steps(run_dir) >= steps:
         return None
     if latest_snapshot(run_dir) is not None:
         return _timed(lambda: train(resume_config(run_dir, steps=steps), DataConfig(), kind=kind, resume=True))
@@ -123,7 +118,7 @@ def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, 
 
 
 def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> float | None:
-    if _done(out, scale.distill_steps):
+    if completed_steps(out) >= scale.distill_steps:
         return None
     cfg = DistillConfig(teacher=str(teacher), out=str(out), steps=scale.distill_steps, seed=seed, device=device,
                         save_every=max(1, scale.distill_steps // 3), **{**scale.distill, **switches})

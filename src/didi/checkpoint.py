@@ -213,6 +213,12 @@ def latest_snapshot(run_dir: Path) -> Path | None:
     return snaps[-1] if snaps else None
 
 
+def completed_steps(run_dir: Path) -> int:
+    """The step of the run's latest complete snapshot (0 when it has none)."""
+    snapshot = latest_snapshot(run_dir)
+    return int(_SNAPSHOT_RE.match(snapshot.name).group(1)) if snapshot is not None else 0
+
+
 def _publish(src: Path, dst: Path) -> None:
     """Make ``dst`` show ``src`` atomically: a hard link renamed over ``dst`` (a copy if links are unsupported)."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

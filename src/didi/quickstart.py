@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import latest_snapshot
+from .checkpoint import completed_steps, latest_snapshot
 from .config import helpfield
 from .data import DataConfig
 from .errors import require
@@ -56,15 +56,10 @@ def _say(message: str) -> None:
     print(f"\n=== {message}", flush=True)
 
 
-def _complete(run_dir: Path, steps: int) -> bool:
-    snapshot = latest_snapshot(run_dir)
-    return snapshot is not None and int(snapshot.name.split("-")[1]) >= steps
-
-
 def _train(kind: str, run_dir: Path, cfg: QuickstartConfig, steps: int) -> None:
     from .train import TrainConfig, resume_config, train
 
-    if _complete(run_dir, steps):
+    if completed_steps(run_dir) >= steps:
         print(f"[didi] {run_dir} is complete, reusing it")
         return
     if latest_snapshot(run_dir) is not None:
@@ -80,7 +75,7 @@ def _train(kind: str, run_dir: Path, cfg: QuickstartConfig, steps: int) -> None:
 def _distill(teacher: Path, student: Path, cfg: QuickstartConfig) -> None:
     from .distill import DistillConfig, distill
 
-    if _complete(student, cfg.distill_steps):
+    if completed_steps(student) >= cfg.distill_steps:
         print(f"[didi] {student} is complete, reusing it")
         return
     resume = latest_snapshot(student) is not None
