@@ -571,6 +571,10 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     with dist.main_process_first():  # rank 0 checks the run directory and tokenizes first
         if resume:
             cfg = resume_config(out, **{name: getattr(cfg, name) for name in RESUMABLE_OPTIONS})
+            saved_config = read_run_config(out) if ctx.is_main else None
+            if saved_config is not None and saved_config.extra["distill"].get("steps") != cfg.steps:
+                saved_config.extra["distill"]["steps"] = cfg.steps  # an extended run resumes to its new length
+                write_run_config(out, saved_config)
         elif ctx.is_main and ((out / "config.json").exists() or latest_snapshot(out) is not None):
             raise CheckpointError(f"{out}: already holds a run; use --resume or choose another --out")
         require(bool(cfg.teacher), "teacher", "a teacher run directory is required")
@@ -598,10 +602,6 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     start = 0
     if snapshot is not None:
         start = _restore(snapshot, models)
-        saved_config = read_run_config(out)
-        if ctx.is_main and saved_config.extra["distill"].get("steps") != cfg.steps:
-            saved_config.extra["distill"]["steps"] = cfg.steps  # an extended run resumes to its new length
-            write_run_config(out, saved_config)
     elif ctx.is_main:
         student_config = RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
                                    diffusion=teacher_config.diffusion, training=teacher_config.training,
