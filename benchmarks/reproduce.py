@@ -128,18 +128,22 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
 
 def eval_rows(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Scale, evaluator: str, device: str,
               seed: int, sampler: str = "ancestral", num_samples: int = 0) -> list[EvalRow]:
-    """Evaluate ``models`` at ``nfe`` (saved as OUT/eval/TAG.json and reused, so a re-run only adds what is new)."""
+    """Evaluate ``models`` at ``nfe``, saved as OUT/eval/TAG.json and reused while the models' weights and the
+    settings are unchanged (a re-run only adds what is new; a retrained model is evaluated again)."""
     saved = out / "eval" / f"{tag}.json"
-    if saved.exists():
-        return [EvalRow.from_json(row) for row in json.loads(saved.read_text())]
     n = num_samples or scale.num_samples
     config = EvalConfig(models=[str(m) for m in models], nfe=nfe, evaluator=evaluator, num_samples=n,
                         batch_size=min(n, scale.batch_size or n), warmup=0, repeats=scale.repeats, seed=seed,
                         sampler=sampler, eval_blocks=scale.eval_blocks, device=device,
                         rgas=RGASConfig() if sampler == "rgas" else None)
+    key = {"weights": [os.stat(Path(m) / "model.safetensors").st_mtime_ns for m in models], "config": repr(config)}
+    if saved.exists():
+        cached = json.loads(saved.read_text())
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return [EvalRow.from_json(row) for row in cached["rows"]]
     rows = evaluate(config).rows
     saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps([row.to_json() for row in rows], default=str))
+    saved.write_text(json.dumps({"key": key, "rows": [row.to_json() for row in rows]}, default=str))
     return rows
 
 

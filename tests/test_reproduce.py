@@ -36,3 +36,10 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert again.returncode == 0 and "distill:" not in again.stderr and "[didi eval]" not in again.stderr
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| ")] == table
+
+    # new weights for the student (as after retraining it): its rows are evaluated again, the teacher's are not
+    weights = tmp_path / "student" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0
+    assert "[didi eval] student:" in third.stderr and "[didi eval] teacher:" not in third.stderr
