@@ -11,8 +11,8 @@ from conftest import randomize_output_layer
 from didi import checkpoint
 from didi.cli import main
 from didi.diffusion import LogLinearSchedule, forward_mask
-from didi.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, group_advantages,
-                          sample_tau, student_rollout)
+from didi.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, draw_tau,
+                          group_advantages, sample_tau, scored_positions, student_rollout)
 from didi.errors import ConfigError
 from didi.utils import step_generator
 
@@ -94,6 +94,69 @@ def test_tau_distribution_and_weight():
     t = torch.tensor([0.25], dtype=torch.float64)
     expected_pi = math.gamma(7) / (math.gamma(2) * math.gamma(5)) * 0.25 * 0.75 ** 4
     assert abs(float(sample_tau.__globals__["omega_weight"](t, torch.tensor([expected_pi]), SCHEDULE, cfg)) - 4.0) < 1e-9
+
+
+def test_tau_per_group_is_shared_within_groups_only():
+    g = torch.Generator().manual_seed(0)
+    shared = DistillConfig(teacher="t", out="o", tau_per="group")
+    tau, pi = draw_tau(24, 4, shared, g, CPU)
+    groups = tau.view(6, 4)
+    assert torch.equal(groups, groups[:, :1].expand(6, 4)) and torch.equal(pi.view(6, 4)[:, 1:], pi.view(6, 4)[:, :1].expand(6, 3))
+    assert len(set(groups[:, 0].tolist())) == 6  # every group its own draw
+    per_row, _ = draw_tau(24, 4, DistillConfig(teacher="t", out="o"), g, CPU)
+    assert (per_row.view(6, 4).std(-1) > 0).all()
+
+
+def test_scored_positions():
+    mask = toy.MASK
+    z_real = torch.tensor([[mask, 0, 1]])
+    x_fake = torch.tensor([[0, mask, 2]])  # the student left position 1 masked
+    z_fake = torch.tensor([[mask, mask, 2]])
+    real, fake = scored_positions(z_real, z_fake, x_fake, mask, "masked")
+    assert real.tolist() == [[True, False, False]] and fake.tolist() == [[True, False, False]]
+    real, fake = scored_positions(z_real, z_fake, x_fake, mask, "all")
+    assert real.all() and fake.all()
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_rollouts_use_the_sampling_policy_unless_dropout_is_asked_for(dropout):
+    """With rollout_dropout off the student generates its training rollouts as it samples (no dropout): the same
+    generator seed gives the same rollout; with it on, dropout noise makes two rollouts differ."""
+    torch.manual_seed(0)
+    teacher = toy.DiT(toy.ModelConfig(vocab_size=toy.V + 1, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
+                                      max_seq_len=toy.L, dropout=0.5))
+    randomize_output_layer(teacher, 1.0, seed=3)
+    cfg = DistillConfig(teacher="t", out="o", batch_size=8, group_size=4, lr=1e-3, warmup_steps=0, t0=0.0,
+                        rollout_dropout=dropout, progress=False)
+    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    real = toy.CLEAN[torch.arange(8)]
+    distill_step(models, real, 0, cfg, step_generator(0, 0, 2))
+    assert models.student.training is dropout
+    tau = torch.full((256,), 0.5, dtype=torch.float64)
+    runs = [student_rollout(models, 256, toy.L, tau, cfg, torch.Generator().manual_seed(1), zero_sigma).log_prob
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) is not dropout
+
+
+def test_policy_gradient_follows_a_given_reward():
+    """With ``reward_fn`` in place of the discriminator, the loop must move the student towards the reward: here
+    the number of 0 tokens in a sample, whose frequency in the student's 2-step samples must rise clearly."""
+    teacher = toy.tiny_dit(1)
+    cfg = DistillConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
+                        lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False)
+    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    tau = torch.full((4096,), 0.5, dtype=torch.float64)
+
+    def zero_share():
+        with torch.no_grad():
+            x = student_rollout(models, 4096, toy.L, tau, cfg, torch.Generator().manual_seed(5), zero_sigma).x_fake
+        return float((x == 0).double().mean())
+    before = zero_share()
+    real = toy.CLEAN[torch.arange(16)]
+    for step in range(40):
+        distill_step(models, real, step, cfg, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).sum(-1))
+    after = zero_share()
+    assert after > before + 0.25, (before, after)
 
 
 def test_discriminator_separates_a_separable_toy():

@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -67,6 +67,9 @@ class DistillConfig:
        density ratio the discriminator estimates depends on the corruption time, so its trainable blocks receive
        σ_τ while its frozen teacher blocks see σ=0 (``sigma_mode=disc``). ``released`` feeds σ_τ to the teacher and
        to every discriminator block (the released code's quirk); ``zero`` tells nobody.
+    Beyond the released trainer, off by default: ``rollout_dropout=False`` (the student generates its training
+    rollouts without dropout, so the trained policy is the sampling policy), ``tau_per=group`` (a group shares τ) and
+    ``disc_positions=all`` (every position trains the discriminator); docs/method.md reports what they changed.
     """
 
     teacher: str = helpfield("", "run directory of the teacher MDLM")
@@ -87,12 +90,18 @@ class DistillConfig:
     disc_grad_clip: float = helpfield(1.0, "discriminator gradient-norm clip")
     tau_a: float = helpfield(1.0, "τ ~ Beta(a, b): a (released HEAD: Beta(1,1); initial config: Beta(2,2))")
     tau_b: float = helpfield(1.0, "τ ~ Beta(a, b): b")
+    tau_per: str = helpfield("row", "draw τ per row (released trainer) or per group: with `group` the G samples "
+                                    "that are standardised together share τ, so the advantage compares samples "
+                                    "at one noise level instead of mixing rewards of different τ")
     tau_min: float = helpfield(0.02, "clamp τ from below")
     tau_max: float = helpfield(0.98, "clamp τ from above")
     t0: float = helpfield(1e-3, "end time of the student's second step (τ → t0)")
     fill_remaining: bool = helpfield(True, "fill masks left at t0 from the step-2 prediction (no extra call)")
     student_steps: int = helpfield(2, "student generation steps in training: 2 = intermediate-state matching, "
                                       "1 = single jump (ablation)")
+    rollout_dropout: bool = helpfield(True, "keep the backbone's dropout active while the student generates its "
+                                            "training rollouts (released trainer); false: the policy that is "
+                                            "trained is the one that samples")
     remask_prob: float = helpfield(0.0, "re-mask tokens revealed in step 1 with this probability")
     coupled_time: bool = helpfield(True, "corrupt real and student rows at the intermediate time τ (else an "
                                          "independent time, ablation)")
@@ -105,6 +114,8 @@ class DistillConfig:
     advantage_clip: float = helpfield(3.0, "clip advantages to ±this")
     log_odds_eps: float = helpfield(1e-6, "ε in log(σ(d)+ε) - log(1-σ(d)+ε)")
     label_smoothing: float = helpfield(0.1, "discriminator targets 1-s (real) and s (fake)")
+    disc_positions: str = helpfield("masked", "positions whose logits train the discriminator and form the reward: "
+                                              "masked (the corrupted ones, released trainer) or all")
     disc_blocks: int = helpfield(-1, "trainable discriminator blocks, counted from the top (-1: 4 of 12, "
                                      "scaled to the model depth)")
     disc_warmup_steps: int = helpfield(0, "iterations during which only the discriminator trains")
@@ -138,6 +149,7 @@ class DistillConfig:
                 f"must be linear, cosine or constant (got {self.lr_schedule!r})")
         require(self.tau_a > 0 and self.tau_b > 0, "tau_a", f"Beta parameters must be > 0 (got {self.tau_a}, "
                                                                 f"{self.tau_b})")
+        require(self.tau_per in ("row", "group"), "tau_per", f"must be row or group (got {self.tau_per!r})")
         require(0.0 < self.tau_min < self.tau_max < 1.0, "tau_min", "need 0 < tau_min < tau_max < 1")
         require(0.0 <= self.t0 < self.tau_min, "t0", f"must be in [0, tau_min) (got {self.t0})")
         require(self.student_steps in (1, 2), "student_steps",
@@ -153,6 +165,8 @@ class DistillConfig:
         require(0.0 <= self.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
         require(self.reward_clip > 0 and self.advantage_clip > 0, "reward_clip", "clips must be > 0")
         require(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
+        require(self.disc_positions in ("masked", "all"), "disc_positions",
+                f"must be masked or all (got {self.disc_positions!r})")
         require(self.real_source in ("data", "teacher"), "real_source", "must be data or teacher")
         require(self.teacher_nfe >= 1, "teacher_nfe", "must be >= 1")
         require(self.sigma_mode in ("disc", "released", "zero"), "sigma_mode", "must be disc, released or zero")
@@ -176,6 +190,27 @@ def sample_tau(n: int, cfg: DistillConfig, generator: torch.Generator, device: t
     log_pi = ((cfg.tau_a - 1) * torch.log(tau) + (cfg.tau_b - 1) * torch.log1p(-tau)
               - (math.lgamma(cfg.tau_a) + math.lgamma(cfg.tau_b) - math.lgamma(cfg.tau_a + cfg.tau_b)))
     return tau.to(device), log_pi.exp().to(device)
+
+
+def draw_tau(n: int, group_size: int, cfg: DistillConfig, generator: torch.Generator, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """τ for ``n`` rows made of consecutive groups of ``group_size``: one draw per row (``tau_per=row``) or one per
+    group shared by its rows (``tau_per=group``)."""
+    if cfg.tau_per == "group":
+        tau, pi_tau = sample_tau(n // group_size, cfg, generator, device)
+        return tau.repeat_interleave(group_size), pi_tau.repeat_interleave(group_size)
+    return sample_tau(n, cfg, generator, device)
+
+
+def scored_positions(z_real: torch.Tensor, z_fake: torch.Tensor, x_fake: torch.Tensor, mask_index: int,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose discriminator logits enter the loss and the reward: the corrupted ones (``masked``; never a
+    position the student itself left masked) or every position (``all``). Every per-position logit estimates the
+    same sequence-level log density ratio, so ``all`` targets the same quantity with more training signal."""
+    if mode == "all":
+        everywhere = torch.ones_like(z_real, dtype=torch.bool)
+        return everywhere, everywhere
+    return z_real == mask_index, (z_fake == mask_index) & (x_fake != mask_index)
 
 
 def omega_weight(tau: torch.Tensor, pi_tau: torch.Tensor, schedule: LogLinearSchedule, cfg: DistillConfig
@@ -408,8 +443,13 @@ def teacher_samples(models: DistillModels, n: int, seq_len: int, cfg: DistillCon
 
 
 def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: DistillConfig,
-                 generator: torch.Generator) -> dict[str, float]:
+                 generator: torch.Generator, reward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> dict[str, float]:
     """One DiDi-Instruct iteration on a batch of real rows (B, L); returns scalar metrics.
+
+    ``reward_fn`` (optional) maps the student's clean samples (N, L) to per-row rewards and replaces the
+    discriminator's reward (the discriminator still trains): a diagnostic that asks whether the policy gradient
+    follows a known reward, e.g. an AR model's log-likelihood (``benchmarks/reward_diagnostics.py``).
 
     Raises :class:`TrainingError` on a non-finite loss *before* any weight is changed by it.
     """
@@ -428,13 +468,14 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
 
     teacher_sigma = time_sigma if cfg.sigma_mode == "released" else zero_sigma
 
-    tau, pi_tau = sample_tau(n, cfg, generator, dev)
+    tau, pi_tau = draw_tau(n, G, cfg, generator, dev)
     for group in models.opt_student.param_groups:
         group["lr"] = cfg.lr * _lr_factor(step, cfg)
     for group in models.opt_disc.param_groups:
         group["lr"] = cfg.disc_lr * _lr_factor(step, cfg)
 
     # 1. student generation with the policy log-probability
+    models.student.train(cfg.rollout_dropout)
     rollout = student_rollout(models, n, seq_len, tau, cfg, generator, zero_sigma)
     x_fake = rollout.x_fake
 
@@ -449,7 +490,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
                                                                dtype=torch.float64))
     z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
                           torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
-    pos_real, pos_fake = z_real == mask, (z_fake == mask) & (x_fake != mask)
+    pos_real, pos_fake = scored_positions(z_real, z_fake, x_fake, mask, cfg.disc_positions)
     sigma_corr = time_sigma(t_corr)  # the discriminator decides (time_blocks) which blocks see it
 
     # 3. discriminator update
@@ -473,8 +514,11 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     # 4. rewards from the updated discriminator, grouped normalisation
     with torch.no_grad():
         models.discriminator.eval()
-        rewards = sequence_rewards(models.disc_logits(z_fake, sigma_corr), pos_fake, clip=cfg.reward_clip,
-                                   eps=cfg.log_odds_eps)
+        if reward_fn is None:
+            rewards = sequence_rewards(models.disc_logits(z_fake, sigma_corr), pos_fake, clip=cfg.reward_clip,
+                                       eps=cfg.log_odds_eps)
+        else:
+            rewards = reward_fn(x_fake.detach()).float().to(dev)
         models.discriminator.train()
         advantage = group_advantages(rewards, G, mode=cfg.advantage, clip=cfg.advantage_clip)
         omega = omega_weight(tau, pi_tau, sched, cfg).float()
