@@ -7,11 +7,16 @@ held-out pairs, the BCE, the AUC of the sequence reward (real vs student rows) a
 student rows; at the end, the AUC per τ quarter. ``--disc-positions masked`` is the released trainer,
 ``all`` scores every position.
 
+``correlate``: on the teacher's 2-step rollouts at fixed τ, the correlation between a trained discriminator's
+reward (a student run's ``discriminator.safetensors``) and the AR evaluator's mean log-likelihood.
+
 ``oracle``: run the distillation loop with the discriminator's reward replaced by the AR evaluator's mean
 log-likelihood of each student sample (``distill_step(..., reward_fn=...)``): does the policy gradient follow a
 reward that is known to be informative?
 
     python benchmarks/reward_diagnostics.py probe --teacher runs/reproduce/teacher --disc-positions all
+    python benchmarks/reward_diagnostics.py correlate --teacher runs/reproduce/teacher --student STUDENT \
+        --evaluator runs/reproduce/ar
     python benchmarks/reward_diagnostics.py oracle --teacher runs/reproduce/teacher --evaluator runs/reproduce/ar
 """
 from __future__ import annotations
@@ -25,8 +30,10 @@ import torch
 from didi.ar import ARPipeline
 from didi.data import BatchSchedule, DataConfig, prepare_data
 from didi.diffusion import forward_mask
-from didi.distill import (DistillConfig, DistillModels, _load_teacher, discriminator_loss, distill_step, draw_tau,
-                          scored_positions, sequence_rewards, student_rollout)
+from didi.checkpoint import load_state_dict_strict, load_tensors, read_run_config
+from didi.discriminator import empty_discriminator
+from didi.distill import (DistillConfig, DistillModels, _load_teacher, discriminator_loss, distill_step,
+                          sample_tau, scored_positions, sequence_rewards, student_rollout)
 from didi.tokenizer import load_tokenizer
 from didi.utils import step_generator
 
@@ -53,7 +60,7 @@ def probe(args: argparse.Namespace) -> None:
     mask, schedule, seq_len = models.mask_index, models.schedule, teacher_config.data["seq_len"]
     g = torch.Generator().manual_seed(args.seed)
     n = args.pool + args.held_out
-    tau, _ = draw_tau(n, 1, cfg, g, models.device)
+    tau, _ = sample_tau(n, cfg, g, models.device)
     models.student.eval()
     with torch.no_grad():
         fake = torch.cat([student_rollout(models, len(chunk), seq_len, chunk, cfg, g,
@@ -123,6 +130,32 @@ def oracle(args: argparse.Namespace) -> None:
                   f"student x̂ entropy {metrics['entropy']:.3f}", flush=True)
 
 
+def correlate(args: argparse.Namespace) -> None:
+    """Does a trained discriminator's reward rank the teacher's 2-step rollouts like the AR evaluator does?"""
+    cfg = DistillConfig(teacher=args.teacher, out="-", progress=False)
+    teacher_config, _, models = setup(args.teacher, cfg)
+    student = Path(args.student)
+    disc = empty_discriminator(teacher_config.model,
+                               read_run_config(student).extra["discriminator"]["time_blocks"])
+    load_state_dict_strict(disc, load_tensors(student / "discriminator.safetensors"), str(student))
+    disc.eval()
+    evaluator = ARPipeline.from_pretrained(args.evaluator, device="cpu")
+    mask, schedule, seq_len = models.mask_index, models.schedule, teacher_config.data["seq_len"]
+    models.student.eval()
+    g = torch.Generator().manual_seed(args.seed)
+    for tau_value in args.tau:
+        tau = torch.full((args.samples,), tau_value, dtype=torch.float64)
+        with torch.no_grad():
+            x = student_rollout(models, args.samples, seq_len, tau, cfg, g, lambda t: torch.zeros(t.shape)).x_fake
+            z = forward_mask(x, schedule.alpha(tau)[:, None], mask,
+                             torch.rand(x.shape, generator=g, dtype=torch.float64))
+            reward = sequence_rewards(disc(z, schedule.sigma(tau).float()), z == mask, clip=8.0, eps=1e-6)
+            log_likelihood = -evaluator.token_nll(x)[0].mean(-1)
+        corr = float(torch.corrcoef(torch.stack([reward.double(), log_likelihood.double()]))[0, 1])
+        print(f"τ = {tau_value}: corr(discriminator reward, AR log-likelihood) = {corr:.3f} "
+              f"over {args.samples} rollouts", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +180,14 @@ def main() -> None:
     o.add_argument("--eval-every", type=int, default=20)
     o.add_argument("--seed", type=int, default=0)
     o.set_defaults(run=oracle)
+    c = sub.add_parser("correlate", help="correlation of a trained discriminator's reward with the AR likelihood")
+    c.add_argument("--teacher", required=True)
+    c.add_argument("--student", required=True, help="student run directory holding discriminator.safetensors")
+    c.add_argument("--evaluator", required=True, help="AR run directory (same tokenizer as the teacher)")
+    c.add_argument("--tau", type=float, nargs="+", default=[0.2, 0.5, 0.8])
+    c.add_argument("--samples", type=int, default=128)
+    c.add_argument("--seed", type=int, default=1)
+    c.set_defaults(run=correlate)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     args.run(args)

@@ -9,7 +9,9 @@ import torch
 import toy
 from conftest import randomize_output_layer
 from didi import checkpoint
+from didi.backbone import DiT
 from didi.cli import main
+from didi.config import ModelConfig
 from didi.diffusion import LogLinearSchedule, forward_mask
 from didi.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, draw_tau,
                           group_advantages, sample_tau, scored_positions, student_rollout)
@@ -123,8 +125,8 @@ def test_rollouts_use_the_sampling_policy_unless_dropout_is_asked_for(dropout):
     """With rollout_dropout off the student generates its training rollouts as it samples (no dropout): the same
     generator seed gives the same rollout; with it on, dropout noise makes two rollouts differ."""
     torch.manual_seed(0)
-    teacher = toy.DiT(toy.ModelConfig(vocab_size=toy.V + 1, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
-                                      max_seq_len=toy.L, dropout=0.5))
+    teacher = DiT(ModelConfig(vocab_size=toy.V + 1, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
+                              max_seq_len=toy.L, dropout=0.5))
     randomize_output_layer(teacher, 1.0, seed=3)
     cfg = DistillConfig(teacher="t", out="o", batch_size=8, group_size=4, lr=1e-3, warmup_steps=0, t0=0.0,
                         rollout_dropout=dropout, progress=False)

@@ -513,13 +513,13 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
 
     # 4. rewards from the updated discriminator, grouped normalisation
     with torch.no_grad():
-        models.discriminator.eval()
         if reward_fn is None:
+            models.discriminator.eval()
             rewards = sequence_rewards(models.disc_logits(z_fake, sigma_corr), pos_fake, clip=cfg.reward_clip,
                                        eps=cfg.log_odds_eps)
+            models.discriminator.train()
         else:
             rewards = reward_fn(x_fake.detach()).float().to(dev)
-        models.discriminator.train()
         advantage = group_advantages(rewards, G, mode=cfg.advantage, clip=cfg.advantage_clip)
         omega = omega_weight(tau, pi_tau, sched, cfg).float()
 
