@@ -1,11 +1,12 @@
-"""Where does DiDi-Instruct's reward signal come from at small scale? Two diagnostics on a trained teacher.
+"""Where does DiDi-Instruct's reward signal come from at small scale? Three diagnostics on a trained teacher.
 
 ``probe``: freeze the student at its initialisation (the teacher), draw a fixed pool of its 2-step rollouts
 (1 → τ → t0, τ ~ the distillation's Beta) and of real rows, and train only the discriminator on them, as
 ``didi distill`` would (coupled corruption at τ, smoothed BCE). Every ``--eval-every`` steps it prints, on
 held-out pairs, the BCE, the AUC of the sequence reward (real vs student rows) and the spread of the reward over
 student rows; at the end, the AUC per τ quarter. ``--disc-positions masked`` is the released trainer,
-``all`` scores every position.
+``all`` scores every position. ``--student-steps K`` (K > 2) fills the pool with the teacher's K-step samples
+instead, i.e. what the sampler deployed at K NFE draws: can the discriminator tell *those* from data?
 
 ``correlate``: on the teacher's 2-step rollouts at fixed τ, the correlation between a trained discriminator's
 reward (a student run's ``discriminator.safetensors``) and the AR evaluator's mean log-likelihood.
@@ -15,6 +16,8 @@ log-likelihood of each student sample (``distill_step(..., reward_fn=...)``): do
 reward that is known to be informative?
 
     python benchmarks/reward_diagnostics.py probe --teacher runs/reproduce/teacher --disc-positions all
+    python benchmarks/reward_diagnostics.py probe --teacher runs/reproduce/teacher --disc-positions all \
+        --student-steps 16 --steps 600 --eval-every 100
     python benchmarks/reward_diagnostics.py correlate --teacher runs/reproduce/teacher --student STUDENT \
         --evaluator runs/reproduce/ar
     python benchmarks/reward_diagnostics.py oracle --teacher runs/reproduce/teacher --evaluator runs/reproduce/ar
@@ -55,7 +58,7 @@ def auc(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 def probe(args: argparse.Namespace) -> None:
     cfg = DistillConfig(teacher=args.teacher, out="-", disc_lr=args.disc_lr, disc_blocks=args.disc_blocks,
-                        disc_positions=args.disc_positions, progress=False)
+                        disc_positions=args.disc_positions, student_steps=args.student_steps, progress=False)
     teacher_config, data, models = setup(args.teacher, cfg)
     mask, schedule, seq_len = models.mask_index, models.schedule, teacher_config.data["seq_len"]
     g = torch.Generator().manual_seed(args.seed)
@@ -163,6 +166,8 @@ def main() -> None:
     p.add_argument("--teacher", required=True)
     p.add_argument("--disc-positions", default="masked", choices=["masked", "all"])
     p.add_argument("--disc-lr", type=float, default=1e-3)
+    p.add_argument("--student-steps", type=int, default=2,
+                   help="steps of the teacher rollouts in the pool (2: 1 → τ → t0; K > 2: the K-step sampler)")
     p.add_argument("--disc-blocks", type=int, default=2)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=16, help="real and student rows per step")

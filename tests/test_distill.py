@@ -16,6 +16,7 @@ from didi.diffusion import LogLinearSchedule, forward_mask
 from didi.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, draw_tau,
                           group_advantages, sample_tau, scored_positions, student_rollout)
 from didi.errors import ConfigError
+from didi.sampling import AncestralConfig, ancestral_sample
 from didi.utils import step_generator
 
 CPU = torch.device("cpu")
@@ -41,19 +42,24 @@ def potts_teacher():
     return teacher, toy.infinite_step_distribution(table)
 
 
-def test_policy_gradient_matches_exact_gradient():
+@pytest.mark.parametrize("steps", [2, 3])
+def test_policy_gradient_matches_exact_gradient(steps):
     """Theorem 3.1 with score decomposition: E[R · ∇ log P(z_τ, x)] over student rollouts equals the gradient of
-    KL(q_ν(·,τ) ‖ q_θ(·,τ)) computed by enumeration (autograd through the exact 2-step distribution)."""
+    KL(q_ν(·,τ) ‖ q_θ(·,τ)) computed by enumeration (autograd through the exact 2-step distribution). With
+    ``student_steps=3`` the rollout is the deployed 3-step sampler and the same holds for its exact distribution."""
     teacher = toy.tiny_dit(1)
     randomize_output_layer(teacher, 1.0, seed=3)
-    cfg = DistillConfig(teacher="t", out="o", t0=0.0, progress=False)
+    cfg = DistillConfig(teacher="t", out="o", t0=0.0, student_steps=steps, progress=False)
+
+    def sampler_distribution(table):
+        return toy.two_step_distribution(table, tau) if steps == 2 else toy.k_step_distribution(table, steps)
     models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     params = [p for p in models.student.parameters() if p.requires_grad]
     tau = 0.4
     alpha = float(SCHEDULE.alpha(torch.tensor(tau, dtype=torch.float64)))
     q_real = toy.forward_marginal(toy.target_distribution(), alpha)
 
-    q_student = toy.forward_marginal(toy.two_step_distribution(toy.denoiser_table(models.student, True), tau), alpha)
+    q_student = toy.forward_marginal(sampler_distribution(toy.denoiser_table(models.student, True)), alpha)
     objective = (q_student * (q_student / q_real).log()).sum()
     exact = torch.cat([g.flatten() for g in torch.autograd.grad(objective, params)])
     reward_table = (q_student / q_real).log().detach()  # R = log q_ν / q_θ
@@ -69,9 +75,9 @@ def test_policy_gradient_matches_exact_gradient():
     assert cosine > 0.98, float(cosine)
     assert 0.9 < float(estimate.norm() / exact.norm()) < 1.1
 
-    # the rollout itself samples the enumerated 2-step distribution
+    # the rollout itself samples the enumerated sampler distribution
     empirical = torch.bincount(toy.clean_index(rollout.x_fake), minlength=len(toy.CLEAN)).double() / n
-    exact_dist = toy.two_step_distribution(toy.denoiser_table(models.student), tau)
+    exact_dist = sampler_distribution(toy.denoiser_table(models.student))
     assert 0.5 * (empirical - exact_dist).abs().sum() < 0.01
 
 
@@ -138,6 +144,35 @@ def test_rollouts_use_the_sampling_policy_unless_dropout_is_asked_for(dropout):
     runs = [student_rollout(models, 256, toy.L, tau, cfg, torch.Generator().manual_seed(1), zero_sigma).log_prob
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1]) is not dropout
+
+
+def test_k_step_rollout_is_the_deployed_sampler():
+    """``student_steps=K > 2`` trains on exactly what ``didi sample --nfe K`` draws: with one seed, the rollout and
+    the ancestral sampler give the same tokens, and the rollout's log-probability is that of its K transitions."""
+    torch.manual_seed(0)
+    net = DiT(ModelConfig(vocab_size=9, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, max_seq_len=12))
+    randomize_output_layer(net, 1.0, seed=3)
+    cfg = DistillConfig(teacher="t", out="o", student_steps=5, progress=False)
+    models = DistillModels.from_teacher(net, cfg, 8, 1e-3, CPU)
+    models.student.eval()
+    n = 64
+    rollout = student_rollout(models, n, 12, torch.full((n,), 0.5, dtype=torch.float64), cfg,
+                              torch.Generator().manual_seed(7), zero_sigma)
+    reference = ancestral_sample(lambda z, sigma: net(z, sigma), batch_size=n, seq_len=12, mask_index=8,
+                                 schedule=models.schedule, config=AncestralConfig(num_steps=5, use_cache=False),
+                                 generator=torch.Generator().manual_seed(7))
+    assert torch.equal(rollout.x_fake, reference.tokens)
+    assert len(rollout.steps) == 5 and not (rollout.x_fake == 8).any()
+    with torch.no_grad():  # brute force: Σ over steps of log x̂(z_k) at the tokens revealed in that step
+        expected = torch.zeros(n, dtype=torch.float64)
+        z = torch.full((n, 12), 8)
+        for k in range(5):
+            z_next = rollout.steps[k].z_next
+            log_p = torch.log_softmax(net(z, torch.zeros(n))[..., :8].double(), -1)
+            revealed = (z == 8) & (z_next != 8)
+            expected += (log_p.gather(-1, z_next.clamp_max(7)[..., None])[..., 0] * revealed).sum(-1)
+            z = z_next
+    assert torch.allclose(rollout.log_prob.double(), expected, atol=1e-4)
 
 
 def test_policy_gradient_follows_a_given_reward():
@@ -279,7 +314,7 @@ def test_distill_cli_resume_and_sample(tmp_path, teacher_run, capsys):
 
 
 @pytest.mark.parametrize("extra, option", [
-    (["--student-steps", "3"], "--student-steps"),
+    (["--student-steps", "0"], "--student-steps"),
     (["--group-size", "1"], "--group-size"),
     (["--tau-a", "0"], "--tau-a"),
     (["--data", "proteins"], "tokenizer"),

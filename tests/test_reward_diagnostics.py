@@ -1,4 +1,5 @@
-"""benchmarks/reward_diagnostics.py probe: the discriminator-only probe runs on a tiny teacher and reports AUCs."""
+"""benchmarks/reward_diagnostics.py probe: the discriminator-only probe runs on a tiny teacher (2-step rollouts
+and the 5-step sampler) and reports AUCs."""
 from __future__ import annotations
 
 import os
@@ -7,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_probe_reports_held_out_auc_per_tau_quarter(teacher_run):
+@pytest.mark.parametrize("student_steps", ["2", "5"])
+def test_probe_reports_held_out_auc_per_tau_quarter(teacher_run, student_steps):
     command = [sys.executable, str(ROOT / "benchmarks" / "reward_diagnostics.py"), "probe", "--teacher",
                str(teacher_run), "--disc-positions", "all", "--steps", "4", "--pool", "32", "--held-out", "32",
-               "--batch-size", "4", "--eval-every", "2"]
+               "--batch-size", "4", "--eval-every", "2", "--student-steps", student_steps]
     proc = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

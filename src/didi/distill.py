@@ -45,7 +45,7 @@ from .config import helpfield, to_dict
 from .diffusion import NEG_INF, LogLinearSchedule, forward_mask
 from .discriminator import build_discriminator, default_trainable_blocks
 from .errors import CheckpointError, ConfigError, TrainingError, require
-from .sampling import sample_masked_tokens
+from .sampling import sample_masked_tokens, time_grid
 from .train import ema_decay_at, ema_update
 from .utils import autocast, resolve_precision
 
@@ -68,8 +68,9 @@ class DistillConfig:
        σ_τ while its frozen teacher blocks see σ=0 (``sigma_mode=disc``). ``released`` feeds σ_τ to the teacher and
        to every discriminator block (the released code's quirk); ``zero`` tells nobody.
     Beyond the released trainer, off by default: ``rollout_dropout=False`` (the student generates its training
-    rollouts without dropout, so the trained policy is the sampling policy), ``tau_per=group`` (a group shares τ) and
-    ``disc_positions=all`` (every position trains the discriminator); docs/method.md reports what they changed.
+    rollouts without dropout, so the trained policy is the sampling policy), ``tau_per=group`` (a group shares τ),
+    ``disc_positions=all`` (every position trains the discriminator) and ``student_steps=K > 2`` (the rollout is
+    the deployed K-step sampler); docs/method.md reports what they changed.
     """
 
     teacher: str = helpfield("", "run directory of the teacher MDLM")
@@ -97,8 +98,9 @@ class DistillConfig:
     tau_max: float = helpfield(0.98, "clamp τ from above")
     t0: float = helpfield(1e-3, "end time of the student's second step (τ → t0)")
     fill_remaining: bool = helpfield(True, "fill masks left at t0 from the step-2 prediction (no extra call)")
-    student_steps: int = helpfield(2, "student generation steps in training: 2 = intermediate-state matching, "
-                                      "1 = single jump (ablation)")
+    student_steps: int = helpfield(2, "student generation steps in training: 2 = intermediate-state matching "
+                                      "1 → τ → t0 (paper), 1 = single jump (ablation), K > 2 = the K-step "
+                                      "ancestral sampler that is deployed (τ then only sets the corruption)")
     rollout_dropout: bool = helpfield(True, "keep the backbone's dropout active while the student generates its "
                                             "training rollouts (released trainer); false: the policy that is "
                                             "trained is the one that samples")
@@ -152,8 +154,8 @@ class DistillConfig:
         require(self.tau_per in ("row", "group"), "tau_per", f"must be row or group (got {self.tau_per!r})")
         require(0.0 < self.tau_min < self.tau_max < 1.0, "tau_min", "need 0 < tau_min < tau_max < 1")
         require(0.0 <= self.t0 < self.tau_min, "t0", f"must be in [0, tau_min) (got {self.t0})")
-        require(self.student_steps in (1, 2), "student_steps",
-                f"must be 1 or 2 (the two-step trajectory needs 2; got {self.student_steps})")
+        require(self.student_steps >= 1, "student_steps",
+                f"must be >= 1 (the two-step trajectory needs 2; got {self.student_steps})")
         require(0.0 <= self.remask_prob < 1.0, "remask_prob", f"must be in [0, 1) (got {self.remask_prob})")
         require(self.omega in ("alpha", "constant"), "omega", f"must be alpha or constant (got {self.omega!r})")
         require(0 < self.omega_min <= self.omega_max, "omega_min", "need 0 < omega_min <= omega_max")
@@ -211,6 +213,15 @@ def scored_positions(z_real: torch.Tensor, z_fake: torch.Tensor, x_fake: torch.T
         everywhere = torch.ones_like(z_real, dtype=torch.bool)
         return everywhere, everywhere
     return z_real == mask_index, (z_fake == mask_index) & (x_fake != mask_index)
+
+
+def kl_weight(k: int, num_steps: int, cfg: DistillConfig) -> float:
+    """Weight of the teacher-student regulariser at rollout step ``k``: ``kl_one_step`` for the single jump;
+    ``kl_hi`` at the all-mask step and ``kl_lo`` at z_τ (two steps); for K > 2 steps ``kl_lo`` is shared equally
+    by the K-1 later steps, so the regulariser's total weight does not grow with K."""
+    if num_steps == 1:
+        return cfg.kl_one_step
+    return cfg.kl_hi if k == 0 else cfg.kl_lo / (num_steps - 1)
 
 
 def omega_weight(tau: torch.Tensor, pi_tau: torch.Tensor, schedule: LogLinearSchedule, cfg: DistillConfig
@@ -391,42 +402,53 @@ def _lr_factor(step: int, cfg: DistillConfig) -> float:
 
 @dataclass
 class Rollout:
-    """The student's two-step generation 1 → τ → t0 and what the loss needs from it."""
+    """The student's generation (1 → τ → t0 by default) and what the loss needs from it."""
 
     x_fake: torch.Tensor
-    log_prob: torch.Tensor  # (N,) log P(z_τ|z_1) + log P(x|z_τ)
+    log_prob: torch.Tensor  # (N,) Σ_k log P(z_{t_k+1} | z_{t_k}), e.g. log P(z_τ|z_1) + log P(x|z_τ)
     steps: list[StepOutput] = field(default_factory=list)
-    inputs: list[torch.Tensor] = field(default_factory=list)
+    inputs: list[torch.Tensor] = field(default_factory=list)  # each step's input (1 row for the all-mask start)
+    times: list[torch.Tensor] = field(default_factory=list)  # each step's start time (N,)
 
 
 def student_rollout(models: DistillModels, n: int, seq_len: int, tau: torch.Tensor, cfg: DistillConfig,
                     generator: torch.Generator, sigma_fn) -> Rollout:
-    """Generate ``n`` rows from all-mask with the student: ``1 → τ → t0`` (or ``1 → t0`` when student_steps=1).
+    """Generate ``n`` rows from all-mask with the student and keep the log-probability of every transition.
 
-    The all-mask input is identical for every row, so step 1 runs the network once and broadcasts.
+    ``student_steps=2``: ``1 → τ → t0`` (intermediate-state matching); ``1``: ``1 → t0``; ``K > 2``: the uniform
+    K-step ancestral sampler ``1 → (K-1)/K → … → 0`` that samples at deployment, so the discriminator judges, and
+    the policy gradient improves, exactly the samples ``didi sample --nfe K`` draws. The all-mask input is
+    identical for every row, so step 1 runs the network once and broadcasts.
     """
     mask, sched, dev = models.mask_index, models.schedule, models.device
-    z1 = torch.full((n, seq_len), mask, dtype=torch.long, device=dev)
+    z = torch.full((n, seq_len), mask, dtype=torch.long, device=dev)
     one = torch.ones(n, dtype=torch.float64, device=dev)
-    alpha_1 = sched.alpha(one)
-    alpha_t0 = sched.alpha(torch.full_like(one, cfg.t0))
-    logits1 = models.forward(models.student, z1[:1], sigma_fn(one[:1]))  # shared by all rows
     if cfg.student_steps == 1:
-        step = student_step(logits1, z1, alpha_1, alpha_t0, mask_index=mask, generator=generator,
-                            fill=cfg.fill_remaining)
-        return Rollout(step.z_next, step.log_prob, [step], [z1])
-    alpha_tau = sched.alpha(tau.double())
-    first = student_step(logits1, z1, alpha_1, alpha_tau, mask_index=mask, generator=generator)
-    z_tau = first.z_next
-    if cfg.remask_prob > 0:
-        revealed = first.was_masked & (z_tau != mask)
-        back = revealed & (torch.rand(z_tau.shape, generator=generator, device=dev, dtype=torch.float64)
-                           < cfg.remask_prob)
-        z_tau = torch.where(back, torch.full_like(z_tau, mask), z_tau)
-    logits2 = models.forward(models.student, z_tau, sigma_fn(tau))
-    second = student_step(logits2, z_tau, alpha_tau, alpha_t0, mask_index=mask, generator=generator,
-                          fill=cfg.fill_remaining)
-    return Rollout(second.z_next, first.log_prob + second.log_prob, [first, second], [z1, z_tau])
+        times = [one, torch.full_like(one, cfg.t0)]
+    elif cfg.student_steps == 2:
+        times = [one, tau.double(), torch.full_like(one, cfg.t0)]
+    else:
+        times = [torch.full_like(one, float(t)) for t in time_grid(cfg.student_steps)]
+    fill_last = cfg.fill_remaining or cfg.student_steps > 2
+    rollout = Rollout(z, torch.zeros(n, device=dev))
+    for k in range(len(times) - 1):
+        last = k == len(times) - 2
+        z_in = z[:1] if k == 0 else z  # the all-mask start is shared by all rows
+        logits = models.forward(models.student, z_in, sigma_fn(times[k][: len(z_in)]))
+        step = student_step(logits, z, sched.alpha(times[k]), sched.alpha(times[k + 1]), mask_index=mask,
+                            generator=generator, fill=last and fill_last)
+        z = step.z_next
+        if k == 0 and cfg.student_steps == 2 and cfg.remask_prob > 0:
+            revealed = step.was_masked & (z != mask)
+            back = revealed & (torch.rand(z.shape, generator=generator, device=dev, dtype=torch.float64)
+                               < cfg.remask_prob)
+            z = torch.where(back, torch.full_like(z, mask), z)
+        rollout.steps.append(step)
+        rollout.inputs.append(z_in)
+        rollout.times.append(times[k])
+        rollout.log_prob = rollout.log_prob + step.log_prob
+    rollout.x_fake = z
+    return rollout
 
 
 @torch.no_grad()
@@ -475,8 +497,10 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
         group["lr"] = cfg.disc_lr * _lr_factor(step, cfg)
 
     # 1. student generation with the policy log-probability
+    update_student = step >= cfg.disc_warmup_steps and step % cfg.student_update_every == 0
     models.student.train(cfg.rollout_dropout)
-    rollout = student_rollout(models, n, seq_len, tau, cfg, generator, zero_sigma)
+    with torch.set_grad_enabled(update_student):  # no graph when only the discriminator learns from this rollout
+        rollout = student_rollout(models, n, seq_len, tau, cfg, generator, zero_sigma)
     x_fake = rollout.x_fake
 
     # 2. coupled corruption of real and student rows at the same time
@@ -507,7 +531,7 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     models.opt_disc.step()
     metrics = {"disc_loss": float(d_loss.detach()), "tau": float(tau.mean())}
 
-    if step < cfg.disc_warmup_steps or step % cfg.student_update_every:
+    if not update_student:
         models.opt_student.zero_grad(set_to_none=True)
         return metrics
 
@@ -528,16 +552,13 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     kl = torch.zeros((), device=dev)
     ent = torch.zeros((), device=dev)
     if cfg.regularize:
-        weights = [cfg.kl_one_step] if cfg.student_steps == 1 else [cfg.kl_hi, cfg.kl_lo]
         entropies = []
-        times = [torch.ones(1, device=dev, dtype=torch.float64), tau]
-        for weight, st, z_in, t_in in zip(weights, rollout.steps, rollout.inputs, times):
+        for k, (st, z_in, t_in) in enumerate(zip(rollout.steps, rollout.inputs, rollout.times)):
             with torch.no_grad():  # the step-1 input is shared by all rows: one teacher call
-                z_in = z_in[: st.log_x_hat.shape[0]]
                 teacher_lp = student_log_probs(models.forward(models.teacher, z_in, teacher_sigma(t_in[: len(z_in)])),
                                                mask)
-            kl = kl + weight * divergence(st.log_x_hat, teacher_lp, st.was_masked, cfg.divergence,
-                                          cfg.jeffrey_beta)
+            kl = kl + kl_weight(k, len(rollout.steps), cfg) * divergence(st.log_x_hat, teacher_lp, st.was_masked,
+                                                                          cfg.divergence, cfg.jeffrey_beta)
             entropies.append(entropy(st.log_x_hat, st.was_masked))
         ent = torch.stack(entropies).mean()
     loss = pg_loss + kl - cfg.entropy_weight * ent
