@@ -27,7 +27,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -406,9 +406,9 @@ class Rollout:
 
     x_fake: torch.Tensor
     log_prob: torch.Tensor  # (N,) Σ_k log P(z_{t_k+1} | z_{t_k}), e.g. log P(z_τ|z_1) + log P(x|z_τ)
-    steps: list[StepOutput] = field(default_factory=list)
-    inputs: list[torch.Tensor] = field(default_factory=list)  # each step's input (1 row for the all-mask start)
-    times: list[torch.Tensor] = field(default_factory=list)  # each step's start time (N,)
+    steps: list[StepOutput]
+    inputs: list[torch.Tensor]  # each step's input (1 row for the all-mask start)
+    times: list[torch.Tensor]  # each step's start time (N,)
 
 
 def student_rollout(models: DistillModels, n: int, seq_len: int, tau: torch.Tensor, cfg: DistillConfig,
@@ -429,26 +429,24 @@ def student_rollout(models: DistillModels, n: int, seq_len: int, tau: torch.Tens
         times = [one, tau.double(), torch.full_like(one, cfg.t0)]
     else:
         times = [torch.full_like(one, float(t)) for t in time_grid(cfg.student_steps)]
-    fill_last = cfg.fill_remaining or cfg.student_steps > 2
-    rollout = Rollout(z, torch.zeros(n, device=dev))
+    steps: list[StepOutput] = []
+    inputs: list[torch.Tensor] = []
     for k in range(len(times) - 1):
-        last = k == len(times) - 2
         z_in = z[:1] if k == 0 else z  # the all-mask start is shared by all rows
         logits = models.forward(models.student, z_in, sigma_fn(times[k][: len(z_in)]))
+        # the K-step grid ends at t = 0 (α = 1), where every remaining mask is revealed without `fill`
         step = student_step(logits, z, sched.alpha(times[k]), sched.alpha(times[k + 1]), mask_index=mask,
-                            generator=generator, fill=last and fill_last)
+                            generator=generator, fill=k == len(times) - 2 and cfg.fill_remaining)
         z = step.z_next
         if k == 0 and cfg.student_steps == 2 and cfg.remask_prob > 0:
             revealed = step.was_masked & (z != mask)
             back = revealed & (torch.rand(z.shape, generator=generator, device=dev, dtype=torch.float64)
                                < cfg.remask_prob)
             z = torch.where(back, torch.full_like(z, mask), z)
-        rollout.steps.append(step)
-        rollout.inputs.append(z_in)
-        rollout.times.append(times[k])
-        rollout.log_prob = rollout.log_prob + step.log_prob
-    rollout.x_fake = z
-    return rollout
+        steps.append(step)
+        inputs.append(z_in)
+    log_prob = torch.stack([step.log_prob for step in steps]).sum(0)
+    return Rollout(z, log_prob, steps, inputs, times[:-1])
 
 
 @torch.no_grad()
