@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from didi.checkpoint import completed_steps, latest_snapshot
+from didi.runtime.checkpoint import completed_steps, latest_snapshot
 from didi.cli import main as didi
 
 

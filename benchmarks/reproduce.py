@@ -27,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from didi.checkpoint import completed_steps, latest_snapshot
-from didi.data import DataConfig
-from didi.distill import DistillConfig, distill
-from didi.evaluation import EvalConfig, EvalReport, EvalRow, evaluate, plot_report
-from didi.quickstart import TINY_DISTILL
-from didi.rgas import RGASConfig
-from didi.train import TrainConfig, resume_config, train
+from didi.runtime.checkpoint import completed_steps, latest_snapshot
+from didi.data.corpora import DataConfig
+from didi.recipes.distill import DistillConfig, distill
+from didi.recipes.evaluate.report import EvalReport, EvalRow, plot_report
+from didi.recipes.evaluate.runner import EvalConfig, evaluate
+from didi.recipes.quickstart import TINY_DISTILL
+from didi.diffusion.rgas import RGASConfig
+from didi.recipes.train import TrainConfig, resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ class Scale:
     ablation_nfe: list[int] = field(default_factory=lambda: [8, 16])
 
 
-# "cpu" uses the quickstart's sizes and its distillation settings (didi.quickstart.TINY_DISTILL).
+# "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL).
 SCALES = {
     "cpu": Scale(data="shakespeare", seq_len=128, preset="tiny", teacher_steps=600, ar_steps=400, distill_steps=300,
                  global_batch_size=32, teacher_lr=1e-3, distill=TINY_DISTILL,

@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from didi.backbone import DiT
+from didi.models.dit import DiT
 from didi.config import DiffusionConfig, ModelConfig
-from didi.diffusion import LogLinearSchedule
-from didi.sampling import AncestralConfig, ancestral_sample
-from didi.train import draw_noise, mdlm_objective
-from didi.utils import autocast, pick_device, synchronize
+from didi.diffusion.process import LogLinearSchedule
+from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.recipes.train import draw_noise, mdlm_objective
+from didi.runtime.utils import autocast, pick_device, synchronize
 
 VOCAB = 50258  # GPT-2's 50257 tokens + [MASK], the paper's setting
 

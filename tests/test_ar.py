@@ -1,4 +1,4 @@
-"""The GPT baseline/evaluator: causality, KV cache, generation, run directories (``didi.ar``)."""
+"""The GPT baseline/evaluator: causality, KV cache, generation, run directories (``didi.models.gpt``, ``didi.ar``)."""
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +7,13 @@ import torch
 from scipy import stats
 
 import didi
-from didi.ar import ARPipeline, GPT, KVCache, generate, next_token_nll
-from didi.backbone import DiT
-from didi.checkpoint import RunConfig, save_tensors, write_run_config
+from didi.ar import ARPipeline, generate
+from didi.models.gpt import GPT, KVCache, next_token_nll
+from didi.models.dit import DiT
+from didi.runtime.checkpoint import RunConfig, save_tensors, write_run_config
 from didi.config import DiffusionConfig, ModelConfig
 from didi.errors import CheckpointError, ConfigError
-from didi.tokenizer import Tokenizer, train_bpe
+from didi.data.tokenizer import Tokenizer, train_bpe
 
 CORPUS = [f"To be, or not to be, that is question {i}: whether 'tis nobler in the mind {i % 7} to suffer."
           for i in range(200)]

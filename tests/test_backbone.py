@@ -1,7 +1,7 @@
 import torch
 
 from conftest import randomize_output_layer
-from didi.backbone import DiT
+from didi.models.dit import DiT
 from didi.config import ModelConfig
 
 

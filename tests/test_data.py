@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import didi.data as data
-from didi.data import (SHAKESPEARE_VALID_PLAYS, BatchSchedule, BlockPacker, Corpus, DataConfig, TokenBlocks,
+import didi.data.corpora as data
+from didi.data.corpora import (SHAKESPEARE_VALID_PLAYS, BatchSchedule, BlockPacker, Corpus, DataConfig, TokenBlocks,
                        available_corpora, build_tokenizer, load_corpus, pack_documents, play_key, prepare_data,
                        register_corpus, shakespeare_files, shakespeare_texts_dir, shard, split_documents,
                        tokenizer_fingerprint)

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 
 from conftest import randomize_output_layer
-from didi.backbone import DiT
+from didi.models.dit import DiT
 from didi.config import ModelConfig
-from didi.diffusion import (LogLinearSchedule, forward_mask, mdlm_token_losses, posterior_probs, sample_times,
+from didi.diffusion.process import (LogLinearSchedule, forward_mask, mdlm_token_losses, posterior_probs, sample_times,
                             subs_log_probs)
 
 

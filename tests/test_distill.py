@@ -8,16 +8,16 @@ import torch
 
 import toy
 from conftest import randomize_output_layer
-from didi import checkpoint
-from didi.backbone import DiT
+from didi.runtime import checkpoint
+from didi.models.dit import DiT
 from didi.cli import main
 from didi.config import ModelConfig
-from didi.diffusion import LogLinearSchedule, forward_mask
-from didi.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, draw_tau,
+from didi.diffusion.process import LogLinearSchedule, forward_mask
+from didi.recipes.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, draw_tau,
                           group_advantages, sample_tau, scored_positions, student_rollout)
 from didi.errors import ConfigError
-from didi.sampling import AncestralConfig, ancestral_sample
-from didi.utils import step_generator
+from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.runtime.utils import step_generator
 
 CPU = torch.device("cpu")
 SCHEDULE = LogLinearSchedule()

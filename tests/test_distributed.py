@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS
-from didi import checkpoint
+from didi.runtime import checkpoint
 from didi.cli import main
-from didi.data import BatchSchedule, DataConfig, TokenBlocks, prepare_data, shard
-from didi.distill import group_advantages
+from didi.data.corpora import BatchSchedule, DataConfig, TokenBlocks, prepare_data, shard
+from didi.recipes.distill import group_advantages
 from didi.errors import ConfigError
-from didi.train import batch_split
+from didi.recipes.train import batch_split
 
 STEPS = 240  # long enough (a few seconds) for a signal to arrive mid-run
 RUN_ARGS = [*TINY_TRAIN_ARGS, "--dropout", "0", "--lr-schedule", "constant", "--log-every", "10", "--save-every", "20"]
@@ -167,7 +167,7 @@ def test_kill_9_resumes_exactly_and_ignores_a_partial_snapshot(tmp_path, corpus_
 PREPARE_FAILS = textwrap.dedent('''
     import sys
     from pathlib import Path
-    from didi import distributed
+    from didi.runtime import distributed
     from didi.errors import DidiError
 
     ctx = distributed.init("cpu")
@@ -270,11 +270,11 @@ DDP_GRADIENTS = textwrap.dedent('''
 
     import torch
 
-    from didi import distributed as dist
-    from didi.backbone import DiT
+    from didi.runtime import distributed as dist
+    from didi.models.dit import DiT
     from didi.config import ModelConfig
-    from didi.diffusion import forward_mask
-    from didi.distill import DistillConfig, DistillModels, discriminator_loss, student_rollout
+    from didi.diffusion.process import forward_mask
+    from didi.recipes.distill import DistillConfig, DistillModels, discriminator_loss, student_rollout
 
     MASK, N, L = 11, 4, 8
     ctx = dist.init("cpu")

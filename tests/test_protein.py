@@ -1,4 +1,4 @@
-"""Proteins: amino-acid tokenizer, FASTA parsing, corpus split, sample metrics (didi.protein)."""
+"""Proteins: amino-acid tokenizer, FASTA parsing, corpus split, sample metrics (didi.data.protein, didi.data.tokenizer)."""
 from __future__ import annotations
 
 import gzip
@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from didi import protein
+from didi.data import protein
 from didi.cli import main
-from didi.data import (DataConfig, available_corpora, crop_documents, load_corpus, pack_blocks, pack_documents,
-                       prepare_data, resolve_packing)
+from didi.data.corpora import (DataConfig, available_corpora, crop_documents, load_corpus, load_protein_corpus,
+                               pack_blocks, pack_documents, prepare_data, resolve_packing)
 from didi.errors import CheckpointError, ConfigError, DataError
-from didi.protein import (AMINO_ACIDS, STANDARD_AMINO_ACIDS, SWISSPROT_COMPOSITION, ProteinTokenizer,
-                          SkippedRecordsWarning, amino_acid_composition, esmfold_plddt, js_divergence, kl_divergence,
-                          low_complexity_coverage, protein_metrics, read_fasta, sequence_entropy, split_by_sequence,
-                          write_fasta)
-from didi.tokenizer import Tokenizer, load_tokenizer
+from didi.data.protein import (SWISSPROT_COMPOSITION, SkippedRecordsWarning, amino_acid_composition, esmfold_plddt,
+                               js_divergence, kl_divergence, low_complexity_coverage, protein_metrics, read_fasta,
+                               sequence_entropy, split_by_sequence, write_fasta)
+from didi.data.tokenizer import AMINO_ACIDS, STANDARD_AMINO_ACIDS, ProteinTokenizer, Tokenizer, load_tokenizer
 from test_ar import make_run, tiny_tokenizer
 
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"  # human, P0CG48
@@ -224,15 +223,15 @@ def test_load_protein_corpus_from_a_fasta_path(tmp_path):
     write(tmp_path / "p.faa", ">a\nMKVLLA*\n>b\nMK1\n>c\nWYCHHP*\n>d\nGGSA\n")
     config = DataConfig(data=str(tmp_path / "p.faa"), valid_fraction=0.3, seed=0)
     with pytest.raises(DataError, match=r"record 2 \(>b, line 3\): invalid character '1'"):
-        protein.load_protein_corpus(config)
+        load_protein_corpus(config)
     with pytest.warns(SkippedRecordsWarning, match="skipped 1 of 4"):
-        corpus = protein.load_protein_corpus(config, on_error="skip")
+        corpus = load_protein_corpus(config, on_error="skip")
     assert sorted(corpus.train + corpus.valid) == ["GGSA", "MKVLLA", "WYCHHP"] and len(corpus.valid) == 1
     write_fasta(tmp_path / "dna.fa", ["ACGTTGCAACGTNACGT"] * 3)
     with pytest.raises(DataError, match="nucleotide"):
-        protein.load_protein_corpus(DataConfig(data=str(tmp_path / "dna.fa")))
+        load_protein_corpus(DataConfig(data=str(tmp_path / "dna.fa")))
     with pytest.raises(DataError, match="neither 'proteins' nor a FASTA file"):
-        protein.load_protein_corpus(DataConfig(data="shakespeare"))
+        load_protein_corpus(DataConfig(data="shakespeare"))
 
 
 def test_fasta_paths_reach_the_protein_loader(tmp_path):

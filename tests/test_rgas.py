@@ -1,4 +1,4 @@
-"""Reward-guided ancestral sampling (``didi.rgas``): reduction to the ancestral sampler, tilting and re-ranking
+"""Reward-guided ancestral sampling (``didi.diffusion.rgas``): reduction to the ancestral sampler, tilting and re-ranking
 against exact expectations, exact call counts, and the ``didi sample`` / ``didi eval`` command lines."""
 import itertools
 import json
@@ -9,17 +9,17 @@ import torch
 from scipy import stats
 
 from conftest import randomize_output_layer
-from didi.backbone import DiT
-from didi.checkpoint import RunConfig, save_tensors, write_run_config
+from didi.models.dit import DiT
+from didi.runtime.checkpoint import RunConfig, save_tensors, write_run_config
 from didi.cli import main
 from didi.config import DiffusionConfig, ModelConfig
-from didi.discriminator import build_discriminator
+from didi.models.discriminator import build_discriminator
 from didi.errors import ConfigError, DidiError
 from didi.pipeline import DiffusionPipeline
-from didi.protein import ProteinTokenizer
-from didi.rgas import RGASConfig, guidance_scale, rerank_start, rgas_sample
+from didi.data.tokenizer import ProteinTokenizer
+from didi.diffusion.rgas import RGASConfig, guidance_scale, rerank_start, rgas_sample
 from didi.samples import read_samples
-from didi.sampling import AncestralConfig, ancestral_sample
+from didi.diffusion.sampling import AncestralConfig, ancestral_sample
 
 TOKENIZER = ProteinTokenizer()
 MASK = TOKENIZER.diffusion_mask_id
@@ -108,8 +108,9 @@ def token_table(length: int, seed: int = 0) -> torch.Tensor:
 
 
 def sample(pipe, n, length, steps, config, seed=0, **kwargs):
-    return rgas_sample(pipe, batch_size=n, seq_len=length, num_steps=steps, config=config,
-                       generator=torch.Generator().manual_seed(seed), **kwargs)
+    return rgas_sample(pipe.denoiser, pipe.discriminate, batch_size=n, seq_len=length, num_steps=steps,
+                       mask_index=pipe.mask_index, schedule=pipe.schedule, config=config,
+                       generator=torch.Generator().manual_seed(seed), device=pipe.device, **kwargs)
 
 
 # --------------------------------------------------------------------------------------- reduction to ancestral

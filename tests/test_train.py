@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS, randomize_output_layer, write_corpus
-from didi import checkpoint
-from didi.backbone import DiT
+from didi.runtime import checkpoint
+from didi.models.dit import DiT
 from didi.cli import main
-from didi.diffusion import LogLinearSchedule, mdlm_token_losses, sample_times
+from didi.diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
 from didi.errors import TrainingError
 
 
@@ -97,7 +97,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus_file, mo
     run = tmp_path / "run"
     assert main(train_args(run, corpus_file, 2, "--save-every", "2")) == 0
     before = digest(run / "model.safetensors")
-    import didi.train as train_module
+    import didi.recipes.train as train_module
 
     real = train_module.mdlm_objective
 

@@ -1,7 +1,7 @@
 """didi: ultra-fast language generation with discrete (masked) diffusion LMs and DiDi-Instruct distillation."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 
 def load(path_or_repo: str, device: str = "auto", **kwargs):

@@ -78,25 +78,6 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
     return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
-def parse_int_list(option: str, text: str) -> list[int]:
-    """``"8,16,32"`` -> ``[8, 16, 32]``; every value must be an integer >= 1."""
-    values = []
-    for piece in str(text).split(","):
-        piece = piece.strip()
-        if not piece:
-            continue
-        try:
-            value = int(piece)
-        except ValueError:
-            raise option_error(option, f"expected comma-separated integers, got {piece!r}") from None
-        if value < 1:
-            raise option_error(option, f"values must be >= 1 (got {value})")
-        values.append(value)
-    if not values:
-        raise option_error(option, "expected at least one value")
-    return values
-
-
 # ------------------------------------------------------------------------------------------------ commands
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +89,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    from .checkpoint import list_snapshots, read_run_config, tensors_metadata
+    from .runtime.checkpoint import list_snapshots, read_run_config, tensors_metadata
 
     config = read_run_config(args.run_dir)
     if args.json:
@@ -160,14 +141,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_rgas_arguments(parser: argparse.ArgumentParser) -> None:
-    from .rgas import RGASConfig
+    from .diffusion.rgas import RGASConfig
 
-    add_config_arguments(parser, RGASConfig, group="rgas (with --sampler rgas; see didi.rgas)")
+    add_config_arguments(parser, RGASConfig, group="rgas (with --sampler rgas; see didi.diffusion.rgas)")
 
 
 def _rgas_config(args: argparse.Namespace) -> Any:
     """The ``RGASConfig`` of the command line with ``--sampler rgas``, else ``None`` (RGAS options are an error)."""
-    from .rgas import RGASConfig
+    from .diffusion.rgas import RGASConfig
 
     given = [f.name for f in dataclasses.fields(RGASConfig) if getattr(args, f.name, None) is not None]
     if args.sampler != "rgas":
@@ -201,15 +182,15 @@ def _run_sample(args: argparse.Namespace) -> None:
 
 def _report_written(what: str, path: Path) -> None:
     """One line on the main process only (every torchrun rank runs the command)."""
-    from . import distributed
+    from .runtime import distributed
 
     if distributed.is_main():
         print(f"[didi] {what} written to {path}", file=sys.stderr)
 
 
 def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) -> None:
-    from .data import DataConfig
-    from .train import TrainConfig
+    from .data.corpora import DataConfig
+    from .recipes.train import TrainConfig
 
     what = "a masked-diffusion (MDLM) teacher" if kind == "mdlm" else "an autoregressive (GPT) baseline/evaluator"
     p = sub.add_parser(name, help=f"train {what}",
@@ -224,8 +205,8 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) ->
 
 
 def _run_train_command(args: argparse.Namespace, kind: str) -> None:
-    from .data import DataConfig
-    from .train import TrainConfig, resume_config, train
+    from .data.corpora import DataConfig
+    from .recipes.train import TrainConfig, resume_config, train
 
     if args.resume is not None:
         given = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f) is not None}
@@ -305,7 +286,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .evaluation import EvalConfig
+    from .recipes.evaluate.runner import EvalConfig
 
     p = sub.add_parser("eval", help="gen-PPL, entropy, likelihood and speed of models side by side (or of samples)",
                        description="Sample every --model at every --nfe budget (an AR model: one row), score the "
@@ -330,7 +311,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from .evaluation import EvalConfig, evaluate, format_table, plot_report, write_report
+    from .recipes.evaluate.report import format_table, plot_report, write_report
+    from .recipes.evaluate.runner import EvalConfig, evaluate
 
     config = config_from_args(EvalConfig, args, rgas=_rgas_config(args))
     report = evaluate(config)
@@ -347,8 +329,8 @@ DISTILL_DATA_OPTIONS = ("data", "seq_len", "max_documents", "folio", "valid_frac
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:
-    from .data import DataConfig
-    from .distill import DistillConfig
+    from .data.corpora import DataConfig
+    from .recipes.distill import DistillConfig
 
     p = sub.add_parser("distill", help="distill a few-step student from a teacher with DiDi-Instruct",
                        description="DiDi-Instruct: train a few-step student (initialised from the teacher) with the "
@@ -363,7 +345,7 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_distill(args: argparse.Namespace) -> None:
-    from .distill import DistillConfig, distill, resume_config
+    from .recipes.distill import DistillConfig, distill, resume_config
 
     overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
     if args.resume is not None:
@@ -379,7 +361,7 @@ def _run_distill(args: argparse.Namespace) -> None:
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    from .quickstart import QuickstartConfig
+    from .recipes.quickstart import QuickstartConfig
 
     p = sub.add_parser("quickstart", help="train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
                        description="The whole pipeline on the embedded Gutenberg Shakespeare: a tiny MDLM teacher, "
@@ -390,7 +372,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:
-    from .quickstart import QuickstartConfig, quickstart
+    from .recipes.quickstart import QuickstartConfig, quickstart
 
     quickstart(config_from_args(QuickstartConfig, args))
 
@@ -423,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

@@ -1,4 +1,5 @@
-"""Typed configurations shared by every component: the network size and the diffusion process.
+"""Typed configurations shared by every component: the network size and the diffusion process (and
+:func:`parse_int_list` for list-valued options such as ``--nfe 8,16``).
 
 Task configurations (training, sampling, distillation, evaluation) live next to the code that uses them; they
 all follow the same pattern: a dataclass whose fields carry their ``--help`` text in ``metadata["help"]`` and a
@@ -10,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import ConfigError, require
+from .errors import ConfigError, option_error, require
 
 T = TypeVar("T")
 
@@ -33,6 +34,25 @@ def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = False) -> T:
     if strict and unknown:
         raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def parse_int_list(option: str, text: str) -> list[int]:
+    """``"8,16,32"`` -> ``[8, 16, 32]``; every value must be an integer >= 1."""
+    values = []
+    for piece in str(text).split(","):
+        piece = piece.strip()
+        if not piece:
+            continue
+        try:
+            value = int(piece)
+        except ValueError:
+            raise option_error(option, f"expected comma-separated integers, got {piece!r}") from None
+        if value < 1:
+            raise option_error(option, f"values must be >= 1 (got {value})")
+        values.append(value)
+    if not values:
+        raise option_error(option, "expected at least one value")
+    return values
 
 
 # Network sizes. ``small`` is the 169M DiT of MDLM/DUO/DiDi-Instruct (hidden 768, 12 blocks, 12 heads).

@@ -31,15 +31,14 @@ from typing import Any, Iterator
 
 import torch
 
-from . import __version__
-from .backbone import DiT, Rotary
-from .checkpoint import (CONFIG, RunConfig, load_state_dict_strict, load_tensors, read_run_config, save_tensors,
-                         write_json, write_run_config)
+from .version import __version__
+from .models.dit import DiT, Rotary
+from .runtime.checkpoint import (CONFIG, RunConfig, load_state_dict_strict, load_tensors, read_run_config, save_tensors,
+                                 weights_file, write_json, write_run_config)
 from .config import PRESETS, DiffusionConfig, ModelConfig, to_dict
-from .discriminator import empty_discriminator
+from .models.discriminator import empty_discriminator
 from .errors import CheckpointError, DidiError, option_error
-from .pipeline import weights_file
-from .tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
+from .data.tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
 
 # --------------------------------------------------------------------------------------------- key tables
 

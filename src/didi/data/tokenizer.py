@@ -1,4 +1,4 @@
-"""Tokenizers: a byte-level BPE trained locally, the GPT-2 tokenizer, and (in :mod:`didi.protein`) amino acids.
+"""Tokenizers: a byte-level BPE trained locally, the GPT-2 tokenizer, and amino acids (:class:`ProteinTokenizer`).
 
 Every tokenizer exposes the same small interface (:class:`Tokenizer`) and saves itself into a run directory,
 returning a JSON spec stored under ``"tokenizer"`` in ``config.json``; :func:`load_tokenizer` reverses it.
@@ -13,12 +13,24 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .errors import CheckpointError, DataError
+import numpy as np
+
+from ..errors import CheckpointError, DataError
+
+if TYPE_CHECKING:
+    from ..runtime.checkpoint import RunConfig
 
 EOT = "<|endoftext|>"
 MASK_TEXT = "[MASK]"
+
+STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+# X: unknown residue, B: D or N, Z: E or Q, U: selenocysteine, O: pyrrolysine (IUPAC-IUB one-letter codes).
+RARE_AMINO_ACIDS = "XBZUO"
+AMINO_ACIDS = STANDARD_AMINO_ACIDS + RARE_AMINO_ACIDS
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<mask>")
+MASK_RESIDUE = "X"  # how decode renders a [MASK] left in a sample: the "unknown residue" letter keeps FASTA valid
 
 
 class Tokenizer:
@@ -152,6 +164,75 @@ def gpt2_tokenizer() -> BPETokenizer:
                         f"ships its vocabulary, or use a network for transformers ({type(exc).__name__})") from exc
 
 
+class ProteinTokenizer(Tokenizer):
+    """Amino acids, one token each. Ids: ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<mask>`` 3, then
+    ``ACDEFGHIKLMNPQRSTVWY`` (4-23) and ``XBZUO`` (24-28); ``vocab_size`` = 29.
+
+    ``encode`` is case-insensitive (lower case in FASTA is soft-masking, not a different residue), ignores
+    whitespace and adds no special token. ``decode`` returns the first contiguous run of residues (see there).
+    """
+
+    kind = "protein"
+    version = 1
+
+    def __init__(self) -> None:
+        self.tokens = SPECIAL_TOKENS + tuple(AMINO_ACIDS)
+        self.vocab_size = len(self.tokens)
+        self.pad_id, self.bos_id, self.eos_id, self.mask_id = range(len(SPECIAL_TOKENS))
+        # byte -> id lookup: residues (either case) -> id, whitespace -> -2 (dropped), anything else -> -1
+        self._lookup = np.full(256, -1, dtype=np.int64)
+        for index, letter in enumerate(AMINO_ACIDS, start=len(SPECIAL_TOKENS)):
+            self._lookup[ord(letter)] = self._lookup[ord(letter.lower())] = index
+        self._lookup[[ord(c) for c in " \t\n\r\v\f"]] = -2
+
+    def encode(self, text: str) -> list[int]:
+        """Residue ids of ``text``; any character other than a residue letter or whitespace is a DataError."""
+        raw = text.encode("ascii", errors="replace")  # one byte per character; non-ASCII becomes '?' (invalid)
+        ids = self._lookup[np.frombuffer(raw, dtype=np.uint8)]
+        bad = np.flatnonzero(ids == -1)
+        if bad.size:
+            position = int(bad[0])
+            raise DataError(f"protein sequence: invalid character {text[position]!r} at position {position + 1}"
+                            f" (expected amino-acid letters {AMINO_ACIDS})")
+        return ids[ids >= 0].tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The first sequence in ``ids``: the first contiguous run of residue (or [MASK]) tokens.
+
+        Special tokens before it are skipped and any BOS/EOS/PAD after it ends it, so a sampled row
+        ``<bos> M K V <eos> <pad> ...`` (or one that packs several proteins) gives one clean protein for FASTA.
+        A [MASK] still present is rendered as ``X``, the unknown-residue letter. Ids outside the vocabulary are
+        a DataError (the model and tokenizer do not match).
+        """
+        letters: list[str] = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise DataError(f"protein tokenizer: id {i} is outside the vocabulary of {self.vocab_size} tokens")
+            if i == self.mask_id:
+                letters.append(MASK_RESIDUE)
+            elif i >= len(SPECIAL_TOKENS):
+                letters.append(self.tokens[i])
+            elif letters:
+                break
+        return "".join(letters)
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Nothing to write: the vocabulary is fixed, and stored in the spec so a changed layout is detected."""
+        return {"type": self.kind, "version": self.version, "vocab_size": self.vocab_size, "tokens": list(self.tokens)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "ProteinTokenizer":
+        """Rebuild from the spec written by :meth:`save` (``config.json``)."""
+        tokenizer = cls()
+        if spec.get("type") != cls.kind or spec.get("version") != cls.version:
+            raise CheckpointError(f"unsupported protein tokenizer spec (type {spec.get('type')!r}, "
+                                  f"version {spec.get('version')!r}; this didi reads version {cls.version})")
+        if "tokens" in spec and list(spec["tokens"]) != list(tokenizer.tokens):
+            raise CheckpointError("protein tokenizer in config.json has a different token order than this didi")
+        return tokenizer
+
+
 def load_tokenizer(directory: Path, spec: dict[str, Any]) -> Tokenizer:
     """Rebuild the tokenizer described by ``spec`` (from ``config.json``) from files in ``directory``."""
     kind = spec.get("type")
@@ -169,8 +250,6 @@ def load_tokenizer(directory: Path, spec: dict[str, Any]) -> Tokenizer:
             raise CheckpointError(f"{path}: cannot read tokenizer ({exc})") from exc
         tok = BPETokenizer(backend, kind=kind, eot=spec.get("eot", EOT))
     elif kind == "protein":
-        from .protein import ProteinTokenizer
-
         tok = ProteinTokenizer.from_spec(spec)
     else:
         raise CheckpointError(f"unknown tokenizer type {kind!r} in config.json")
@@ -182,3 +261,11 @@ def load_tokenizer(directory: Path, spec: dict[str, Any]) -> Tokenizer:
 
 def spec_to_json(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True)
+
+
+def check_tokenizer_matches(tokenizer: Tokenizer, config: RunConfig, source: str) -> None:
+    """The network must embed exactly the tokenizer's ids plus the diffusion mask."""
+    expected = tokenizer.model_vocab_size if config.kind != "ar" else tokenizer.vocab_size
+    if config.model.vocab_size != expected:
+        raise CheckpointError(f"{source}: tokenizer has {tokenizer.vocab_size} tokens (model needs "
+                              f"{expected} rows) but the model has vocab_size {config.model.vocab_size}")

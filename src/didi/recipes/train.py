@@ -2,14 +2,14 @@
 
 One readable loop (nanoGPT style) over reusable parts:
 
-* data: :func:`didi.data.prepare_data` packs the corpus; :class:`didi.data.BatchSchedule` gives the global batch
+* data: :func:`didi.data.corpora.prepare_data` packs the corpus; :class:`didi.data.corpora.BatchSchedule` gives the global batch
   of every step as a pure function of ``(seed, step)``;
-* objective: MDLM continuous-time NELBO (:func:`didi.diffusion.mdlm_token_losses`, antithetic times over the
+* objective: MDLM continuous-time NELBO (:func:`didi.diffusion.process.mdlm_token_losses`, antithetic times over the
   global batch) or next-token cross-entropy for ``ar``;
 * AdamW, linear warm-up then cosine/linear/constant schedule, gradient clipping, EMA weights, bf16 autocast where
   supported, periodic validation, atomic snapshots, exact resume.
 
-Distributed (``torchrun``, see :mod:`didi.distributed`): the model is wrapped in ``DistributedDataParallel`` (or
+Distributed (``torchrun``, see :mod:`didi.runtime.distributed`): the model is wrapped in ``DistributedDataParallel`` (or
 sharded with FSDP2, ``--fsdp``); every rank draws the same global-batch randomness and keeps its contiguous slice,
 accumulates ``--micro-batch-size`` slices without synchronising, and the loss is normalised by the *global* token
 count, so N processes compute the same update as one process with the same global batch (and a run may resume on
@@ -33,22 +33,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import distributed as dist
-from .backbone import DiT
-from .checkpoint import (RunConfig, clean_stale_tmp, latest_snapshot, load_state_dict_strict, load_tensors,
-                         load_trainer_state, read_run_config, resumed_options, save_snapshot,
-                         write_run_config)
-from .config import DiffusionConfig, ModelConfig, helpfield, to_dict
-from .data import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
-from .diffusion import LogLinearSchedule, mdlm_token_losses, sample_times
-from .errors import CheckpointError, ConfigError, TrainingError, require
-from .tokenizer import Tokenizer, load_tokenizer
-from .utils import autocast, resolve_precision, seed_everything, step_generator
+from ..runtime import distributed as dist
+from ..models.dit import DiT
+from ..models.gpt import GPT
+from ..runtime.checkpoint import (RunConfig, clean_stale_tmp, ema_decay_at, ema_update, latest_snapshot,
+                                  load_state_dict_strict, load_tensors, load_trainer_state, read_run_config,
+                                  resumed_options, save_snapshot, write_run_config)
+from ..config import DiffusionConfig, ModelConfig, helpfield, to_dict
+from ..data.corpora import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
+from ..diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
+from ..errors import CheckpointError, ConfigError, TrainingError, require
+from ..data.tokenizer import Tokenizer, load_tokenizer
+from ..runtime.utils import autocast, resolve_precision, seed_everything, step_generator
 
 
 @dataclass
 class TrainConfig:
-    """Options of ``didi train`` / ``didi train-ar`` (data options are in :class:`didi.data.DataConfig`)."""
+    """Options of ``didi train`` / ``didi train-ar`` (data options are in :class:`didi.data.corpora.DataConfig`)."""
 
     out: str = helpfield("", "run directory to create (or to continue with --resume)")
     preset: str = helpfield("tiny", "model size: tiny, small (169M, the paper's), medium, large")
@@ -116,21 +117,6 @@ def lr_at(step: int, cfg: TrainConfig | Any) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def ema_decay_at(decay: float, updates: int) -> float:
-    """EMA warm-up: ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are not dominated by
-    the initial weights (with 0.999, 82% of the average would still be the initialisation after 200 steps)."""
-    return min(decay, (1.0 + updates) / (10.0 + updates))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer, seq_len: int) -> ModelConfig:
     overrides = dict(hidden_size=cfg.hidden_size or None, n_blocks=cfg.n_blocks or None,
                      n_heads=cfg.n_heads or None, cond_dim=cfg.cond_dim or None)
@@ -142,8 +128,6 @@ def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer, seq_le
 
 def build_network(model_config: ModelConfig) -> nn.Module:
     if model_config.arch == "gpt":
-        from .ar import GPT
-
         return GPT(model_config)
     return DiT(model_config)
 

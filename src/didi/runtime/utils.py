@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from .errors import option_error
+from ..errors import option_error
 
 
 def pick_device(preference: str = "auto") -> torch.device:

@@ -8,7 +8,7 @@ Nothing here re-implements communication: :func:`init` reads the environment ``t
 
 Conventions the recipes rely on:
 
-* every rank computes the same global-batch randomness and keeps its slice (:func:`didi.data.shard`); randomness
+* every rank computes the same global-batch randomness and keeps its slice (:func:`didi.data.corpora.shard`); randomness
   that is private to a rank's rows (dropout, DiDi-Instruct rollouts) comes from :func:`rank_seed`;
 * rank 0 prepares data and run directories first (:func:`main_process_first`), writes every file, and decides
   which snapshot all ranks resume from (:func:`broadcast_object`);
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-from .errors import ConfigError, DidiError
+from ..errors import ConfigError, DidiError
 from .utils import pick_device
 
 PREPARE_TIMEOUT = timedelta(hours=24)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,7 @@ class DiT(nn.Module):
     """Diffusion transformer: ``forward(x, sigma) -> logits (B, L, vocab_size)``.
 
     ``sigma`` has shape (B,) (or is broadcast from a scalar). The logits are raw; the diffusion process applies
-    the SUBS parameterisation (:func:`didi.diffusion.subs_log_probs`).
+    the SUBS parameterisation (:func:`didi.diffusion.process.subs_log_probs`).
     """
 
     def __init__(self, config: ModelConfig):
