@@ -1,6 +1,7 @@
-# Two entry points for a fresh machine:
+# Entry points for a fresh machine:
 #   make quickstart   # create .venv, install didi, train + distill + sample on the embedded Shakespeare corpus
-#   make test         # create .venv, install didi with test extras, run the test suite
+#   make test         # create .venv, install didi with test extras, run `make lint`, then the test suite
+#   make lint         # import contracts (lint-imports, see docs/architecture.md) and ruff
 #
 # PyTorch: the default TORCH_SPEC installs the CPU build 2.13.0 (a local wheel on our CI machines). On a CUDA
 # machine use e.g. `make quickstart TORCH_SPEC="torch>=2.6"` to get the CUDA build from PyPI.
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart lint test clean
 
 $(BIN)/didi: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,11 @@ install: $(BIN)/didi
 quickstart: install
 	$(BIN)/didi quickstart
 
-test: install
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
+
+test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from didi.runtime.checkpoint import completed_steps, latest_snapshot
 from didi.cli import main as didi
+from didi.runtime.checkpoint import completed_steps, latest_snapshot
 
 
 @dataclass(frozen=True)

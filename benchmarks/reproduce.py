@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from didi.runtime.checkpoint import completed_steps, latest_snapshot
 from didi.data.corpora import DataConfig
+from didi.diffusion.rgas import RGASConfig
 from didi.recipes.distill import DistillConfig, distill
 from didi.recipes.evaluate.report import EvalReport, EvalRow, plot_report
 from didi.recipes.evaluate.runner import EvalConfig, evaluate
 from didi.recipes.quickstart import TINY_DISTILL
-from didi.diffusion.rgas import RGASConfig
 from didi.recipes.train import TrainConfig, resume_config, train
+from didi.runtime.checkpoint import completed_steps, latest_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,12 +32,20 @@ import torch
 
 from didi.ar import ARPipeline
 from didi.data.corpora import BatchSchedule, DataConfig, prepare_data
-from didi.diffusion.process import forward_mask
-from didi.runtime.checkpoint import load_state_dict_strict, load_tensors, read_run_config
-from didi.models.discriminator import empty_discriminator, sequence_rewards
-from didi.recipes.distill import (DistillConfig, DistillModels, _load_teacher, discriminator_loss, distill_step,
-                                  sample_tau, scored_positions, student_rollout)
 from didi.data.tokenizer import load_tokenizer
+from didi.diffusion.process import forward_mask
+from didi.models.discriminator import empty_discriminator, sequence_rewards
+from didi.recipes.distill import (
+    DistillConfig,
+    DistillModels,
+    _load_teacher,
+    discriminator_loss,
+    distill_step,
+    sample_tau,
+    scored_positions,
+    student_rollout,
+)
+from didi.runtime.checkpoint import load_state_dict_strict, load_tensors, read_run_config
 from didi.runtime.utils import step_generator
 
 

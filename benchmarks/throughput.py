@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -30,10 +31,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from didi.models.dit import DiT
 from didi.config import DiffusionConfig, ModelConfig
 from didi.diffusion.process import LogLinearSchedule
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.models.dit import DiT
 from didi.recipes.train import draw_noise, mdlm_objective
 from didi.runtime.utils import autocast, pick_device, synchronize
 
@@ -109,19 +110,19 @@ def measure(preset: str, args: argparse.Namespace, device: torch.device) -> list
     for name, use_compile, dtype in runs:
         network = compiled if use_compile else model
         for _ in range(args.warmup):
-            warm[name] += timed(lambda: train_step(network, dtype), device)
+            warm[name] += timed(functools.partial(train_step, network, dtype), device)
     for _ in range(args.steps):
         for name, use_compile, dtype in runs:
             network = compiled if use_compile else model
-            train_s[name] += timed(lambda: train_step(network, dtype), device)
+            train_s[name] += timed(functools.partial(train_step, network, dtype), device)
     model.eval()
     for name, use_compile, dtype in runs:
         network = compiled if use_compile else model
-        warm[name] += timed(lambda: sample(name, network, dtype), device)
+        warm[name] += timed(functools.partial(sample, name, network, dtype), device)
     for _ in range(args.sample_repeats):
         for name, use_compile, dtype in runs:
             network = compiled if use_compile else model
-            sample_s[name] += timed(lambda: sample(name, network, dtype), device)
+            sample_s[name] += timed(functools.partial(sample, name, network, dtype), device)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     return [Result(preset=preset, variant=name, params_m=params_m,
                    train_tokens_per_s=args.steps * args.batch_size * args.seq_len / train_s[name],

@@ -1,8 +1,8 @@
 import torch
 
 from conftest import randomize_output_layer
-from didi.models.dit import DiT
 from didi.config import ModelConfig
+from didi.models.dit import DiT
 
 
 def test_small_preset_matches_published_layout():

@@ -10,10 +10,26 @@ import pytest
 import torch
 
 import didi.data.corpora as data
-from didi.data.corpora import (SHAKESPEARE_VALID_PLAYS, BatchSchedule, BlockPacker, Corpus, DataConfig, TokenBlocks,
-                       available_corpora, build_tokenizer, load_corpus, pack_documents, play_key, prepare_data,
-                       register_corpus, shakespeare_files, shakespeare_texts_dir, shard, split_documents,
-                       tokenizer_fingerprint)
+from didi.data.corpora import (
+    SHAKESPEARE_VALID_PLAYS,
+    BatchSchedule,
+    BlockPacker,
+    Corpus,
+    DataConfig,
+    TokenBlocks,
+    available_corpora,
+    build_tokenizer,
+    load_corpus,
+    pack_documents,
+    play_key,
+    prepare_data,
+    register_corpus,
+    shakespeare_files,
+    shakespeare_texts_dir,
+    shard,
+    split_documents,
+    tokenizer_fingerprint,
+)
 from didi.errors import ConfigError, DataError
 
 WORDS = ("the king my lord thou art a villain sweet love night day crown sword fair speak what say you now "

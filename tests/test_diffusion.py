@@ -5,10 +5,16 @@ import numpy as np
 import torch
 
 from conftest import randomize_output_layer
-from didi.models.dit import DiT
 from didi.config import ModelConfig
-from didi.diffusion.process import (LogLinearSchedule, forward_mask, mdlm_token_losses, posterior_probs, sample_times,
-                            subs_log_probs)
+from didi.diffusion.process import (
+    LogLinearSchedule,
+    forward_mask,
+    mdlm_token_losses,
+    posterior_probs,
+    sample_times,
+    subs_log_probs,
+)
+from didi.models.dit import DiT
 
 
 def test_log_linear_schedule():

@@ -1,22 +1,31 @@
 """DiDi-Instruct verified on exactly enumerable toys (vocabulary 3 + [MASK], length 3) and end to end."""
 import json
-import shutil
 import math
+import shutil
 
 import pytest
 import torch
 
 import toy
 from conftest import randomize_output_layer
-from didi.runtime import checkpoint
-from didi.models.dit import DiT
 from didi.cli import main
 from didi.config import ModelConfig
 from didi.diffusion.process import LogLinearSchedule, forward_mask
-from didi.recipes.distill import (DistillConfig, DistillModels, discriminator_loss, distill_step, draw_tau,
-                          group_advantages, sample_tau, scored_positions, student_rollout)
-from didi.errors import ConfigError
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.errors import ConfigError
+from didi.models.dit import DiT
+from didi.recipes.distill import (
+    DistillConfig,
+    DistillModels,
+    discriminator_loss,
+    distill_step,
+    draw_tau,
+    group_advantages,
+    sample_tau,
+    scored_positions,
+    student_rollout,
+)
+from didi.runtime import checkpoint
 from didi.runtime.utils import step_generator
 
 CPU = torch.device("cpu")
@@ -101,7 +110,8 @@ def test_tau_distribution_and_weight():
     assert tau.min() >= 0.02 and tau.max() <= 0.98
     t = torch.tensor([0.25], dtype=torch.float64)
     expected_pi = math.gamma(7) / (math.gamma(2) * math.gamma(5)) * 0.25 * 0.75 ** 4
-    assert abs(float(sample_tau.__globals__["omega_weight"](t, torch.tensor([expected_pi]), SCHEDULE, cfg)) - 4.0) < 1e-9
+    omega = sample_tau.__globals__["omega_weight"](t, torch.tensor([expected_pi]), SCHEDULE, cfg)
+    assert abs(float(omega) - 4.0) < 1e-9
 
 
 def test_tau_per_group_is_shared_within_groups_only():
@@ -109,7 +119,8 @@ def test_tau_per_group_is_shared_within_groups_only():
     shared = DistillConfig(teacher="t", out="o", tau_per="group")
     tau, pi = draw_tau(24, 4, shared, g, CPU)
     groups = tau.view(6, 4)
-    assert torch.equal(groups, groups[:, :1].expand(6, 4)) and torch.equal(pi.view(6, 4)[:, 1:], pi.view(6, 4)[:, :1].expand(6, 3))
+    assert torch.equal(groups, groups[:, :1].expand(6, 4))
+    assert torch.equal(pi.view(6, 4)[:, 1:], pi.view(6, 4)[:, :1].expand(6, 3))
     assert len(set(groups[:, 0].tolist())) == 6  # every group its own draw
     per_row, _ = draw_tau(24, 4, DistillConfig(teacher="t", out="o"), g, CPU)
     assert (per_row.view(6, 4).std(-1) > 0).all()

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS
-from didi.runtime import checkpoint
 from didi.cli import main
 from didi.data.corpora import BatchSchedule, DataConfig, TokenBlocks, prepare_data, shard
-from didi.recipes.distill import group_advantages
 from didi.errors import ConfigError
+from didi.recipes.distill import group_advantages
 from didi.recipes.train import batch_split
+from didi.runtime import checkpoint
 
 STEPS = 240  # long enough (a few seconds) for a signal to arrive mid-run
 RUN_ARGS = [*TINY_TRAIN_ARGS, "--dropout", "0", "--lr-schedule", "constant", "--log-every", "10", "--save-every", "20"]

@@ -10,14 +10,23 @@ import torch.nn.functional as F
 from didi.ar import ARPipeline
 from didi.cli import main
 from didi.data.corpora import TokenBlocks
+from didi.data.tokenizer import ProteinTokenizer
 from didi.diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
 from didi.errors import ConfigError
-from didi.recipes.evaluate.metrics import (Perplexity, ar_nll, diffusion_nelbo, generative_perplexity, load_evaluator,
-                                           mean_sample_entropy, sample_entropy, scored_positions, timed_sampling)
+from didi.pipeline import load
+from didi.recipes.evaluate.metrics import (
+    Perplexity,
+    ar_nll,
+    diffusion_nelbo,
+    generative_perplexity,
+    load_evaluator,
+    mean_sample_entropy,
+    sample_entropy,
+    scored_positions,
+    timed_sampling,
+)
 from didi.recipes.evaluate.report import EvalRow
 from didi.recipes.evaluate.runner import EvalConfig
-from didi.pipeline import load
-from didi.data.tokenizer import ProteinTokenizer
 from didi.samples import read_samples
 from test_ar import CORPUS, Counting, make_run, tiny_tokenizer
 

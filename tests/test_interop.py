@@ -10,15 +10,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import didi
-from didi.models.dit import DiT
-from didi.runtime.checkpoint import CheckpointError, read_run_config
 from didi.cli import main
 from didi.config import ModelConfig
-from didi.models.discriminator import discriminator_logits, empty_discriminator
+from didi.data.tokenizer import train_bpe
 from didi.errors import ConfigError
 from didi.interop import convert, export
+from didi.models.discriminator import discriminator_logits, empty_discriminator
+from didi.models.dit import DiT
 from didi.pipeline import DiffusionPipeline
-from didi.data.tokenizer import train_bpe
+from didi.runtime.checkpoint import CheckpointError, read_run_config
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a masked diffusion model denoises all tokens at once",
          "distillation turns many sampling steps into a few", "the dog sleeps while the fox runs"] * 8

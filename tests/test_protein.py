@@ -1,9 +1,10 @@
-"""Proteins: amino-acid tokenizer, FASTA parsing, corpus split, sample metrics (didi.data.protein, didi.data.tokenizer)."""
+"""Proteins: amino-acid tokenizer, FASTA parsing, corpus split, sample metrics (didi.data.protein,
+didi.data.tokenizer)."""
 from __future__ import annotations
 
 import gzip
-import json
 import importlib.machinery
+import json
 import math
 import random
 import re
@@ -15,15 +16,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from didi.data import protein
 from didi.cli import main
-from didi.data.corpora import (DataConfig, available_corpora, crop_documents, load_corpus, load_protein_corpus,
-                               pack_blocks, pack_documents, prepare_data, resolve_packing)
-from didi.errors import CheckpointError, ConfigError, DataError
-from didi.data.protein import (SWISSPROT_COMPOSITION, SkippedRecordsWarning, amino_acid_composition, esmfold_plddt,
-                               js_divergence, kl_divergence, low_complexity_coverage, protein_metrics, read_fasta,
-                               sequence_entropy, split_by_sequence, write_fasta)
+from didi.data import protein
+from didi.data.corpora import (
+    DataConfig,
+    available_corpora,
+    crop_documents,
+    load_corpus,
+    load_protein_corpus,
+    pack_blocks,
+    pack_documents,
+    prepare_data,
+    resolve_packing,
+)
+from didi.data.protein import (
+    SWISSPROT_COMPOSITION,
+    SkippedRecordsWarning,
+    amino_acid_composition,
+    esmfold_plddt,
+    js_divergence,
+    kl_divergence,
+    low_complexity_coverage,
+    protein_metrics,
+    read_fasta,
+    sequence_entropy,
+    split_by_sequence,
+    write_fasta,
+)
 from didi.data.tokenizer import AMINO_ACIDS, STANDARD_AMINO_ACIDS, ProteinTokenizer, Tokenizer, load_tokenizer
+from didi.errors import CheckpointError, ConfigError, DataError
 from test_ar import make_run, tiny_tokenizer
 
 UBIQUITIN = "MQIFVKTLTGKTITLEVEPSDTIENVKAKIQDKEGIPPDQQRLIFAGKQLEDGRTLSDYNIQKESTLHLVLRLRGG"  # human, P0CG48

@@ -1,5 +1,5 @@
-"""Reward-guided ancestral sampling (``didi.diffusion.rgas``): reduction to the ancestral sampler, tilting and re-ranking
-against exact expectations, exact call counts, and the ``didi sample`` / ``didi eval`` command lines."""
+"""Reward-guided ancestral sampling (``didi.diffusion.rgas``): reduction to the ancestral sampler, tilting and
+re-ranking against exact expectations, exact call counts, and the ``didi sample`` / ``didi eval`` command lines."""
 import itertools
 import json
 
@@ -9,17 +9,17 @@ import torch
 from scipy import stats
 
 from conftest import randomize_output_layer
-from didi.models.dit import DiT
-from didi.runtime.checkpoint import RunConfig, save_tensors, write_run_config
 from didi.cli import main
 from didi.config import DiffusionConfig, ModelConfig
-from didi.models.discriminator import build_discriminator
-from didi.errors import ConfigError, DidiError
-from didi.pipeline import DiffusionPipeline
 from didi.data.tokenizer import ProteinTokenizer
 from didi.diffusion.rgas import RGASConfig, guidance_scale, rerank_start, rgas_sample
-from didi.samples import read_samples
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.errors import ConfigError, DidiError
+from didi.models.discriminator import build_discriminator
+from didi.models.dit import DiT
+from didi.pipeline import DiffusionPipeline
+from didi.runtime.checkpoint import RunConfig, save_tensors, write_run_config
+from didi.samples import read_samples
 
 TOKENIZER = ProteinTokenizer()
 MASK = TOKENIZER.diffusion_mask_id

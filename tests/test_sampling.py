@@ -6,10 +6,10 @@ import torch
 from scipy import stats
 
 from conftest import randomize_output_layer
-from didi.models.dit import DiT
 from didi.diffusion.process import LogLinearSchedule
-from didi.errors import ConfigError
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample, nucleus_filter, sample_categorical
+from didi.errors import ConfigError
+from didi.models.dit import DiT
 
 
 class Counting:

@@ -4,12 +4,12 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TRAIN_ARGS, randomize_output_layer, write_corpus
-from didi.runtime import checkpoint
-from didi.models.dit import DiT
+from conftest import TINY_TRAIN_ARGS
 from didi.cli import main
 from didi.diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
 from didi.errors import TrainingError
+from didi.models.dit import DiT
+from didi.runtime import checkpoint
 
 
 def digest(path):

@@ -9,9 +9,9 @@ import itertools
 
 import torch
 
-from didi.models.dit import DiT
 from didi.config import ModelConfig
 from didi.diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times, subs_log_probs
+from didi.models.dit import DiT
 
 V, L = 3, 3
 MASK = V

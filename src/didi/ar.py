@@ -6,9 +6,10 @@ categorical of :mod:`didi.diffusion.sampling`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -71,7 +72,7 @@ class ARPipeline:
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "auto", weights: str = "ema",
-                        precision: str = "auto") -> "ARPipeline":
+                        precision: str = "auto") -> ARPipeline:
         """Load a run directory of kind ``ar`` (EMA weights unless ``weights='model'``, strict key check)."""
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)

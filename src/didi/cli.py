@@ -12,11 +12,11 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import DidiError, option_error
-
 
 # ------------------------------------------------------------------------------------ dataclass <-> argparse
 

@@ -97,7 +97,7 @@ class ModelConfig:
         return self.hidden_size // self.n_heads
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> "ModelConfig":
+    def from_preset(cls, preset: str, **overrides: Any) -> ModelConfig:
         require(preset in PRESETS, "preset", f"must be one of {', '.join(PRESETS)} (got {preset!r})")
         values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
         return cls(**values)

@@ -25,20 +25,30 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from .version import __version__
-from .models.dit import DiT, Rotary
-from .runtime.checkpoint import (CONFIG, RunConfig, load_state_dict_strict, load_tensors, read_run_config, save_tensors,
-                                 weights_file, write_json, write_run_config)
 from .config import PRESETS, DiffusionConfig, ModelConfig, to_dict
-from .models.discriminator import empty_discriminator
-from .errors import CheckpointError, DidiError, option_error
 from .data.tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
+from .errors import CheckpointError, DidiError, option_error
+from .models.discriminator import empty_discriminator
+from .models.dit import DiT, Rotary
+from .runtime.checkpoint import (
+    CONFIG,
+    RunConfig,
+    load_state_dict_strict,
+    load_tensors,
+    read_run_config,
+    save_tensors,
+    weights_file,
+    write_json,
+    write_run_config,
+)
+from .version import __version__
 
 # --------------------------------------------------------------------------------------------- key tables
 
@@ -139,7 +149,7 @@ class Conversion:
 class _Inert:
     """Stands in for a pickled Python object that is not a tensor (Lightning hyper-parameters, tokenizers)."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Inert:
         return super().__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -51,7 +51,7 @@ class DiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "auto", weights: str = "ema",
-                        precision: str = "auto") -> "DiffusionPipeline":
+                        precision: str = "auto") -> DiffusionPipeline:
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)
         if config.kind not in ("mdlm", "didi") or config.diffusion is None:
@@ -92,7 +92,8 @@ class DiffusionPipeline:
         """Generate ``num_samples`` sequences in batches; one :class:`SampleResult` per batch.
 
         ``sampler``: ``ancestral`` (MDLM ancestral with the cache trick) or ``rgas`` (students only, see
-        :mod:`didi.diffusion.rgas`; ``sampler_options`` are :class:`didi.diffusion.rgas.RGASConfig` fields, e.g. ``num_candidates=8``).
+        :mod:`didi.diffusion.rgas`; ``sampler_options`` are :class:`didi.diffusion.rgas.RGASConfig` fields, e.g.
+        ``num_candidates=8``).
         """
         require(num_samples >= 1, "num_samples", f"must be >= 1 (got {num_samples})")
         seq_len = seq_len or self.seq_len

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .runtime.checkpoint import atomic_write
-from .errors import DataError
 from .data.protein import is_fasta_path, write_fasta
 from .diffusion.sampling import SampleResult
+from .errors import DataError
+from .runtime.checkpoint import atomic_write
 
 
 def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, Any]]:

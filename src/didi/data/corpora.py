@@ -39,9 +39,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +51,7 @@ from tqdm.auto import tqdm
 from ..config import helpfield
 from ..errors import DataError, option_error, require
 from ..runtime.checkpoint import atomic_write, write_json
-from .protein import (FASTA_SUFFIXES, PROTEIN_CORPUS, builtin_protein_fasta, is_fasta_path, read_fasta,
-                      split_by_sequence)
+from .protein import FASTA_SUFFIXES, PROTEIN_CORPUS, builtin_protein_fasta, is_fasta_path, read_fasta, split_by_sequence
 from .tokenizer import ProteinTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 
 TOKENIZERS = ("auto", "bpe", "gpt2", "protein")
@@ -515,7 +515,7 @@ class TokenBlocks:
         atomic_write(Path(path), write)
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = True) -> "TokenBlocks":
+    def load(cls, path: str | Path, mmap: bool = True) -> TokenBlocks:
         path = Path(path)
         try:
             array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)

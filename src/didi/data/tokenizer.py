@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -119,7 +120,8 @@ class BPETokenizer(Tokenizer):
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE on ``texts`` (``<|endoftext|>`` is id 0); deterministic for the same input."""
-    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + 1:
         raise DataError(f"--vocab-size: a byte-level BPE needs at least 257 tokens (got {vocab_size})")
@@ -222,7 +224,7 @@ class ProteinTokenizer(Tokenizer):
         return {"type": self.kind, "version": self.version, "vocab_size": self.vocab_size, "tokens": list(self.tokens)}
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "ProteinTokenizer":
+    def from_spec(cls, spec: dict[str, Any]) -> ProteinTokenizer:
         """Rebuild from the spec written by :meth:`save` (``config.json``)."""
         tokenizer = cls()
         if spec.get("type") != cls.kind or spec.get("version") != cls.version:

@@ -18,8 +18,8 @@ Everything here is a pure function of tensors; the network is passed in as a cal
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -22,15 +22,15 @@ RGAS is :func:`didi.diffusion.sampling.ancestral_sample` (uniform grid ``1 = t_0
 
 Reward ``r`` (``RGASConfig.reward``):
 
-* ``masked_mean`` (default): the reward the student was trained with (:func:`didi.models.discriminator.sequence_rewards`),
-  the mean over the positions masked in the scored state of ``clip(log(sigmoid(d) + eps) - log(1 - sigmoid(d) +
-  eps), +-reward_clip)``. At every corrupted position the optimal discriminator's logit is the same sequence-level
-  log density ratio ``log q_real(z_t) / q_student(z_t)`` of the forward marginals (compressed by the label
-  smoothing), so the mean estimates that ratio whatever the length and the number of masks. Re-ranking with
-  ``T = 1`` then keeps candidate ``j`` with weight ``~ q_real / q_student`` (importance resampling of student
-  proposals towards the data). Tilting scores the positions masked in ``z_t``. A candidate of the final step
-  (``alpha_s = 1``) has no masked position left: the discriminator never saw such inputs and the reward is
-  undefined there, so the final step is a plain ancestral step (no discriminator call).
+* ``masked_mean`` (default): the reward the student was trained with
+  (:func:`didi.models.discriminator.sequence_rewards`), the mean over the positions masked in the scored state of
+  ``clip(log(sigmoid(d) + eps) - log(1 - sigmoid(d) + eps), +-reward_clip)``. At every corrupted position the
+  optimal discriminator's logit is the same sequence-level log density ratio ``log q_real(z_t) / q_student(z_t)`` of
+  the forward marginals (compressed by the label smoothing), so the mean estimates that ratio whatever the length
+  and the number of masks. Re-ranking with ``T = 1`` then keeps candidate ``j`` with weight ``~ q_real / q_student``
+  (importance resampling of student proposals towards the data). Tilting scores the positions masked in ``z_t``. A
+  candidate of the final step (``alpha_s = 1``) has no masked position left: the discriminator never saw such inputs
+  and the reward is undefined there, so the final step is a plain ancestral step (no discriminator call).
 * ``sum`` (the released sampler): ``J = sum_{i masked in z_t} d_i`` for tilting and ``r = sum_{all i} d_i`` for
   re-ranking, raw logits. It grows with the number of positions (an inverse temperature ``~ L``) and includes the
   unmasked positions, where the discriminator is never trained.
@@ -43,14 +43,14 @@ default is its own: M = 4, ratio 0.5, T = 1), without its defects: float32 Gumbe
 the soft input and the draw, and a final noise-removal call to an untrained backbone (here the last grid step goes
 to ``alpha = 1`` with the student and is counted in the budget).
 
-Call accounting (:class:`didi.diffusion.sampling.SampleResult`): ``nfe`` counts student calls; as in the ancestral sampler the
-student is called only when ``z`` changed since its last call (every step if it is time-conditioned or the cache is
-off) and never after the last mask is filled. ``extra_calls["discriminator"]`` counts discriminator forward calls
-and ``extra_calls["discriminator_backward"]`` backward passes. A call is one batched pass of the network, whatever
-its number of rows: a tilting step costs one forward and one backward on ``B`` rows, a re-ranking step one forward
-on ``B * M`` rows. No call is made where it cannot change the result: ``h_n = 0``, ``M = 1``, the final step under
-``masked_mean``, a re-ranking step whose candidates are all the same state in every row. With ``h = 0`` and
-``M = 1`` RGAS is therefore exactly the ancestral sampler, random stream included.
+Call accounting (:class:`didi.diffusion.sampling.SampleResult`): ``nfe`` counts student calls; as in the ancestral
+sampler the student is called only when ``z`` changed since its last call (every step if it is time-conditioned or
+the cache is off) and never after the last mask is filled. ``extra_calls["discriminator"]`` counts discriminator
+forward calls and ``extra_calls["discriminator_backward"]`` backward passes. A call is one batched pass of the
+network, whatever its number of rows: a tilting step costs one forward and one backward on ``B`` rows, a re-ranking
+step one forward on ``B * M`` rows. No call is made where it cannot change the result: ``h_n = 0``, ``M = 1``, the
+final step under ``masked_mean``, a re-ranking step whose candidates are all the same state in every row. With
+``h = 0`` and ``M = 1`` RGAS is therefore exactly the ancestral sampler, random stream included.
 """
 from __future__ import annotations
 

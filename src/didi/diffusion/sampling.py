@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .process import Denoiser, LogLinearSchedule, sigma_input
 from ..errors import require
+from .process import Denoiser, LogLinearSchedule, sigma_input
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -113,8 +113,8 @@ def ancestral_transition(z: torch.Tensor, logits: torch.Tensor, alpha_t: torch.T
     """One ancestral step ``z_t -> z_s`` from the network's logits (B, L, V) (or (1, L, V) shared by all rows).
 
     Sampled in two stages, which is the same distribution as the (V+1)-way posterior of
-    :func:`didi.diffusion.process.posterior_probs` but touches only the positions that are revealed: a masked position is
-    revealed with probability ``(alpha_s - alpha_t)/(1 - alpha_t)`` (all of them when ``alpha_s = 1``), and a
+    :func:`didi.diffusion.process.posterior_probs` but touches only the positions that are revealed: a masked position
+    is revealed with probability ``(alpha_s - alpha_t)/(1 - alpha_t)`` (all of them when ``alpha_s = 1``), and a
     revealed position draws its token from the float64 SUBS distribution. ``alpha_t``/``alpha_s`` are scalars or
     (B,) tensors.
     """

@@ -27,26 +27,43 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..runtime import distributed as dist
-from ..models.dit import DiT
-from ..runtime.checkpoint import (RunConfig, clean_stale_tmp, ema_decay_at, ema_update, latest_snapshot,
-                                  load_state_dict_strict, load_tensors, load_trainer_state, read_run_config,
-                                  resumed_options, save_snapshot, write_run_config)
 from ..config import helpfield, to_dict
 from ..diffusion.process import NEG_INF, LogLinearSchedule, forward_mask
-from ..models.discriminator import (LOG_ODDS_EPS, REWARD_CLIP, build_discriminator, default_trainable_blocks,
-                                    sequence_rewards)
-from ..errors import CheckpointError, ConfigError, TrainingError, require
 from ..diffusion.sampling import sample_masked_tokens, time_grid
+from ..errors import CheckpointError, ConfigError, TrainingError, require
+from ..models.discriminator import (
+    LOG_ODDS_EPS,
+    REWARD_CLIP,
+    build_discriminator,
+    default_trainable_blocks,
+    sequence_rewards,
+)
+from ..models.dit import DiT
+from ..runtime import distributed as dist
+from ..runtime.checkpoint import (
+    RunConfig,
+    clean_stale_tmp,
+    ema_decay_at,
+    ema_update,
+    latest_snapshot,
+    load_state_dict_strict,
+    load_tensors,
+    load_trainer_state,
+    read_run_config,
+    resumed_options,
+    save_snapshot,
+    write_run_config,
+)
 from ..runtime.utils import autocast, resolve_precision
 
 
@@ -353,7 +370,7 @@ class DistillModels:
 
     @classmethod
     def from_teacher(cls, teacher: DiT, cfg: DistillConfig, mask_index: int, eps: float, device: torch.device,
-                     precision: torch.dtype | None = None) -> "DistillModels":
+                     precision: torch.dtype | None = None) -> DistillModels:
         teacher = teacher.to(device).eval().requires_grad_(False)
         student = copy.deepcopy(teacher).train().requires_grad_(True)
         ema = copy.deepcopy(teacher).eval().requires_grad_(False)
@@ -696,7 +713,8 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
                 say(f"step {step}: skipped ({exc})")
                 _zero_grads(models)
                 if skipped > max(10, cfg.steps // 20):
-                    raise TrainingError(f"too many non-finite steps ({skipped}); last good snapshot kept in {out}")
+                    raise TrainingError(f"too many non-finite steps ({skipped}); last good snapshot kept in {out}") \
+                        from exc
                 metrics = {"skipped": 1.0}
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:

@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.checkpoint import completed_steps, latest_snapshot
 from ..config import helpfield
 from ..data.corpora import DataConfig
 from ..errors import require
-
+from ..runtime.checkpoint import completed_steps, latest_snapshot
 
 TINY_DISTILL = dict(batch_size=4, lr=1e-4, disc_lr=1e-3, disc_blocks=2, warmup_steps=20, disc_warmup_steps=50)
 """DiDi-Instruct settings for a tiny teacher distilled for a few hundred iterations on a CPU. The published ones

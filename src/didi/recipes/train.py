@@ -2,8 +2,8 @@
 
 One readable loop (nanoGPT style) over reusable parts:
 
-* data: :func:`didi.data.corpora.prepare_data` packs the corpus; :class:`didi.data.corpora.BatchSchedule` gives the global batch
-  of every step as a pure function of ``(seed, step)``;
+* data: :func:`didi.data.corpora.prepare_data` packs the corpus; :class:`didi.data.corpora.BatchSchedule` gives
+  the global batch of every step as a pure function of ``(seed, step)``;
 * objective: MDLM continuous-time NELBO (:func:`didi.diffusion.process.mdlm_token_losses`, antithetic times over the
   global batch) or next-token cross-entropy for ``ar``;
 * AdamW, linear warm-up then cosine/linear/constant schedule, gradient clipping, EMA weights, bf16 autocast where
@@ -23,9 +23,10 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,17 +34,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..runtime import distributed as dist
-from ..models.dit import DiT
-from ..models.gpt import GPT
-from ..runtime.checkpoint import (RunConfig, clean_stale_tmp, ema_decay_at, ema_update, latest_snapshot,
-                                  load_state_dict_strict, load_tensors, load_trainer_state, read_run_config,
-                                  resumed_options, save_snapshot, write_run_config)
 from ..config import DiffusionConfig, ModelConfig, helpfield, to_dict
 from ..data.corpora import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
+from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
 from ..errors import CheckpointError, ConfigError, TrainingError, require
-from ..data.tokenizer import Tokenizer, load_tokenizer
+from ..models.dit import DiT
+from ..models.gpt import GPT
+from ..runtime import distributed as dist
+from ..runtime.checkpoint import (
+    RunConfig,
+    clean_stale_tmp,
+    ema_decay_at,
+    ema_update,
+    latest_snapshot,
+    load_state_dict_strict,
+    load_tensors,
+    load_trainer_state,
+    read_run_config,
+    resumed_options,
+    save_snapshot,
+    write_run_config,
+)
 from ..runtime.utils import autocast, resolve_precision, seed_everything, step_generator
 
 

@@ -25,17 +25,18 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..version import __version__
 from ..config import DiffusionConfig, ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError, require
+from ..version import __version__
 
 CONFIG = "config.json"
 SNAPSHOT_DIR = "checkpoints"
@@ -63,7 +64,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = CONFIG) -> "RunConfig":
+    def from_json(cls, data: dict[str, Any], source: str = CONFIG) -> RunConfig:
         try:
             kind = data["kind"]
             if kind not in KINDS:

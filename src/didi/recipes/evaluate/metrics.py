@@ -21,9 +21,10 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,14 +237,15 @@ class Likelihood:
     bound: bool
 
     @classmethod
-    def from_sums(cls, nll_sum: float, tokens: int, sequences: int, bound: bool) -> "Likelihood":
+    def from_sums(cls, nll_sum: float, tokens: int, sequences: int, bound: bool) -> Likelihood:
         require(tokens > 0, "data", "no validation blocks to evaluate the likelihood on")
         return cls(nll=nll_sum / tokens, ppl=math.exp(nll_sum / tokens), tokens=tokens, sequences=sequences,
                    bound=bound)
 
 
 def _batches(blocks: Any, batch_size: int, max_blocks: int | None) -> Iterator[torch.Tensor]:
-    """Consecutive batches of a :class:`didi.data.corpora.TokenBlocks` (or an (N, L) tensor), at most ``max_blocks`` rows."""
+    """Consecutive batches of a :class:`didi.data.corpora.TokenBlocks` (or an (N, L) tensor), at most
+    ``max_blocks`` rows."""
     n = len(blocks) if max_blocks is None else min(len(blocks), max_blocks)
     for start in range(0, n, batch_size):
         rows = list(range(start, min(n, start + batch_size)))

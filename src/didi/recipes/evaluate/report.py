@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ...runtime.checkpoint import atomic_write, write_json
 from .metrics import Likelihood, Perplexity
+
 
 @dataclass
 class EvalRow:
@@ -63,7 +65,7 @@ class EvalRow:
                 "tokens_per_s": self.tokens_per_s}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "EvalRow":
+    def from_json(cls, data: dict[str, Any]) -> EvalRow:
         """Inverse of :meth:`to_json` (derived fields are recomputed, not read)."""
         names = {f.name for f in dataclasses.fields(cls)}
         row = cls(**{k: v for k, v in data.items() if k in names})

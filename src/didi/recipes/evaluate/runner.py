@@ -4,9 +4,9 @@ files) into an :class:`~.report.EvalReport`, printed by :func:`~.report.format_t
 
 Per model: its validation likelihood (:func:`model_likelihood` on :func:`validation_blocks`), then per budget
 timed sampling, entropy and gen-PPL. Proteins (models with the amino-acid tokenizer):
-:func:`didi.data.protein.protein_metrics` of the decoded sequences (residue entropy, composition divergence from the natural sequences of
-:func:`protein_reference`, distinct and low-complexity fractions, lengths), optionally ESMFold pLDDT, and a row
-scoring those natural sequences alike.
+:func:`didi.data.protein.protein_metrics` of the decoded sequences (residue entropy, composition divergence from
+the natural sequences of :func:`protein_reference`, distinct and low-complexity fractions, lengths), optionally
+ESMFold pLDDT, and a row scoring those natural sequences alike.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import math
 import platform
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,18 @@ from ...runtime.checkpoint import RunConfig, read_run_config
 from ...runtime.utils import pick_device
 from ...samples import read_samples
 from ...version import __version__
-from .metrics import (Evaluator, Likelihood, Model, ar_nll, diffusion_nelbo, generative_perplexity, is_didi_run,
-                      load_evaluator, mean_sample_entropy, timed_sampling)
+from .metrics import (
+    Evaluator,
+    Likelihood,
+    Model,
+    ar_nll,
+    diffusion_nelbo,
+    generative_perplexity,
+    is_didi_run,
+    load_evaluator,
+    mean_sample_entropy,
+    timed_sampling,
+)
 from .report import EvalReport, EvalRow
 
 SAMPLERS = ("ancestral", "rgas")
