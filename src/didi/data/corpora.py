@@ -40,7 +40,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,9 @@ from ..config import helpfield
 from ..errors import DataError, option_error, require
 from ..runtime.checkpoint import atomic_write, write_json
 from .protein import FASTA_SUFFIXES, PROTEIN_CORPUS, builtin_protein_fasta, is_fasta_path, read_fasta, split_by_sequence
-from .tokenizer import ProteinTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
+from .tokenizer import ByteTokenizer, ProteinTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 
-TOKENIZERS = ("auto", "bpe", "gpt2", "protein")
+TOKENIZERS = ("auto", "bpe", "gpt2", "byte", "protein")
 PACKINGS = ("auto", "wrap", "crop")
 TEXT_FIELD = "text"
 """The field holding a document's text in ``.jsonl`` records and Hugging Face datasets."""
@@ -64,11 +64,11 @@ TEXT_FIELD = "text"
 class DataConfig:
     """Which corpus to train on, how it is tokenized and split, and how long the packed blocks are."""
 
-    data: str = helpfield("shakespeare", "registered corpus name (shakespeare, proteins), local .txt/.jsonl file or "
-                                         "directory, protein FASTA file (.fasta/.fa/.faa[.gz]), or a Hugging Face "
-                                         "dataset (hf:NAME[:CONFIG], hf:/saved/dataset, or a bare name)")
-    tokenizer: str = helpfield("auto", "auto (the corpus' default), bpe (trained on the train split), gpt2 or protein",
-                               choices=TOKENIZERS)
+    data: str = helpfield("shakespeare", "registered corpus name (shakespeare, markov, proteins), local .txt/.jsonl "
+                                         "file or directory, protein FASTA file (.fasta/.fa/.faa[.gz]), or a Hugging "
+                                         "Face dataset (hf:NAME[:CONFIG], hf:/saved/dataset, or a bare name)")
+    tokenizer: str = helpfield("auto", "auto (the corpus' default), bpe (trained on the train split), gpt2, byte "
+                                       "(UTF-8 bytes, 257 tokens) or protein", choices=TOKENIZERS)
     vocab_size: int = helpfield(4096, "vocabulary size of the BPE trained when --tokenizer is bpe")
     seq_len: int = helpfield(128, "tokens per packed block, BOS and EOS included")
     packing: str = helpfield("auto", "wrap (documents concatenated and cut into blocks, MDLM), crop (one document "
@@ -108,6 +108,9 @@ class Corpus:
     default_tokenizer: str
     description: str
     fingerprint: str | None = None
+    run_files: dict[str, str] = field(default_factory=dict)
+    """Files a run trained on this corpus keeps beside its weights (name -> text), e.g. the Markov chain of
+    ``markov`` so that its samples can be scored exactly."""
 
 
 _CORPORA: dict[str, tuple[Callable[[DataConfig], Corpus], str]] = {}
@@ -273,6 +276,21 @@ def load_protein_corpus(config: DataConfig, *, on_error: str = "raise") -> Corpu
                               f"{len(train)} train / {len(valid)} valid, split by sequence")
 
 
+def _load_markov(config: DataConfig) -> Corpus:
+    from .markov import MARKOV_CORPUS, MarkovLanguage
+
+    language = MarkovLanguage.build(**MARKOV_CORPUS["language"])
+    length = MARKOV_CORPUS["document_length"]
+    train = language.generate(MARKOV_CORPUS["train_documents"], length, seed=MARKOV_CORPUS["train_seed"])
+    valid = language.generate(MARKOV_CORPUS["valid_documents"], length, seed=MARKOV_CORPUS["valid_seed"])
+    fingerprint = hashlib.sha256(json.dumps(MARKOV_CORPUS, sort_keys=True).encode()).hexdigest()
+    return Corpus(name="markov", train=train, valid=valid, default_tokenizer="byte",
+                  description=f"synthetic sparse Markov language ({language.describe()})", fingerprint=fingerprint,
+                  run_files={"markov.json": json.dumps(language.to_json())})
+
+
+register_corpus("markov", _load_markov, "synthetic language with a known distribution: a sparse first-order Markov "
+                                        "chain over 48 letters (3 M characters, generated from a fixed seed)")
 register_corpus(PROTEIN_CORPUS, load_protein_corpus, "protein FASTA: 20,000 UniProt sequences from Debian "
                 "mmseqs2-examples, else 2,100 proteins from the pyhmmer wheel")
 
@@ -390,6 +408,8 @@ def build_tokenizer(config: DataConfig, corpus: Corpus) -> Tokenizer:
         return gpt2_tokenizer()
     if kind == "protein":
         return ProteinTokenizer()
+    if kind == "byte":
+        return ByteTokenizer()
     raise option_error("tokenizer", f"unknown tokenizer {kind!r} (corpus {corpus.name})")
 
 
@@ -540,6 +560,7 @@ class PreparedData:
     valid: TokenBlocks
     corpus: str
     stats: dict[str, dict[str, int]]
+    run_files: dict[str, str] = field(default_factory=dict)  # see Corpus.run_files
 
 
 _ENCODE_BATCH = 256  # documents per tokenizer call (the ``tokenizers`` backend parallelises within a call)
@@ -631,7 +652,7 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
             write_json(meta, {"stats": stats[split], **identity, "split": split})
         splits[split] = TokenBlocks.load(path, mmap=True)
     return PreparedData(tokenizer=tokenizer, train=splits["train"], valid=splits["valid"], corpus=corpus.name,
-                        stats=stats)
+                        stats=stats, run_files=dict(corpus.run_files))
 
 
 # ------------------------------------------------------------------------------------------------------ batches

@@ -166,6 +166,52 @@ def gpt2_tokenizer() -> BPETokenizer:
                         f"ships its vocabulary, or use a network for transformers ({type(exc).__name__})") from exc
 
 
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes, one token each: ids 0-255 are the bytes, 256 is ``<|endoftext|>`` (BOS/EOS); ``vocab_size`` =
+    257, and a diffusion model adds [MASK] = 257 (258 rows).
+
+    Every text is represented exactly (no merges, no unknown token); ``decode`` renders the end-of-text token as
+    ``<|endoftext|>`` like the BPE tokenizers, and bytes that are not valid UTF-8 as U+FFFD.
+    """
+
+    kind = "byte"
+    version = 1
+
+    def __init__(self) -> None:
+        self.vocab_size = 257
+        self.bos_id = self.eos_id = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        pieces: list[str] = []
+        run = bytearray()
+        for i in ids:
+            i = int(i)
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            if run:
+                pieces.append(run.decode("utf-8", errors="replace"))
+                run = bytearray()
+            pieces.append(EOT if i == self.eos_id else MASK_TEXT if i == self.diffusion_mask_id else f"[UNK:{i}]")
+        if run:
+            pieces.append(run.decode("utf-8", errors="replace"))
+        return "".join(pieces)
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Nothing to write: the vocabulary is fixed."""
+        return {"type": self.kind, "version": self.version, "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> ByteTokenizer:
+        if spec.get("version") != cls.version:
+            raise CheckpointError(f"unsupported byte tokenizer version {spec.get('version')!r} (this didi reads "
+                                  f"version {cls.version})")
+        return cls()
+
+
 class ProteinTokenizer(Tokenizer):
     """Amino acids, one token each. Ids: ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<mask>`` 3, then
     ``ACDEFGHIKLMNPQRSTVWY`` (4-23) and ``XBZUO`` (24-28); ``vocab_size`` = 29.
@@ -253,6 +299,8 @@ def load_tokenizer(directory: Path, spec: dict[str, Any]) -> Tokenizer:
         tok = BPETokenizer(backend, kind=kind, eot=spec.get("eot", EOT))
     elif kind == "protein":
         tok = ProteinTokenizer.from_spec(spec)
+    elif kind == "byte":
+        tok = ByteTokenizer.from_spec(spec)
     else:
         raise CheckpointError(f"unknown tokenizer type {kind!r} in config.json")
     expected = spec.get("vocab_size")

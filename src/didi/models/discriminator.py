@@ -55,10 +55,18 @@ class Discriminator(DiT):
     the released DiDi-Instruct code does; ``0`` feeds it to none.
     """
 
-    def __init__(self, config: ModelConfig, time_blocks: int = 0):
+    def __init__(self, config: ModelConfig, time_blocks: int = 0, window: int = 0):
         super().__init__(config)
         self.output_layer = DiscriminatorHead(config.hidden_size)
         self.time_blocks = time_blocks
+        self.window = window
+
+    def local_mask(self, length: int, device: torch.device) -> torch.Tensor | None:
+        """(L, L) band ``|i - j| <= window`` for the time-conditioned (trainable) blocks; None when global."""
+        if self.window <= 0:
+            return None
+        idx = torch.arange(length, device=device)
+        return (idx[:, None] - idx[None, :]).abs() <= self.window
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, no_grad_blocks: int = 0) -> torch.Tensor:
         """Logits (B, L); the lowest ``no_grad_blocks`` blocks run without autograd (frozen feature extractor)."""
@@ -70,14 +78,16 @@ class Discriminator(DiT):
             c_time = self.condition(sigma, b, device)
             c_zero = self.condition(0.0, b, device) if first_timed > 0 else c_time
             cos, sin = self.rotary_emb(h.shape[1], device)
+            band = self.local_mask(h.shape[1], device)
         for i, block in enumerate(self.blocks):
             with torch.set_grad_enabled(torch.is_grad_enabled() and i >= no_grad_blocks):
-                h = block(h, c_time if i >= first_timed else c_zero, cos, sin)
+                timed = i >= first_timed
+                h = block(h, c_time if timed else c_zero, cos, sin, band if timed else None)
         return self.output_layer(h).squeeze(-1).float()
 
 
-def build_discriminator(teacher: DiT, trainable_blocks: int | None = None, time_blocks: int | None = None
-                        ) -> Discriminator:
+def build_discriminator(teacher: DiT, trainable_blocks: int | None = None, time_blocks: int | None = None,
+                        window: int = 0) -> Discriminator:
     """Copy ``teacher``'s trunk, add a fresh head, freeze all but the last K blocks (and the head).
 
     ``time_blocks`` defaults to K (the trainable blocks are time-conditioned; see :class:`Discriminator`).
@@ -85,7 +95,7 @@ def build_discriminator(teacher: DiT, trainable_blocks: int | None = None, time_
     k = default_trainable_blocks(len(teacher.blocks)) if trainable_blocks is None else trainable_blocks
     if not 0 <= k <= len(teacher.blocks):
         raise ValueError(f"trainable_blocks must be in [0, {len(teacher.blocks)}] (got {k})")
-    disc = Discriminator(teacher.config, time_blocks=k if time_blocks is None else time_blocks)
+    disc = Discriminator(teacher.config, time_blocks=k if time_blocks is None else time_blocks, window=window)
     trunk = {name: value for name, value in teacher.state_dict().items() if not name.startswith("output_layer.")}
     missing, _ = disc.load_state_dict(trunk, strict=False)
     assert all(name.startswith("output_layer.") for name in missing), missing
@@ -114,10 +124,16 @@ def discriminator_logits(disc: DiT, z: torch.Tensor, sigma: torch.Tensor | float
     return out.squeeze(-1).float() if out.dim() == 3 else out
 
 
+def token_rewards(disc_logits: torch.Tensor, *, clip: float = REWARD_CLIP, eps: float = LOG_ODDS_EPS
+                  ) -> torch.Tensor:
+    """Per-token reward ``clip(log(σ(d)+ε) - log(1-σ(d)+ε), ±clip)`` (≈ the logit d), float32."""
+    p = torch.sigmoid(disc_logits.float())
+    return (torch.log(p + eps) - torch.log1p(-p + eps)).clamp(-clip, clip)
+
+
 def sequence_rewards(disc_logits: torch.Tensor, positions: torch.Tensor, *, clip: float, eps: float
                      ) -> torch.Tensor:
     """Per-row reward: mean over corrupted positions of clip(log(σ(d)+ε) - log(1-σ(d)+ε), ±clip)."""
-    p = torch.sigmoid(disc_logits.float())
-    log_odds = (torch.log(p + eps) - torch.log1p(-p + eps)).clamp(-clip, clip)
+    log_odds = token_rewards(disc_logits, clip=clip, eps=eps)
     count = positions.sum(-1)
     return (log_odds * positions).sum(-1) / (count + 1e-8)

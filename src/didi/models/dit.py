@@ -141,7 +141,9 @@ class DDiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask`` (L, L) bool, True = may attend (default: every position sees every position)."""
         b, length, dim = x.shape
         p = self.dropout if self.training else 0.0
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, dim=2)
@@ -150,7 +152,7 @@ class DDiTBlock(nn.Module):
         qkv = self.attn_qkv(h).view(b, length, 3, self.n_heads, dim // self.n_heads)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, L, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v.to(q.dtype), is_causal=False)
+        attn = F.scaled_dot_product_attention(q, k, v.to(q.dtype), attn_mask=attn_mask, is_causal=False)
         attn = attn.transpose(1, 2).reshape(b, length, dim)
         x = x + gate1 * F.dropout(self.attn_out(attn), p=p, training=self.training)
 

@@ -46,7 +46,7 @@ from ..models.discriminator import (
     REWARD_CLIP,
     build_discriminator,
     default_trainable_blocks,
-    sequence_rewards,
+    token_rewards,
 )
 from ..models.dit import DiT
 from ..runtime import distributed as dist
@@ -63,6 +63,7 @@ from ..runtime.checkpoint import (
     resumed_options,
     save_snapshot,
     write_run_config,
+    write_run_files,
 )
 from ..runtime.utils import autocast, resolve_precision
 
@@ -128,7 +129,17 @@ class DistillConfig:
     omega_min: float = helpfield(0.1, "ω clamp, lower")
     omega_max: float = helpfield(10.0, "ω clamp, upper")
     importance_weight: bool = helpfield(False, "divide ω(τ) by the proposal density π(τ)")
-    advantage: str = helpfield("group", "reward normalisation: group (GRPO-style), batch, or none (ablation)")
+    advantage: str = helpfield("group", "reward normalisation: group (GRPO-style: centred and divided by the group's "
+                                        "std), group-mean (centred only, so pure-noise rewards give small steps), "
+                                        "batch, or none (ablation)")
+    credit: str = helpfield("sequence", "credit assignment: sequence (one advantage per sample, released) or local "
+                                        "(each revealed token is credited with the discriminator's per-token "
+                                        "rewards within --credit-window positions of it)")
+    credit_window: int = helpfield(2, "local credit: positions on each side whose rewards a token is credited with")
+    reward_corruption: str = helpfield("same", "corruption the reward is computed on: same (the one the "
+                                                "discriminator was just trained on, released) or fresh")
+    ema_warmup: bool = helpfield(False, "EMA warm-up min(decay, (1+n)/(10+n)) over student updates (false: plain "
+                                        "--ema-decay, released)")
     reward_clip: float = helpfield(REWARD_CLIP, "clip per-token discriminator log-odds to ±this")
     advantage_clip: float = helpfield(3.0, "clip advantages to ±this")
     log_odds_eps: float = helpfield(LOG_ODDS_EPS, "ε in log(σ(d)+ε) - log(1-σ(d)+ε)")
@@ -137,6 +148,9 @@ class DistillConfig:
                                               "masked (the corrupted ones, released trainer) or all")
     disc_blocks: int = helpfield(-1, "trainable discriminator blocks, counted from the top (-1: 4 of 12, "
                                      "scaled to the model depth)")
+    disc_window: int = helpfield(0, "attention window (positions on each side) of the discriminator's trainable "
+                                    "blocks: 0 = global; > 0 makes each per-token logit judge its neighbourhood, "
+                                    "the reward that --credit local needs")
     disc_warmup_steps: int = helpfield(0, "iterations during which only the discriminator trains")
     student_update_every: int = helpfield(1, "update the student every N iterations")
     divergence: str = helpfield("jeffrey", "teacher-student regulariser: jeffrey, forward or reverse KL")
@@ -176,8 +190,12 @@ class DistillConfig:
         require(0.0 <= self.remask_prob < 1.0, "remask_prob", f"must be in [0, 1) (got {self.remask_prob})")
         require(self.omega in ("alpha", "constant"), "omega", f"must be alpha or constant (got {self.omega!r})")
         require(0 < self.omega_min <= self.omega_max, "omega_min", "need 0 < omega_min <= omega_max")
-        require(self.advantage in ("group", "batch", "none"), "advantage",
-                f"must be group, batch or none (got {self.advantage!r})")
+        require(self.advantage in ("group", "group-mean", "batch", "none"), "advantage",
+                f"must be group, group-mean, batch or none (got {self.advantage!r})")
+        require(self.credit in ("sequence", "local"), "credit", f"must be sequence or local (got {self.credit!r})")
+        require(self.credit_window >= 0, "credit_window", f"must be >= 0 (got {self.credit_window})")
+        require(self.reward_corruption in ("same", "fresh"), "reward_corruption",
+                f"must be same or fresh (got {self.reward_corruption!r})")
         require(self.divergence in ("jeffrey", "forward", "reverse"), "divergence",
                 f"must be jeffrey, forward or reverse (got {self.divergence!r})")
         require(0.0 <= self.jeffrey_beta <= 1.0, "jeffrey_beta", f"must be in [0, 1] (got {self.jeffrey_beta})")
@@ -265,6 +283,7 @@ class StepOutput:
 
     z_next: torch.Tensor  # (N, L)
     log_prob: torch.Tensor  # (N,) sum of log x̂ over positions revealed in this step (carries gradient)
+    position_log_prob: torch.Tensor  # (N, L) log x̂ of the token revealed at each position (0 elsewhere)
     log_x_hat: torch.Tensor  # (N, L, V), or (1, L, V) when every row had the same input
     was_masked: torch.Tensor  # positions masked at the step input, batch dimension like log_x_hat
 
@@ -291,9 +310,10 @@ def student_step(logits: torch.Tensor, z: torch.Tensor, alpha_t: torch.Tensor, a
     if row_idx.numel():
         z_next[row_idx, pos_idx] = sample_masked_tokens(log_x_hat.detach()[rows[row_idx], pos_idx], mask_index,
                                                         generator)
-    log_prob = torch.zeros(n, device=z.device, dtype=log_x_hat.dtype).index_add(
-        0, row_idx, log_x_hat[rows[row_idx], pos_idx, z_next[row_idx, pos_idx]])
-    return StepOutput(z_next, log_prob, log_x_hat, was_masked[:1] if shared else was_masked)
+    position_log_prob = torch.zeros(z.shape, device=z.device, dtype=log_x_hat.dtype).index_put(
+        (row_idx, pos_idx), log_x_hat[rows[row_idx], pos_idx, z_next[row_idx, pos_idx]])
+    return StepOutput(z_next, position_log_prob.sum(-1), position_log_prob, log_x_hat,
+                      was_masked[:1] if shared else was_masked)
 
 
 def divergence(student_lp: torch.Tensor, teacher_lp: torch.Tensor, positions: torch.Tensor, kind: str,
@@ -333,12 +353,36 @@ def discriminator_loss(disc_logits_real: torch.Tensor, real_positions: torch.Ten
                   + masked_bce(disc_logits_fake, fake_positions, smoothing))
 
 
+def local_advantages(rewards: torch.Tensor, positions: torch.Tensor, group_size: int, *, window: int,
+                     clip: float = 3.0, eps: float = 1e-8) -> torch.Tensor:
+    """Per-token advantages (N, L) for local credit assignment.
+
+    ``W_j = Σ_{|i-j| ≤ window, i scored} r_i`` is the reward a token at position ``j`` is credited with; it is
+    centred on the mean of the same position over the row's group (same τ, so the same noise level), then divided
+    by one standard deviation over the whole batch (not per group or position: noise-only rewards stay small) and
+    clipped.
+    """
+    r = rewards * positions
+    padded = F.pad(r.cumsum(-1), (1, 0))
+    length = r.shape[-1]
+    idx = torch.arange(length, device=r.device)
+    hi = (idx + window + 1).clamp(max=length)
+    lo = (idx - window).clamp(min=0)
+    windowed = padded[:, hi] - padded[:, lo]
+    groups = windowed.view(-1, group_size, length)
+    centred = (groups - groups.mean(1, keepdim=True)).view(-1, length)
+    return (centred / (centred.std() + eps)).clamp(-clip, clip)
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, *, mode: str = "group", clip: float = 3.0,
                      eps: float = 1e-8) -> torch.Tensor:
     """GRPO-style advantage: standardise rewards within each consecutive group of ``group_size`` rows (unbiased
     std), then clip. ``batch`` standardises over all rows; ``none`` returns the raw rewards (ablation)."""
     if mode == "none":
         return rewards
+    if mode == "group-mean":
+        groups = rewards.view(-1, group_size)
+        return (groups - groups.mean(-1, keepdim=True)).view(-1).clamp(-clip, clip)
     if mode == "batch":
         return ((rewards - rewards.mean()) / (rewards.std() + eps)).clamp(-clip, clip)
     groups = rewards.view(-1, group_size)
@@ -378,7 +422,7 @@ class DistillModels:
         if k > len(teacher.blocks):
             raise ConfigError(f"--disc-blocks: the teacher has only {len(teacher.blocks)} blocks (got {k})")
         time_blocks = {"disc": k, "released": len(teacher.blocks), "zero": 0}[cfg.sigma_mode]
-        disc = build_discriminator(teacher, k, time_blocks).to(device).train()
+        disc = build_discriminator(teacher, k, time_blocks, cfg.disc_window).to(device).train()
         opt_s = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
         opt_d = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.disc_lr,
@@ -394,6 +438,15 @@ class DistillModels:
     def forward(self, net: nn.Module, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
             return net(z, sigma)
+
+
+def student_updates_before(step: int, cfg: DistillConfig) -> int:
+    """How many student updates happened before iteration ``step`` (the discriminator warm-up and
+    ``student_update_every`` skip iterations)."""
+    if step <= cfg.disc_warmup_steps:
+        return 0
+    first = cfg.disc_warmup_steps + (-cfg.disc_warmup_steps) % cfg.student_update_every
+    return max(0, -(-(step - first) // cfg.student_update_every))
 
 
 def _lr_factor(step: int, cfg: DistillConfig) -> float:
@@ -414,6 +467,7 @@ class Rollout:
 
     x_fake: torch.Tensor
     log_prob: torch.Tensor  # (N,) Σ_k log P(z_{t_k+1} | z_{t_k}), e.g. log P(z_τ|z_1) + log P(x|z_τ)
+    position_log_prob: torch.Tensor  # (N, L) the same sum, split by the position each token was revealed at
     steps: list[StepOutput]
     inputs: list[torch.Tensor]  # each step's input (1 row for the all-mask start)
     times: list[torch.Tensor]  # each step's start time (N,)
@@ -453,8 +507,8 @@ def student_rollout(models: DistillModels, n: int, seq_len: int, tau: torch.Tens
             z = torch.where(back, torch.full_like(z, mask), z)
         steps.append(step)
         inputs.append(z_in)
-    log_prob = torch.stack([step.log_prob for step in steps]).sum(0)
-    return Rollout(z, log_prob, steps, inputs, times[:-1])
+    position_log_prob = torch.stack([step.position_log_prob for step in steps]).sum(0)
+    return Rollout(z, position_log_prob.sum(-1), position_log_prob, steps, inputs, times[:-1])
 
 
 @torch.no_grad()
@@ -475,9 +529,10 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
                  ) -> dict[str, float]:
     """One DiDi-Instruct iteration on a batch of real rows (B, L); returns scalar metrics.
 
-    ``reward_fn`` (optional) maps the student's clean samples (N, L) to per-row rewards and replaces the
-    discriminator's reward (the discriminator still trains): a diagnostic that asks whether the policy gradient
-    follows a known reward, e.g. an AR model's log-likelihood (``benchmarks/reward_diagnostics.py``).
+    ``reward_fn`` (optional) maps the student's clean samples (N, L) to per-row rewards (N,), or per-token rewards
+    (N, L) for ``credit=local``, and replaces the discriminator's reward (the discriminator still trains): a
+    diagnostic that asks whether the policy gradient follows a known reward, e.g. an AR model's log-likelihood
+    (``benchmarks/reward_diagnostics.py``).
 
     Raises :class:`TrainingError` on a non-finite loss *before* any weight is changed by it.
     """
@@ -497,13 +552,13 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     teacher_sigma = time_sigma if cfg.sigma_mode == "released" else zero_sigma
 
     tau, pi_tau = draw_tau(n, G, cfg, generator, dev)
-    for group in models.opt_student.param_groups:
-        group["lr"] = cfg.lr * _lr_factor(step, cfg)
+    update_student = step >= cfg.disc_warmup_steps and step % cfg.student_update_every == 0
+    for group in models.opt_student.param_groups:  # the student's warm-up starts at its first update
+        group["lr"] = cfg.lr * _lr_factor(student_updates_before(step, cfg), cfg)
     for group in models.opt_disc.param_groups:
         group["lr"] = cfg.disc_lr * _lr_factor(step, cfg)
 
     # 1. student generation with the policy log-probability
-    update_student = step >= cfg.disc_warmup_steps and step % cfg.student_update_every == 0
     models.student.train(cfg.rollout_dropout)
     with torch.set_grad_enabled(update_student):  # no graph when only the discriminator learns from this rollout
         rollout = student_rollout(models, n, seq_len, tau, cfg, generator, zero_sigma)
@@ -544,17 +599,31 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     # 4. rewards from the updated discriminator, grouped normalisation
     with torch.no_grad():
         if reward_fn is None:
+            if cfg.reward_corruption == "fresh":  # a corruption the discriminator has not just been trained on
+                z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
+                                      torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
+                _, pos_fake = scored_positions(z_fake, z_fake, x_fake, mask, cfg.disc_positions)
             models.discriminator.eval()
-            rewards = sequence_rewards(models.disc_logits(z_fake, sigma_corr), pos_fake, clip=cfg.reward_clip,
-                                       eps=cfg.log_odds_eps)
+            per_token = token_rewards(models.disc_logits(z_fake, sigma_corr), clip=cfg.reward_clip,
+                                      eps=cfg.log_odds_eps)
             models.discriminator.train()
+            rewards = (per_token * pos_fake).sum(-1) / (pos_fake.sum(-1) + 1e-8)
+        else:  # a given reward: (N,) per sample, or (N, L) per token (every position scored)
+            given = reward_fn(x_fake.detach()).float().to(dev)
+            per_token = given if given.dim() == 2 else None
+            pos_fake = torch.ones_like(x_fake, dtype=torch.bool)
+            rewards = given.mean(-1) if given.dim() == 2 else given
+        omega = omega_weight(t_corr, pi_tau, sched, cfg).float()
+        if cfg.credit == "local" and per_token is not None:
+            advantage = local_advantages(per_token, pos_fake, G, window=cfg.credit_window, clip=cfg.advantage_clip)
         else:
-            rewards = reward_fn(x_fake.detach()).float().to(dev)
-        advantage = group_advantages(rewards, G, mode=cfg.advantage, clip=cfg.advantage_clip)
-        omega = omega_weight(tau, pi_tau, sched, cfg).float()
+            advantage = group_advantages(rewards, G, mode=cfg.advantage, clip=cfg.advantage_clip)
 
     # 5. student loss: policy gradient + regularisers
-    pg_loss = -(omega * advantage * rollout.log_prob).mean()
+    if advantage.dim() == 2:  # local credit: every revealed token has its own advantage
+        pg_loss = -(omega * (advantage * rollout.position_log_prob).sum(-1)).mean()
+    else:
+        pg_loss = -(omega * advantage * rollout.log_prob).mean()
     kl = torch.zeros((), device=dev)
     ent = torch.zeros((), device=dev)
     if cfg.regularize:
@@ -576,8 +645,9 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
     _sanitize_grads(models.student)
     grad_norm = torch.nn.utils.clip_grad_norm_(models.student.parameters(), cfg.grad_clip)
     models.opt_student.step()
+    updates = student_updates_before(step, cfg)
     ema_update(models.ema, dist.unwrap(models.student),
-               ema_decay_at(cfg.ema_decay, max(0, step - cfg.disc_warmup_steps)))
+               ema_decay_at(cfg.ema_decay, updates) if cfg.ema_warmup else cfg.ema_decay)
     metrics.update(reward=float(rewards.mean()), reward_std=float(rewards.std()) if n > 1 else 0.0,
                    advantage_std=float(advantage.std()) if n > 1 else 0.0, pg_loss=float(pg_loss.detach()),
                    kl=float(kl.detach()), entropy=float(ent.detach()), grad_norm=float(grad_norm),
@@ -682,6 +752,7 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
                                                             "trainable_blocks": len(teacher.blocks)
                                                             - models.frozen_disc_blocks}})
         write_run_config(out, student_config)
+        write_run_files(out, prepared.run_files)
     if ctx.is_main:
         clean_stale_tmp(out)
     if ctx.enabled:

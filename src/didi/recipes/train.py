@@ -55,6 +55,7 @@ from ..runtime.checkpoint import (
     resumed_options,
     save_snapshot,
     write_run_config,
+    write_run_files,
 )
 from ..runtime.utils import autocast, resolve_precision, seed_everything, step_generator
 
@@ -220,6 +221,7 @@ def _create_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, run_dir: Path
                            training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data},
                            data=to_dict(data_cfg))
     write_run_config(run_dir, run_config)
+    write_run_files(run_dir, prepared.run_files)
     return run_config, prepared
 
 

@@ -111,6 +111,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def write_run_files(run_dir: Path, files: dict[str, str]) -> None:
+    """Write extra text files beside a run's weights (e.g. ``markov.json``, the corpus' exact language)."""
+    for name, text in files.items():
+        atomic_write(Path(run_dir) / name, lambda tmp, text=text: Path(tmp).write_text(text))
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
