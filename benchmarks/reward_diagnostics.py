@@ -59,6 +59,16 @@ def setup(teacher_dir: str, cfg: DistillConfig):
     return teacher_config, data, models
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (``--option sigma_mode=zero``) as DistillConfig overrides, typed like the field."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        kind = type(getattr(DistillConfig(), key))
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
 def auc(real: torch.Tensor, fake: torch.Tensor) -> float:
     """P(reward of a real row > reward of a student row)."""
     return float((real[:, None] > fake[None, :]).float().mean())
@@ -66,7 +76,8 @@ def auc(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 def probe(args: argparse.Namespace) -> None:
     cfg = DistillConfig(teacher=args.teacher, out="-", disc_lr=args.disc_lr, disc_blocks=args.disc_blocks,
-                        disc_positions=args.disc_positions, student_steps=args.student_steps, progress=False)
+                        disc_positions=args.disc_positions, student_steps=args.student_steps, progress=False,
+                        **parse_options(args.option))
     teacher_config, data, models = setup(args.teacher, cfg)
     mask, schedule, seq_len = models.mask_index, models.schedule, teacher_config.data["seq_len"]
     g = torch.Generator().manual_seed(args.seed)
@@ -183,6 +194,8 @@ def main() -> None:
     p.add_argument("--held-out", type=int, default=256, help="evaluation pairs")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other DistillConfig field, e.g. --option sigma_mode=zero --option disc_window=3")
     p.set_defaults(run=probe)
     o = sub.add_parser("oracle", help="policy gradient with the AR evaluator's log-likelihood as the reward")
     o.add_argument("--teacher", required=True)
