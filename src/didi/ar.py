@@ -126,6 +126,12 @@ class ARPipeline:
             result.info["controls"] = dataclasses.asdict(controls)
         return results
 
+    @torch.no_grad()
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """The network's last hidden state (B, L, D) of ``ids`` (B, L), float32 (MAUVE features)."""
+        with autocast(self.device, self.precision):
+            return self.network.hidden(ids.to(self.device)).float()
+
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row.tolist()) for row in tokens.cpu()]
 

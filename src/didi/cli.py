@@ -307,11 +307,15 @@ def _run_export(args: argparse.Namespace) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .recipes.evaluate.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="gen-PPL, entropy, likelihood and speed of models side by side (or of samples)",
-                       description="Sample every --model at every --nfe budget (an AR model: one row), score the "
-                                   "samples with an evaluator LM (generative perplexity, the paper's protocol), "
-                                   "their entropy, each model's validation likelihood, and time the sampling. "
-                                   "Prints a Markdown table; --json and --plot save it.")
+    p = sub.add_parser("eval", help="gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of "
+                                    "samples)",
+                       description="Sample every --model at every --nfe budget (an AR model: one row) and every "
+                                   "temperature, with every seed; score the samples with an evaluator LM (generative "
+                                   "perplexity, the paper's protocol), their entropy and optionally MAUVE against "
+                                   "held-out text; each model's validation likelihood; time the sampling. Reference "
+                                   "rows score held-out data and the AR evaluator's own samples alike. A temperature "
+                                   "sweep (--temperatures) adds each model x NFE's gen-PPL at a matched entropy. "
+                                   "Prints Markdown tables; --json and --plot save them.")
     p.add_argument("--model", dest="models", action="append", default=None, metavar="RUN",
                    help="run directory of a model to evaluate (repeat for several)")
     p.add_argument("--samples", dest="samples", action="append", default=None, metavar="FILE",
@@ -324,18 +328,27 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="disable the samplers' caches (diffusion: call every step; AR: no KV cache)")
     p.add_argument("--plddt", action="store_true", default=None,
                    help="protein models: also report ESMFold's mean pLDDT (needs ESMFold and its weights)")
+    fields = EvalConfig.__dataclass_fields__
+    p.add_argument("--temperatures", default=None, metavar="T[,T...]", help=fields["temperatures"].metadata["help"])
+    p.add_argument("--seeds", default=None, metavar="S[,S...]", help=fields["seeds"].metadata["help"])
+    p.add_argument("--greedy-tail", action="store_true", default=None, help=fields["greedy_tail"].metadata["help"])
+    p.add_argument("--mauve", action="store_true", default=None, help=fields["mauve"].metadata["help"])
+    p.add_argument("--references", action=argparse.BooleanOptionalAction, default=None,
+                   help=fields["references"].metadata["help"] + " (default: on)")
     add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache", "rgas",
-                                                 "plddt"))
+                                                 "plddt", "temperatures", "seeds", "greedy_tail", "mauve",
+                                                 "references"))
     _add_rgas_arguments(p)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from .recipes.evaluate.report import format_table, plot_report, write_report
-    from .recipes.evaluate.runner import EvalConfig, evaluate
+    from .recipes.evaluate.runner import EvalConfig, check_frontiers, evaluate
 
     config = config_from_args(EvalConfig, args, rgas=_rgas_config(args))
     report = evaluate(config)
     print(format_table(report))
+    check_frontiers(report)  # a target entropy no sweep brackets: an error, and no report file
     if config.json:
         write_report(report, Path(config.json))
         print(f"[didi] report written to {config.json}", file=sys.stderr)
