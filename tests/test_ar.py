@@ -10,6 +10,7 @@ import didi
 from didi.ar import ARPipeline, generate
 from didi.config import DiffusionConfig, ModelConfig
 from didi.data.tokenizer import Tokenizer, train_bpe
+from didi.diffusion.sampling import SamplingControls
 from didi.errors import CheckpointError, ConfigError
 from didi.models.dit import DiT
 from didi.models.gpt import GPT, KVCache, next_token_nll
@@ -113,7 +114,8 @@ def test_generate_with_and_without_cache_is_token_identical_and_counts_calls(gpt
 
 
 def test_generate_tiny_top_p_is_greedy(gpt):
-    result = generate(gpt, batch_size=2, seq_len=12, bos_id=0, top_p=1e-9, generator=torch.Generator().manual_seed(0))
+    result = generate(gpt, batch_size=2, seq_len=12, bos_id=0, controls=SamplingControls(top_p=1e-9),
+                      generator=torch.Generator().manual_seed(0))
     greedy = torch.zeros(2, 1, dtype=torch.long)
     for _ in range(11):
         greedy = torch.cat([greedy, gpt(greedy)[:, -1].argmax(-1, keepdim=True)], dim=1)

@@ -1,6 +1,7 @@
 """Evaluation like the paper: gen-PPL, entropy, likelihood, exact NFE, `didi eval` (``didi.recipes.evaluate``)."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -17,16 +18,22 @@ from didi.pipeline import load
 from didi.recipes.evaluate.metrics import (
     Perplexity,
     ar_nll,
+    bootstrap_interval,
     diffusion_nelbo,
+    evaluator_features,
     generative_perplexity,
+    interpolate_at,
     load_evaluator,
+    load_mauve_features,
+    mauve_score,
     mean_sample_entropy,
+    mean_std,
     sample_entropy,
     scored_positions,
     timed_sampling,
 )
-from didi.recipes.evaluate.report import EvalRow
-from didi.recipes.evaluate.runner import EvalConfig
+from didi.recipes.evaluate.report import EvalReport, EvalRow, compute_frontiers, format_table
+from didi.recipes.evaluate.runner import EvalConfig, _set_speedups, evaluate
 from didi.samples import read_samples
 from test_ar import CORPUS, Counting, make_run, tiny_tokenizer
 
@@ -142,6 +149,9 @@ def test_huggingface_evaluator_matches_its_model(tmp_path, tok):
         nll = F.cross_entropy(network(torch.tensor([ids])).logits[0, :-1], torch.tensor(ids[1:]))
     result = generative_perplexity([text], evaluator)
     assert result.ppl == pytest.approx(math.exp(nll.item()), rel=1e-5) and result.tokens == len(ids) - 1
+    with torch.no_grad():  # MAUVE features: the mean of the last hidden state over the text's tokens
+        hidden = network(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].mean(0)
+    assert torch.allclose(torch.from_numpy(evaluator_features([text, "To be"], evaluator)[0]), hidden, atol=1e-5)
 
     with pytest.raises(ConfigError, match="--evaluator: 'no-such-org/no-such-model' is neither a didi AR run"):
         load_evaluator("no-such-org/no-such-model", "cpu")
@@ -224,18 +234,27 @@ def test_cli_eval_end_to_end(runs, tmp_path, capsys):
     assert main(argv) == 0
     header, *rows = table_rows(capsys.readouterr().out)
     assert header[:5] == ["model", "kind", "sampler", "NFE", "NFE made"] and "gen-PPL" in header
-    assert [(r[0], r[1], r[3]) for r in rows] == [("mdlm", "mdlm", "4"), ("mdlm", "mdlm", "8"), ("ar", "ar", "—")]
+    assert "speed-up (tokens/s, batch 2)" in header and "T" not in header  # every row at T = 1
+    assert [(r[0], r[1], r[3]) for r in rows] == [("mdlm", "mdlm", "4"), ("mdlm", "mdlm", "8"), ("ar", "ar", "—"),
+                                                  ("data (corpus.txt validation)", "data", "—")]
     assert rows[2][4] == str(SEQ_LEN - 1)
     likelihood = header.index("likelihood")
     assert rows[0][likelihood].startswith("≤ ") and not rows[2][likelihood].startswith("≤")
+    assert re.fullmatch(r"[\d.]+ \[[\d.]+, [\d.]+\]", rows[0][header.index("gen-PPL")])  # one seed: bootstrap
 
     report = json.loads(out_json.read_text())
     assert report["reference"] == "ar" and report["meta"]["evaluator"]["context_len"] == SEQ_LEN
-    for row in report["rows"]:
+    *sampled, data = report["rows"]
+    assert data["kind"] == "data" and data["latencies_s"] == [] and data["temperature"] is None
+    assert data["num_samples"] == 3 and data["gen_ppl"]["samples"] == 3 and 0 < data["entropy"] <= math.log(SEQ_LEN)
+    for row in sampled:
         assert 1.0 < row["gen_ppl"]["ppl"] < float("inf") and row["gen_ppl"]["samples"] == 3
         assert 0.0 < row["entropy"] <= math.log(SEQ_LEN)
         assert row["likelihood"]["tokens"] > 0 and len(row["latencies_s"]) == 4 and row["tokens_per_s"] > 0
         assert row["batch_sizes"] == [2, 1, 2, 2]  # 3 samples, then full batches up to 3 timing repeats
+        assert row["temperature"] == 1.0 and row["seeds"] == [0] and row["per_seed"][0]["seed"] == 0
+        low, high = row["spread"]["gen_ppl"]["low"], row["spread"]["gen_ppl"]["high"]
+        assert low <= row["gen_ppl"]["ppl"] <= high and row["spread"]["gen_ppl"]["std"] is None
     assert report["rows"][2]["nfe_per_batch"] == [SEQ_LEN - 1] * 4 and report["rows"][2]["speedup"] == 1.0
     assert all(n <= 4 for n in report["rows"][0]["nfe_per_batch"])
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
@@ -253,7 +272,7 @@ def test_cli_eval_of_sample_files(runs, tmp_path, capsys):
                      "--device", "cpu", "--out", str(out), "--quiet"]) == 0
     out_json = tmp_path / "eval.json"
     assert main(["eval", "--samples", str(samples), "--samples", str(ar_samples), "--evaluator", str(root / "ar"),
-                 "--device", "cpu", "--json", str(out_json)]) == 0
+                 "--device", "cpu", "--json", str(out_json), "--no-references"]) == 0
     assert len(table_rows(capsys.readouterr().out)) == 3
     row, ar_row = json.loads(out_json.read_text())["rows"]
     assert ar_row["kind"] == "ar" and ar_row["nfe"] is None and ar_row["nfe_per_batch"] == [SEQ_LEN - 1] * 2
@@ -275,16 +294,40 @@ def test_cli_eval_of_sample_files(runs, tmp_path, capsys):
     (["--model", "{root}/missing"], "missing: run directory not found"),
     (["--evaluator", "{ar}"], "--model: give at least one --model RUN or --samples FILE"),
     (["--model", "{ar}", "--plot", "out.txt"], "--plot: out.txt: the file name must end in one of .png"),
+    (["--model", "{mdlm}", "--temperature", "0"], "--temperature: must be a finite number > 0 (got 0.0)"),
+    (["--model", "{mdlm}", "--temperatures", "0.5,-1"], "--temperatures: must be finite numbers > 0 (got -1.0)"),
+    (["--model", "{mdlm}", "--temperatures", "0.5,x"], "--temperatures: expected comma-separated numbers, got 'x'"),
+    (["--model", "{mdlm}", "--temperatures", "0.5,1", "--temperature", "0.7"],
+     "--temperature: give --temperature or a --temperatures sweep, not both"),
+    (["--model", "{mdlm}", "--top-p", "0"], "--top-p: must be in (0, 1] (got 0.0)"),
+    (["--model", "{mdlm}", "--top-p", "1.01"], "--top-p: must be in (0, 1] (got 1.01)"),
+    (["--model", "{mdlm}", "--top-k", "0"], "--top-k: must be an integer >= 1 (got 0)"),
+    (["--model", "{mdlm}", "--target-entropy", "2"],
+     "--target-entropy: needs a sweep of at least two --temperatures to interpolate in"),
+    (["--model", "{mdlm}", "--temperatures", "0.5,1", "--target-entropy", "-1"],
+     "--target-entropy: must be a finite number > 0 (got -1.0)"),
+    (["--model", "{mdlm}", "--seeds", "0,0"], "--seeds: must be distinct (got [0, 0])"),
+    (["--model", "{mdlm}", "--mauve"], "--mauve: needs at least 16 samples per side (got --num-samples 2)"),
+    (["--samples", "{two}", "--evaluator", "{ar}", "--mauve"], "--mauve: needs at least 16 samples per side (got 2 "
+                                                               "in {two})"),
+    (["--model", "{mdlm}", "--num-samples", "16", "--mauve", "--data", "{fasta}"],
+     "--mauve: needs at least 16 samples per side (got 4 held-out sequences"),
 ])
 def test_cli_eval_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, args, message):
     root, _ = runs
     (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "two.jsonl").write_text('{"text": "To be", "model": ""}\n{"text": "or not", "model": ""}\n')
+    (tmp_path / "small.txt").write_text("\n".join(CORPUS[:40]) + "\n")
     paths = dict(mdlm=root / "mdlm", ar=root / "ar", protein=root / "protein-ar", root=root,
-                 empty=tmp_path / "empty.jsonl")
-    argv = ["eval", "--device", "cpu", "--no-likelihood", "--num-samples", "2", "--nfe", "2"]
+                 empty=tmp_path / "empty.jsonl", two=tmp_path / "two.jsonl", fasta=tmp_path / "small.txt")
+    argv = ["eval", "--device", "cpu", "--no-likelihood", "--num-samples", "2", "--nfe", "2", "--json",
+            str(tmp_path / "report.json")]
     assert main(argv + [a.format(**paths) for a in args]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("didi: error:")]
-    assert len(errors) == 1 and message in errors[0]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("didi: error:")]
+    assert len(errors) == 1 and message.format(**paths) in errors[0]
+    assert not (tmp_path / "report.json").exists()
+    assert "sampling" not in err or "cannot encode" in message  # options fail before any work
 
 
 def test_eval_config_validates():
@@ -293,3 +336,155 @@ def test_eval_config_validates():
         EvalConfig(models=["x"], nfe=[8, 2.5])
     with pytest.raises(ConfigError, match="--eval-blocks"):
         EvalConfig(models=["x"], eval_blocks=0)
+
+
+# ------------------------------------------------------------------------------- frontiers, spreads, MAUVE
+
+def test_interpolate_at_on_synthetic_points():
+    entropies, ppls = [3.0, 4.0, 5.0], [50.0, 200.0, 800.0]  # log PPL linear in entropy: 4x per nat
+    assert interpolate_at(entropies, ppls, 3.5)[0] == pytest.approx(100.0)
+    value, i = interpolate_at(entropies, ppls, 4.5)
+    assert value == pytest.approx(400.0) and i == 1
+    assert interpolate_at(entropies, ppls, 3.0) == (pytest.approx(50.0), 0)
+    assert interpolate_at(entropies, ppls, 5.0)[0] == pytest.approx(800.0)
+    assert interpolate_at(entropies, ppls, 2.99) is None and interpolate_at(entropies, ppls, 5.01) is None
+    assert interpolate_at([3.0, 5.0, 4.0], ppls, 4.5)[0] == pytest.approx(50 * 4 ** 0.75)  # the first bracketing pair
+    assert interpolate_at([4.0, 3.0], [200.0, 50.0], 3.25)[0] == pytest.approx(50 * 4 ** 0.25)  # either direction
+    assert interpolate_at([3.0, 5.0], [10.0, 30.0], 4.0, log_y=False)[0] == pytest.approx(20.0)
+    assert interpolate_at([4.2], [7.0], 4.2) == (7.0, 0) and interpolate_at([4.2], [7.0], 4.3) is None
+    assert interpolate_at([], [], 1.0) is None
+
+
+def synthetic_row(model: str, temperature: float, entropy: float, ppl: float, nfe: int | None = 8) -> EvalRow:
+    return EvalRow(model=model, kind="mdlm", sampler="ancestral", nfe=nfe, source=model, num_samples=4, seq_len=8,
+                   generated_tokens=8, nfe_per_batch=[nfe or 7], extra_calls={}, batch_sizes=[4], latencies_s=[0.5],
+                   timing="", entropy=entropy, temperature=temperature,
+                   gen_ppl=Perplexity(ppl=ppl, nll=math.log(ppl), tokens=32, samples=4, chunks=4))
+
+
+def test_compute_frontiers_per_model_and_nfe():
+    rows = [synthetic_row("a", 1.0, 4.0, 200.0), synthetic_row("a", 0.8, 3.0, 50.0),
+            synthetic_row("a", 0.8, 3.5, 60.0, nfe=16), synthetic_row("a", 1.0, 3.8, 70.0, nfe=16),
+            synthetic_row("b", 1.0, 4.0, 10.0)]  # one temperature: no frontier
+    frontiers = compute_frontiers(rows, 3.5)
+    assert [(f["model"], f["nfe"]) for f in frontiers] == [("a", 8), ("a", 16)]
+    eight, sixteen = frontiers
+    assert [p["temperature"] for p in eight["points"]] == [0.8, 1.0]
+    assert eight["gen_ppl"] == pytest.approx(100.0) and eight["bracket"] == [0.8, 1.0]
+    assert sixteen["gen_ppl"] == pytest.approx(60.0)  # the target is the T = 0.8 point itself
+    assert compute_frontiers(rows, 4.5)[0]["gen_ppl"] is None and compute_frontiers(rows, None)[0]["gen_ppl"] is None
+
+
+def test_bootstrap_interval_and_spread_over_seeds():
+    rng = np.random.default_rng(0)
+    values = rng.normal(2.0, 0.5, size=400)
+    low, high = bootstrap_interval(values, resamples=2000, seed=1)
+    assert low < values.mean() < high and high - low == pytest.approx(2 * 1.96 * 0.5 / 20, rel=0.15)
+    assert bootstrap_interval(values, resamples=2000, seed=1) == (low, high)  # seeded
+    assert bootstrap_interval([3.0] * 10, resamples=100) == (pytest.approx(3.0), pytest.approx(3.0))
+    nll, tokens = rng.uniform(10, 30, 50), rng.integers(5, 15, 50)
+    low, high = bootstrap_interval(nll, tokens, transform=np.exp, resamples=500)
+    assert low < math.exp(nll.sum() / tokens.sum()) < high
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([5.0]) == (5.0, None)
+
+
+def test_mauve_is_one_against_itself_and_low_against_shuffled_tokens(runs, tok):
+    root, _ = runs
+    evaluator = load_evaluator(str(root / "ar"), "cpu")
+    texts = CORPUS[:32]
+    rng = np.random.default_rng(0)
+    pool = rng.permutation([i for text in texts for i in tok.encode(text)]).tolist()
+    shuffled, start = [], 0
+    for text in texts:  # the same tokens, shuffled across the whole set
+        n = len(tok.encode(text))
+        shuffled.append(tok.decode(pool[start:start + n]))
+        start += n
+    features = evaluator_features(texts, evaluator)
+    assert features.shape == (32, 32)
+    assert mauve_score(features, features) > 0.99
+    assert mauve_score(evaluator_features(shuffled, evaluator), features) < 0.2
+    centres = rng.normal(size=(4, 8)) * 3  # two draws of one mixture vs a different mixture
+    draw = [centres[rng.integers(0, 4, 64)] + rng.normal(size=(64, 8)) for _ in range(2)]
+    assert mauve_score(draw[0], draw[1]) > 0.9 and mauve_score(draw[0], draw[1][:, ::-1].copy()) < 0.2
+    with pytest.raises(ConfigError, match="^--mauve: needs at least 16 samples per side"):
+        mauve_score(features[:15], features)
+
+
+def test_features_are_the_mean_pooled_last_hidden_state(runs, tok):
+    root, networks = runs
+    evaluator = load_evaluator(str(root / "ar"), "cpu")
+    text = CORPUS[5]
+    ids = torch.tensor([tok.encode(text)[:SEQ_LEN]])
+    with torch.no_grad():
+        expected = networks["ar"].hidden(ids)[0].mean(0)
+    assert torch.allclose(torch.from_numpy(evaluator_features([text, CORPUS[6] * 3], evaluator)[0]), expected,
+                          atol=1e-5)
+    featurizer = load_mauve_features("auto", evaluator, torch.device("cpu"))  # no GPT-2 Large here: the evaluator
+    assert featurizer.name.endswith("(evaluator: mean-pooled last hidden state)")
+    with pytest.raises(ConfigError, match="--mauve-features: 'no-such-model' is not a Hugging Face model"):
+        load_mauve_features("no-such-model", evaluator, torch.device("cpu"))
+
+
+def test_speedups_only_between_rows_timed_at_one_batch_size():
+    rows = [synthetic_row("teacher", 1.0, 4.0, 10.0, nfe=1024), synthetic_row("teacher", 1.0, 4.0, 10.0, nfe=8),
+            synthetic_row("student", 1.0, 4.0, 10.0, nfe=8)]
+    rows[0].latencies_s = [64.0]
+    rows[2].batch_sizes, rows[2].latencies_s = [8], [0.5]  # twice the batch in the same time
+    assert _set_speedups(rows) == "teacher @ 1024 NFE"
+    assert rows[0].speedup == 1.0 and rows[1].speedup == pytest.approx(128.0) and rows[2].speedup is None
+
+
+def test_eval_sweep_seeds_mauve_references_and_matched_entropy(runs, tmp_path, capsys):
+    root, _ = runs
+    common = dict(models=[str(root / "mdlm")], nfe=[4], evaluator=str(root / "ar"), num_samples=16,
+                  likelihood=False, warmup=0, repeats=1, device="cpu", bootstrap=200)
+    report = evaluate(EvalConfig(**common, temperatures=[0.25, 4.0], seeds=[0, 1], mauve=True))
+    rows = report.rows
+    assert [(r.model, r.kind, r.temperature) for r in rows] == [
+        ("mdlm", "mdlm", 0.25), ("mdlm", "mdlm", 4.0), ("ar (evaluator)", "ar", 0.25), ("ar (evaluator)", "ar", 4.0),
+        ("data (corpus.txt validation)", "data", None)]
+    for row in rows[:4]:
+        assert row.seeds == [0, 1] and len(row.batch_sizes) == 2 and row.gen_ppl.samples == 32
+        per_seed = [m["gen_ppl"] for m in row.per_seed]
+        assert row.spread["gen_ppl"]["mean"] == pytest.approx(np.mean(per_seed))
+        assert row.spread["gen_ppl"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
+        assert 0.0 <= row.mauve <= 1.0 and len(row.sample_entropy) == 32
+    assert rows[0].per_seed[0]["entropy"] != rows[0].per_seed[1]["entropy"]  # two seeds, two sample sets
+    assert rows[0].value("entropy") < rows[1].value("entropy")  # the temperature works
+    data = rows[-1]
+    assert report.target_entropy["value"] == data.entropy and "data (corpus.txt validation)" in \
+        report.target_entropy["source"]
+    assert report.meta["mauve"]["features"].endswith("(evaluator: mean-pooled last hidden state)")
+    assert data.mauve is None and not report.meta["heldout"]["disjoint"]  # 22 validation blocks < 2 x 16
+    [mdlm, _] = report.frontiers
+    expected = interpolate_at([rows[0].value("entropy"), rows[1].value("entropy")],
+                              [rows[0].value("gen_ppl"), rows[1].value("gen_ppl")], data.entropy)
+    assert mdlm["gen_ppl"] == (None if expected is None else pytest.approx(expected[0]))
+    again = EvalReport.from_json(json.loads(json.dumps(report.to_json())))  # everything regenerates from the JSON
+    assert format_table(again) == format_table(report) and again.frontiers == report.frontiers
+
+    # the command line: a target inside the mdlm sweep is matched; JSON and plot carry the frontier
+    target = (rows[0].value("entropy") + rows[1].value("entropy")) / 2
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    argv = ["eval", "--model", str(root / "mdlm"), "--nfe", "4", "--evaluator", str(root / "ar"), "--num-samples",
+            "16", "--no-likelihood", "--warmup", "0", "--repeats", "1", "--device", "cpu", "--temperatures",
+            "4,0.25", "--seeds", "0,1", "--json", str(out_json), "--plot", str(out_png)]
+    capsys.readouterr()
+    assert main([*argv, "--target-entropy", str(target)]) == 0
+    stdout = capsys.readouterr().out
+    header = table_rows(stdout)[0]
+    assert "T" in header and "MAUVE" not in header and f"| gen-PPL @ entropy {target:.3f} |" in stdout
+    saved = json.loads(out_json.read_text())
+    assert saved["target_entropy"]["source"] == "--target-entropy" and saved["frontiers"][0]["gen_ppl"] > 1
+    assert saved["frontiers"][0]["bracket"] == [0.25, 4.0] and saved["meta"]["config"]["seeds"] == [0, 1]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a target no sweep brackets: the table is printed, then one error line, exit 2 and no report file
+    out_json.unlink()
+    out_png.unlink()
+    assert main([*argv, "--target-entropy", "50"]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("didi: error:")]
+    assert len(errors) == 1 and errors[0].startswith("didi: error: --target-entropy: 50.000 nats")
+    assert "bracketed by no model x NFE" in errors[0] and "| gen-PPL @ entropy 50.000 |" in captured.out
+    assert not out_json.exists() and not out_png.exists()

@@ -98,7 +98,7 @@ def test_protein_pipeline_end_to_end(tmp_path, capsys):
     assert header[header.index("entropy") + 1:header.index("likelihood")] == ["length", "AA-comp JS", "distinct",
                                                                               "low-complexity"]
     assert [(r[0], r[3]) for r in rows] == [("teacher", "4"), ("teacher", "8"), ("student", "4"), ("student", "8"),
-                                            ("families.fa.gz (validation)", "—")]
+                                            ("ar (evaluator)", "—"), ("families.fa.gz (validation)", "—")]
     result = json.loads(report.read_text())
     assert "validation sequences of" in result["meta"]["protein_reference"]["source"]
     for row in result["rows"]:

@@ -17,7 +17,8 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, corpus_file, capsys):
         assert header in printed
     report = json.loads((out / "eval.json").read_text())
     rows = {(r["model"], r["nfe"]) for r in report["rows"]}
-    assert rows == {("teacher", 16), ("teacher", 1024), ("student", 16), ("student", 1024), ("ar", None)}
+    assert rows == {("teacher", 16), ("teacher", 1024), ("student", 16), ("student", 1024), ("ar", None),
+                    ("data (play.txt validation)", None)}  # the held-out reference row
     assert all(r["gen_ppl"]["ppl"] > 1 for r in report["rows"])
     assert (out / "eval.png").stat().st_size > 10_000
     student = json.loads((out / "student" / "config.json").read_text())

@@ -26,10 +26,25 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert "## Cumulative ablation" in text and "+ Guided inference (RGAS)" in text
     assert "Command: `python benchmarks/reproduce.py --smoke --ablation`" in text
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = next(line for line in text.splitlines() if line.startswith("| model | sampler | NFE | calls made"))
+    assert "gen-PPL (T = 1)" in header and "gen-PPL @ entropy " in header and "MAUVE" in header
+    assert "speed-up vs teacher@8 (per-sample latency, batch 16)" in header  # one batch size for every row
+    main_rows = {(r[0].strip("| "), r[1], r[2]): r[5] for r in rows if len(r) == 13}  # gen-PPL at T = 1
+    assert " ± " in main_rows["teacher", "ancestral", "4"] and " ± " in main_rows["student", "ancestral", "4"]
+    assert " [" in main_rows["teacher", "ancestral", "8"]  # one seed: a bootstrap interval
+    assert any(line.startswith("| data | n/a | — |") for line in text.splitlines())  # the held-out data row
+    assert "## Temperature sweeps" in text and "T = 0.5: gen-PPL / entropy" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     rgas = [r for r in saved["rows"] if r["sampler"] == "rgas"]
     assert rgas and all(sum(r["extra_calls"]["discriminator"]) > 0 for r in rgas)
     assert all(saved["wall_clock_s"][stage] > 0 for stage in ("teacher", "ar", "student"))
+    assert saved["target_entropy"]["value"] == next(r["entropy"] for r in saved["rows"] if r["kind"] == "data")
+    assert {(f["model"], f["nfe"]) for f in saved["frontiers"]} == {("teacher", 4), ("student", 4), ("ar", None)}
+    assert {r["temperature"] for r in saved["rows"]} == {0.5, 1.0, None}
+    assert all(r["seeds"] == [0, 1] for r in saved["rows"] if r["temperature"] == 1.0 and r["sampler"] == "ancestral"
+               and r["nfe"] == 4)
+    assert saved["meta"]["mauve"]["features"].endswith("(evaluator: mean-pooled last hidden state)")
+    assert all(r["mauve"] is not None for r in saved["rows"] if r["kind"] != "data")
 
     # a second run reuses every trained model and every saved evaluation: same table, nothing retrained
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

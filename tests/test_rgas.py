@@ -218,7 +218,7 @@ def test_reranking_matches_the_exact_softmax_selection():
     logits = token_table(length, seed=2)
     disc = Counting(PrefersToken(scale))
     pipe = make_pipeline(Factorised(logits), disc)
-    config = RGASConfig(rerank_ratio=1.0, num_candidates=m, temperature=temperature, reward="sum")
+    config = RGASConfig(rerank_ratio=1.0, num_candidates=m, rerank_temperature=temperature, reward="sum")
     result = sample(pipe, n, length, 1, config)
     assert disc.rows == [n * m] and result.extra_calls == {"discriminator": 1, "discriminator_backward": 0}
 
@@ -287,7 +287,7 @@ def test_no_call_after_the_last_mask_and_the_cache_is_honoured():
 
 def test_config_validation_and_schedules():
     for option, value in [("h_start", -1.0), ("h_end", float("nan")), ("rerank_ratio", 1.5), ("num_candidates", 0),
-                          ("num_candidates", 2.0), ("grad_clip", 0.0), ("temperature", 0.0), ("reward", "max"),
+                          ("num_candidates", 2.0), ("grad_clip", 0.0), ("rerank_temperature", 0.0), ("reward", "max"),
                           ("reward_clip", -1.0)]:
         with pytest.raises(ConfigError, match=f"^--{option.replace('_', '-')}: "):
             RGASConfig(**{option: value})
@@ -342,7 +342,8 @@ def one_error_line(capsys) -> str:
                                                     "discriminator; {teacher} has none"),
     (["--model", "{student}", "--sampler", "rgas", "--num-candidates", "0"], "--num-candidates: must be an integer"),
     (["--model", "{student}", "--sampler", "rgas", "--rerank-ratio", "2"], "--rerank-ratio: must be in [0, 1]"),
-    (["--model", "{student}", "--sampler", "rgas", "--temperature", "0"], "--temperature: must be a finite number"),
+    (["--model", "{student}", "--sampler", "rgas", "--rerank-temperature", "0"],
+     "--rerank-temperature: must be a finite number"),
     (["--model", "{student}", "--sampler", "rgas", "--reward", "max"], "--reward: must be one of masked_mean, sum"),
     (["--model", "{student}", "--h-start", "5"], "--h-start: is an RGAS option: it needs --sampler rgas"),
 ])

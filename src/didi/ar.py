@@ -5,6 +5,7 @@ categorical of :mod:`didi.diffusion.sampling`.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
-from .diffusion.sampling import SampleResult, nucleus_filter, sample_categorical
+from .diffusion.sampling import SampleResult, SamplingControls, apply_controls, sample_categorical
 from .errors import CheckpointError, option_error, require
 from .models.gpt import GPT, KVCache, next_token_nll
 from .runtime.checkpoint import RunConfig, load_state_dict_strict, load_tensors, read_run_config, weights_file
@@ -24,16 +25,19 @@ from .runtime.utils import autocast, pick_device, resolve_precision, synchronize
 
 @torch.no_grad()
 def generate(model: Callable[..., torch.Tensor], *, batch_size: int, seq_len: int, bos_id: int,
-             generator: torch.Generator | None = None, use_cache: bool = True, top_p: float = 1.0,
-             device: torch.device | str = "cpu", progress: bool = False) -> SampleResult:
-    """Sample ``x_0 = [BOS]``, then ``x_i ~ p(. | x_<i)`` (float64, optional nucleus ``top_p``) for ``i < seq_len``.
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             controls: SamplingControls | None = None, device: torch.device | str = "cpu",
+             progress: bool = False) -> SampleResult:
+    """Sample ``x_0 = [BOS]``, then ``x_i ~ p(. | x_<i)`` (float64) for ``i < seq_len``, ``p`` shaped by ``controls``
+    (:func:`didi.diffusion.sampling.apply_controls`: temperature, top-k, top-p); with ``controls.greedy_tail`` the
+    last token is the argmax.
 
     ``model(idx, cache=...) -> logits`` is a :class:`GPT` or a wrapper with its signature. With ``use_cache``
     every step feeds only the newest token (a :class:`KVCache` keeps the prefix); without it every step re-reads
     the whole prefix. Either way there is one network call per generated token: ``nfe = seq_len - 1``.
     """
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
-    require(0.0 < top_p <= 1.0, "top_p", f"must be in (0, 1] (got {top_p})")
+    controls = controls or SamplingControls()
     device = torch.device(device)
     start = time.perf_counter()
     tokens = torch.full((batch_size, seq_len), bos_id, dtype=torch.long, device=device)
@@ -43,8 +47,9 @@ def generate(model: Callable[..., torch.Tensor], *, batch_size: int, seq_len: in
         inputs = tokens[:, i - 1:i] if cache is not None else tokens[:, :i]
         logits = model(inputs, cache=cache)[:, -1]
         nfe += 1
-        probs = nucleus_filter(torch.softmax(logits.double(), dim=-1), top_p)
-        tokens[:, i] = sample_categorical(probs, generator)
+        probs = apply_controls(logits, controls)
+        greedy = controls.greedy_tail and i == seq_len - 1
+        tokens[:, i] = probs.argmax(-1) if greedy else sample_categorical(probs, generator)
     synchronize(device)
     return SampleResult(tokens=tokens, nfe=nfe, seconds=time.perf_counter() - start, num_steps=seq_len - 1,
                         sampler="autoregressive")
@@ -95,12 +100,15 @@ class ARPipeline:
     @torch.no_grad()
     def sample(self, num_samples: int, nfe: int | None = None, *, seed: int = 0, batch_size: int | None = None,
                seq_len: int | None = None, sampler: str = "ancestral", use_cache: bool = True, top_p: float = 1.0,
-               progress: bool = False, **_: Any) -> list[SampleResult]:
+               progress: bool = False, temperature: float = 1.0, top_k: int | None = None,
+               greedy_tail: bool = False, **_: Any) -> list[SampleResult]:
         """Generate ``num_samples`` sequences ``[BOS] x_1 .. x_{L-1}`` in batches; one result per batch.
 
         ``nfe`` is ignored: an AR model always makes ``seq_len - 1`` calls (the signature matches
-        :meth:`didi.pipeline.DiffusionPipeline.sample`).
+        :meth:`didi.pipeline.DiffusionPipeline.sample`). ``temperature``, ``top_k``, ``top_p`` and ``greedy_tail``
+        are :class:`didi.diffusion.sampling.SamplingControls`.
         """
+        controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, greedy_tail=greedy_tail)
         if sampler != "ancestral":
             raise option_error("sampler", f"{sampler!r} is not available for an autoregressive model: it samples "
                                           "token by token (ancestral); rgas needs a DiDi-Instruct student")
@@ -110,10 +118,19 @@ class ARPipeline:
                 f"must be in [1, {self.config.model.max_seq_len}] for this model (got {seq_len})")
         batch_size = min(batch_size or num_samples, num_samples)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return [generate(self.logits, batch_size=min(batch_size, num_samples - start), seq_len=seq_len,
-                         bos_id=self.tokenizer.bos_id, generator=generator, use_cache=use_cache, top_p=top_p,
-                         device=self.device, progress=progress)
-                for start in range(0, num_samples, batch_size)]
+        results = [generate(self.logits, batch_size=min(batch_size, num_samples - start), seq_len=seq_len,
+                            bos_id=self.tokenizer.bos_id, generator=generator, use_cache=use_cache,
+                            controls=controls, device=self.device, progress=progress)
+                   for start in range(0, num_samples, batch_size)]
+        for result in results:
+            result.info["controls"] = dataclasses.asdict(controls)
+        return results
+
+    @torch.no_grad()
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """The network's last hidden state (B, L, D) of ``ids`` (B, L), float32 (MAUVE features)."""
+        with autocast(self.device, self.precision):
+            return self.network.hidden(ids.to(self.device)).float()
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return [self.tokenizer.decode(row.tolist()) for row in tokens.cpu()]

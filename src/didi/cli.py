@@ -130,14 +130,32 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--sampler", default="ancestral", choices=["ancestral", "rgas"],
                    help="ancestral (MDLM with cache) or rgas (reward-guided, DiDi-Instruct students)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
     p.add_argument("--no-cache", action="store_true", help="disable the cache trick (calls the network every step)")
     p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, default=None, help="write samples as JSON lines (tokens, text, nfe, seconds); "
                    "a .fasta/.fa/.faa[.gz] path writes FASTA (protein models, which also print FASTA)")
     p.add_argument("--quiet", action="store_true", help="do not print the samples")
+    _add_control_arguments(p)
     _add_rgas_arguments(p)
+
+
+def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--temperature``, ``--top-k``, ``--top-p`` and the ``--greedy-tail`` flag (:class:`SamplingControls`)."""
+    from .diffusion.sampling import SamplingControls
+
+    group = "sampling controls (every sampler; defaults: the model's own distribution)"
+    add_config_arguments(parser, SamplingControls, group=group, exclude=("greedy_tail",))
+    help_text = SamplingControls.__dataclass_fields__["greedy_tail"].metadata["help"]
+    next(g for g in parser._action_groups if g.title == group).add_argument(
+        "--greedy-tail", action="store_true", default=None, help=help_text)
+
+
+def _controls(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling controls of the command line as keyword arguments of ``.sample()`` (validated)."""
+    from .diffusion.sampling import SamplingControls
+
+    return dataclasses.asdict(config_from_args(SamplingControls, args))
 
 
 def _add_rgas_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,10 +185,11 @@ def _run_sample(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise option_error("num-samples", f"must be >= 1 (got {args.num_samples})")
     rgas = _rgas_config(args)
+    controls = _controls(args)
     model = load(args.model, device=args.device, weights=args.weights)
     results = model.sample(args.num_samples, args.nfe, seed=args.seed, batch_size=args.batch_size,
-                           seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache,
-                           top_p=args.top_p, progress=True, **(dataclasses.asdict(rgas) if rgas else {}))
+                           seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache, progress=True,
+                           **controls, **(dataclasses.asdict(rgas) if rgas else {}))
     records = write_samples(model, results, args.out)
     if not args.quiet:
         for i, rec in enumerate(records):
@@ -288,11 +307,15 @@ def _run_export(args: argparse.Namespace) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .recipes.evaluate.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="gen-PPL, entropy, likelihood and speed of models side by side (or of samples)",
-                       description="Sample every --model at every --nfe budget (an AR model: one row), score the "
-                                   "samples with an evaluator LM (generative perplexity, the paper's protocol), "
-                                   "their entropy, each model's validation likelihood, and time the sampling. "
-                                   "Prints a Markdown table; --json and --plot save it.")
+    p = sub.add_parser("eval", help="gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of "
+                                    "samples)",
+                       description="Sample every --model at every --nfe budget (an AR model: one row) and every "
+                                   "temperature, with every seed; score the samples with an evaluator LM (generative "
+                                   "perplexity, the paper's protocol), their entropy and optionally MAUVE against "
+                                   "held-out text; each model's validation likelihood; time the sampling. Reference "
+                                   "rows score held-out data and the AR evaluator's own samples alike. A temperature "
+                                   "sweep (--temperatures) adds each model x NFE's gen-PPL at a matched entropy. "
+                                   "Prints Markdown tables; --json and --plot save them.")
     p.add_argument("--model", dest="models", action="append", default=None, metavar="RUN",
                    help="run directory of a model to evaluate (repeat for several)")
     p.add_argument("--samples", dest="samples", action="append", default=None, metavar="FILE",
@@ -305,18 +328,27 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="disable the samplers' caches (diffusion: call every step; AR: no KV cache)")
     p.add_argument("--plddt", action="store_true", default=None,
                    help="protein models: also report ESMFold's mean pLDDT (needs ESMFold and its weights)")
+    fields = EvalConfig.__dataclass_fields__
+    p.add_argument("--temperatures", default=None, metavar="T[,T...]", help=fields["temperatures"].metadata["help"])
+    p.add_argument("--seeds", default=None, metavar="S[,S...]", help=fields["seeds"].metadata["help"])
+    p.add_argument("--greedy-tail", action="store_true", default=None, help=fields["greedy_tail"].metadata["help"])
+    p.add_argument("--mauve", action="store_true", default=None, help=fields["mauve"].metadata["help"])
+    p.add_argument("--references", action=argparse.BooleanOptionalAction, default=None,
+                   help=fields["references"].metadata["help"] + " (default: on)")
     add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache", "rgas",
-                                                 "plddt"))
+                                                 "plddt", "temperatures", "seeds", "greedy_tail", "mauve",
+                                                 "references"))
     _add_rgas_arguments(p)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
     from .recipes.evaluate.report import format_table, plot_report, write_report
-    from .recipes.evaluate.runner import EvalConfig, evaluate
+    from .recipes.evaluate.runner import EvalConfig, check_frontiers, evaluate
 
     config = config_from_args(EvalConfig, args, rgas=_rgas_config(args))
     report = evaluate(config)
     print(format_table(report))
+    check_frontiers(report)  # a target entropy no sweep brackets: an error, and no report file
     if config.json:
         write_report(report, Path(config.json))
         print(f"[didi] report written to {config.json}", file=sys.stderr)

@@ -6,6 +6,7 @@ write run directories (:mod:`didi.runtime.checkpoint`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from .data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
 from .diffusion.process import LogLinearSchedule
-from .diffusion.sampling import AncestralConfig, SampleResult, ancestral_sample
+from .diffusion.sampling import AncestralConfig, SampleResult, SamplingControls, ancestral_sample
 from .errors import CheckpointError, option_error, require
 from .models.dit import DiT
 from .runtime.checkpoint import RunConfig, load_state_dict_strict, load_tensors, read_run_config, weights_file
@@ -88,19 +89,23 @@ class DiffusionPipeline:
     @torch.no_grad()
     def sample(self, num_samples: int, nfe: int, *, seed: int = 0, batch_size: int | None = None,
                seq_len: int | None = None, sampler: str = "ancestral", use_cache: bool = True, top_p: float = 1.0,
-               progress: bool = False, **sampler_options: Any) -> list[SampleResult]:
+               progress: bool = False, temperature: float = 1.0, top_k: int | None = None,
+               greedy_tail: bool = False, **sampler_options: Any) -> list[SampleResult]:
         """Generate ``num_samples`` sequences in batches; one :class:`SampleResult` per batch.
 
         ``sampler``: ``ancestral`` (MDLM ancestral with the cache trick) or ``rgas`` (students only, see
         :mod:`didi.diffusion.rgas`; ``sampler_options`` are :class:`didi.diffusion.rgas.RGASConfig` fields, e.g.
-        ``num_candidates=8``).
+        ``num_candidates=8``). ``temperature``, ``top_k``, ``top_p`` and ``greedy_tail`` (the last step takes the
+        argmax) shape every draw of either sampler (:class:`didi.diffusion.sampling.SamplingControls`).
         """
+        controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, greedy_tail=greedy_tail)
         require(num_samples >= 1, "num_samples", f"must be >= 1 (got {num_samples})")
         seq_len = seq_len or self.seq_len
         require(1 <= seq_len <= self.config.model.max_seq_len, "seq_len",
                 f"must be in [1, {self.config.model.max_seq_len}] for this model (got {seq_len})")
         batch_size = min(batch_size or num_samples, num_samples)
-        config = AncestralConfig(num_steps=nfe, use_cache=use_cache, top_p=top_p)
+        config = AncestralConfig(num_steps=nfe, use_cache=use_cache, top_p=top_p, temperature=temperature,
+                                 top_k=top_k, noise_removal="greedy" if greedy_tail else "ancestral")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         results = []
         for start in range(0, num_samples, batch_size):
@@ -120,10 +125,11 @@ class DiffusionPipeline:
                 result = rgas_sample(self.denoiser, self.discriminate, batch_size=b, seq_len=seq_len, num_steps=nfe,
                                      mask_index=self.mask_index, schedule=self.schedule,
                                      time_conditioning=self.config.diffusion.time_conditioning, config=rgas_config,
-                                     generator=generator, device=self.device, use_cache=use_cache, top_p=top_p,
-                                     progress=progress)
+                                     generator=generator, device=self.device, use_cache=use_cache,
+                                     controls=controls, progress=progress)
             else:
                 raise CheckpointError(f"--sampler: unknown sampler {sampler!r} (expected ancestral or rgas)")
+            result.info["controls"] = dataclasses.asdict(controls)
             results.append(result)
         return results
 

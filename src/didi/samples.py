@@ -27,6 +27,7 @@ def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, An
                 "batch_size": int(result.tokens.shape[0]), "num_steps": result.num_steps, "sampler": result.sampler,
                 "extra_calls": dict(result.extra_calls), "model": str(getattr(model, "path", "")),
                 "kind": getattr(model, "kind", ""), "tokenizer": model.tokenizer.kind,
+                **({"controls": result.info["controls"]} if "controls" in result.info else {}),
             })
     return records
 

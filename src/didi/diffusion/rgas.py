@@ -18,7 +18,8 @@ RGAS is :func:`didi.diffusion.sampling.ancestral_sample` (uniform grid ``1 = t_0
 
 * ``n >= N``, **re-ranking**: ``M`` candidates ``z_s^(1..M)`` are drawn from the same ancestral step, scored by
   *one* discriminator call on all ``B * M`` rows at ``sigma_s``, and one is kept per row with probability
-  ``softmax(r_j / T)`` (a float64 draw, not an argmax).
+  ``softmax(r_j / T_rerank)`` (a float64 draw, not an argmax; ``T_rerank`` is ``rerank_temperature``, not the
+  sampling temperature of :class:`~didi.diffusion.sampling.SamplingControls`).
 
 Reward ``r`` (``RGASConfig.reward``):
 
@@ -27,10 +28,11 @@ Reward ``r`` (``RGASConfig.reward``):
   ``clip(log(sigmoid(d) + eps) - log(1 - sigmoid(d) + eps), +-reward_clip)``. At every corrupted position the
   optimal discriminator's logit is the same sequence-level log density ratio ``log q_real(z_t) / q_student(z_t)`` of
   the forward marginals (compressed by the label smoothing), so the mean estimates that ratio whatever the length
-  and the number of masks. Re-ranking with ``T = 1`` then keeps candidate ``j`` with weight ``~ q_real / q_student``
-  (importance resampling of student proposals towards the data). Tilting scores the positions masked in ``z_t``. A
-  candidate of the final step (``alpha_s = 1``) has no masked position left: the discriminator never saw such inputs
-  and the reward is undefined there, so the final step is a plain ancestral step (no discriminator call).
+  and the number of masks. Re-ranking with ``T_rerank = 1`` then keeps candidate ``j`` with weight
+  ``~ q_real / q_student`` (importance resampling of student proposals towards the data). Tilting scores the
+  positions masked in ``z_t``. A candidate of the final step (``alpha_s = 1``) has no masked position left: the
+  discriminator never saw such inputs and the reward is undefined there, so the final step is a plain ancestral step
+  (no discriminator call).
 * ``sum`` (the released sampler): ``J = sum_{i masked in z_t} d_i`` for tilting and ``r = sum_{all i} d_i`` for
   re-ranking, raw logits. It grows with the number of positions (an inverse temperature ``~ L``) and includes the
   unmasked positions, where the discriminator is never trained.
@@ -39,9 +41,9 @@ The tilt uses the released scales ``h = 30 -> 40`` on gradients clipped to ``+-1
 gradients no scale is exact. Under ``sum`` the gradient is about ``#masked`` times that of the mean, so the clip
 binds far more often and the tilt approaches ``+-h`` per logit; under ``masked_mean`` it is the gradient of the
 estimated log density ratio itself. ``RGASConfig(reward="sum")`` reproduces the released sampler (every other
-default is its own: M = 4, ratio 0.5, T = 1), without its defects: float32 Gumbel noise, the [MASK] logit kept in
-the soft input and the draw, and a final noise-removal call to an untrained backbone (here the last grid step goes
-to ``alpha = 1`` with the student and is counted in the budget).
+default is its own: M = 4, ratio 0.5, T_rerank = 1), without its defects: float32 Gumbel noise, the [MASK] logit
+kept in the soft input and the draw, and a final noise-removal call to an untrained backbone (here the last grid
+step goes to ``alpha = 1`` with the student and is counted in the budget).
 
 Call accounting (:class:`didi.diffusion.sampling.SampleResult`): ``nfe`` counts student calls; as in the ancestral
 sampler the student is called only when ``z`` changed since its last call (every step if it is time-conditioned or
@@ -67,7 +69,7 @@ from ..config import helpfield
 from ..errors import require
 from ..models.discriminator import LOG_ODDS_EPS, REWARD_CLIP, sequence_rewards
 from .process import Denoiser, LogLinearSchedule, sigma_input, subs_log_probs
-from .sampling import SampleResult, ancestral_transition, sample_categorical, time_grid
+from .sampling import SampleResult, SamplingControls, ancestral_transition, sample_categorical, time_grid
 
 REWARDS = ("masked_mean", "sum")
 
@@ -83,7 +85,8 @@ class RGASConfig:
                                          "tilting (0: tilt only, 1: re-rank only)")
     num_candidates: int = helpfield(4, "M: candidates per re-ranking step (1: no re-ranking)")
     grad_clip: float = helpfield(1.0, "clip the reward gradient to +-this before scaling it by h")
-    temperature: float = helpfield(1.0, "T: keep candidate j with probability softmax(reward / T)")
+    rerank_temperature: float = helpfield(1.0, "T_rerank: keep candidate j with probability "
+                                               "softmax(reward / T_rerank) (not the sampling --temperature)")
     reward: str = helpfield("masked_mean", "masked_mean: the trained reward, mean clipped log-odds over masked "
                                            "positions; sum: the released sampler's sum of raw logits (with the "
                                            "other defaults: the released RGAS)")
@@ -99,8 +102,8 @@ class RGASConfig:
         require(isinstance(m, int) and not isinstance(m, bool) and m >= 1, "num_candidates",
                 f"must be an integer >= 1 (got {m!r})")
         require(self.grad_clip > 0, "grad_clip", f"must be > 0 (got {self.grad_clip})")
-        require(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
-                f"must be a finite number > 0 (got {self.temperature})")
+        require(math.isfinite(self.rerank_temperature) and self.rerank_temperature > 0, "rerank_temperature",
+                f"must be a finite number > 0 (got {self.rerank_temperature})")
         require(self.reward in REWARDS, "reward", f"must be one of {', '.join(REWARDS)} (got {self.reward!r})")
         require(self.reward_clip > 0, "reward_clip", f"must be > 0 (got {self.reward_clip})")
 
@@ -141,7 +144,8 @@ def tilted_logits(discriminator: Denoiser, logits: torch.Tensor, z: torch.Tensor
 
 def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tensor, config: RGASConfig,
            generator: torch.Generator | None, mask_index: int) -> torch.Tensor:
-    """Keep one of the candidates (B, M, L) per row, ``j ~ softmax(r / T)``; one discriminator call on B*M rows."""
+    """Keep one of the candidates (B, M, L) per row, ``j ~ softmax(r / T_rerank)``; one discriminator call on B*M
+    rows."""
     b, m, length = candidates.shape
     flat = candidates.reshape(b * m, length)
     if config.reward == "masked_mean":
@@ -149,7 +153,7 @@ def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tenso
     else:
         positions = torch.ones_like(flat, dtype=torch.bool)
     rewards = sequence_reward(discriminator(flat, sigma.repeat_interleave(m)).float(), positions, config)
-    probs = torch.softmax(rewards.view(b, m).double() / config.temperature, dim=-1)
+    probs = torch.softmax(rewards.view(b, m).double() / config.rerank_temperature, dim=-1)
     choice = sample_categorical(probs, generator)
     return candidates[torch.arange(b, device=candidates.device), choice]
 
@@ -158,19 +162,20 @@ def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tenso
 def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int, seq_len: int, num_steps: int,
                 mask_index: int, schedule: LogLinearSchedule, time_conditioning: bool = False,
                 config: RGASConfig | None = None, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu", use_cache: bool = True, top_p: float = 1.0,
-                progress: bool = False) -> SampleResult:
+                device: torch.device | str = "cpu", use_cache: bool = True,
+                controls: SamplingControls | None = None, progress: bool = False) -> SampleResult:
     """Sample ``batch_size`` sequences from all-mask in ``num_steps`` RGAS steps (see the module docstring).
 
     ``denoiser(z, sigma) -> (B, L, V)`` is a DiDi-Instruct student and ``discriminator(x, sigma) -> (B, L)`` its
     discriminator, called on ids (B, L) or soft inputs (B, L, V); both run under the caller's device and autocast
-    (:meth:`didi.pipeline.DiffusionPipeline.sample` passes its ``denoiser`` and ``discriminate``). ``top_p``
-    filters every draw as in the ancestral sampler.
+    (:meth:`didi.pipeline.DiffusionPipeline.sample` passes its ``denoiser`` and ``discriminate``). ``controls``
+    (temperature, top-k, top-p) shape every draw, candidates included, as in the ancestral sampler; with
+    ``controls.greedy_tail`` the last step takes the argmax (its candidates are then one state: no re-ranking).
     """
     config = config or RGASConfig()
     require(isinstance(num_steps, int) and num_steps >= 1, "nfe", f"must be an integer >= 1 (got {num_steps!r})")
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
-    require(0.0 < top_p <= 1.0, "top_p", f"must be in (0, 1] (got {top_p})")
+    controls = controls or SamplingControls()
     start = time.perf_counter()
     device, mask = torch.device(device), mask_index
     cache_ok = use_cache and not time_conditioning
@@ -187,7 +192,8 @@ def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int,
             logits = denoiser(z, sigma_input(schedule, t.expand(batch_size), time_conditioning).to(device))
             nfe += 1
         step = functools.partial(ancestral_transition, z, alpha_t=schedule.alpha(t), alpha_s=schedule.alpha(s),
-                                 mask_index=mask, generator=generator, top_p=top_p)
+                                 mask_index=mask, generator=generator, controls=controls,
+                                 greedy=controls.greedy_tail and n == num_steps - 1)
         h = guidance_scale(n, tilt_steps, config) if n < tilt_steps else 0.0
         scorable = config.reward == "sum" or n < num_steps - 1  # masked_mean: the final step leaves no mask
         if h > 0:

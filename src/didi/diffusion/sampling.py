@@ -2,6 +2,8 @@
 
 * :func:`sample_categorical` — Gumbel-max in float64 (exponential race on probabilities). Float32 Gumbel noise
   is a known bug: it truncates the tail of the noise, lowers sample entropy and fakes low perplexity.
+* :class:`SamplingControls` / :func:`apply_controls` — temperature, top-k and top-p (nucleus) truncation, one
+  function shared by every sampler (ancestral, RGAS, AR); the defaults (T = 1, no truncation) change nothing.
 * :func:`ancestral_sample` — the MDLM ancestral sampler on a uniform grid of ``num_steps`` steps from t=1 to t=0.
   The last step goes to ``alpha = 1`` and therefore fills every remaining mask: it *is* the noise-removal step
   and is counted inside the budget (the reference code adds one extra network call at t=1e-5 instead).
@@ -11,6 +13,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..config import helpfield
 from ..errors import require
 from .process import Denoiser, LogLinearSchedule, sigma_input
 
@@ -35,15 +39,73 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 
 
 def nucleus_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose mass reaches ``top_p`` (per row), renormalised; 1.0 = no-op."""
+    """Keep the smallest set of tokens whose mass reaches ``top_p`` (per row), renormalised; 1.0 = no-op.
+
+    In descending order, token ``i`` is kept iff the mass before it is ``< top_p`` (of the row's total): the kept
+    prefix is the shortest one whose mass is ``>= top_p``.
+    """
     if top_p >= 1.0:
         return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     cumulative = sorted_probs.cumsum(-1)
-    remove = cumulative - sorted_probs > top_p * cumulative[..., -1:]
+    remove = cumulative - sorted_probs >= top_p * cumulative[..., -1:]
     sorted_probs = sorted_probs.masked_fill(remove, 0.0)
     filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return filtered / filtered.sum(-1, keepdim=True)
+
+
+def top_k_filter(probs: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """Keep the ``top_k`` most likely tokens of every row (ties at the k-th broken by ``torch.topk``), renormalised;
+    ``None`` = no-op."""
+    if top_k is None or top_k >= probs.shape[-1]:
+        return probs
+    kept = torch.zeros_like(probs).scatter(-1, probs.topk(top_k, dim=-1).indices, 1.0)
+    filtered = probs * kept
+    return filtered / filtered.sum(-1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class SamplingControls:
+    """How every categorical draw of a sampler is shaped (:func:`apply_controls`), and its final step.
+
+    ``p ∝ softmax(logits / temperature)``, then the ``top_k`` most likely tokens, then the nucleus of mass
+    ``top_p``. ``greedy_tail``: the sampler's last step takes the argmax instead of drawing (DUO's greedy tail;
+    the ancestral sampler's ``noise_removal="greedy"``; AR: the last token). The defaults are the published
+    samplers (T = 1, no truncation, no greedy step) and leave every draw unchanged.
+    """
+
+    temperature: float = helpfield(1.0, "sampling temperature T: draw from softmax(logits / T) (1 = the model; "
+                                        "-> 0: the argmax)")
+    top_k: int | None = helpfield(None, "keep only the k most likely tokens of every draw (default: all)")
+    top_p: float = helpfield(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p "
+                                  "(1.0 = off)")
+    greedy_tail: bool = helpfield(False, "the sampler's last step takes the argmax instead of drawing (DUO's "
+                                         "greedy tail; AR: the last token)")
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+                "temperature", f"must be a finite number > 0 (got {t!r})")
+        k = self.top_k
+        require(k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1), "top_k",
+                f"must be an integer >= 1 (got {k!r})")
+        require(isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0, "top_p",
+                f"must be in (0, 1] (got {self.top_p})")
+
+
+def apply_controls(logits: torch.Tensor, controls: SamplingControls | None = None) -> torch.Tensor:
+    """Probabilities (float64, last axis) of ``softmax(logits / T)`` restricted to the top-k, then to the top-p
+    nucleus, renormalised. ``logits`` may be log-probabilities (or ``probs.log()``); ``-inf`` entries stay at 0.
+
+    The one place where temperature and truncation are applied: the ancestral sampler, RGAS and the AR generator
+    call it before their float64 draw. With the default controls it is ``softmax(logits)``, bit for bit.
+    """
+    controls = controls or SamplingControls()
+    logits = logits.to(torch.float64)
+    if controls.temperature != 1.0:
+        logits = logits / controls.temperature
+    probs = top_k_filter(torch.softmax(logits, dim=-1), controls.top_k)
+    return nucleus_filter(probs, controls.top_p)
 
 
 @dataclass
@@ -67,13 +129,21 @@ class AncestralConfig:
     use_cache: bool = True
     top_p: float = 1.0
     noise_removal: str = "ancestral"  # "ancestral": last step samples; "greedy": last step takes the argmax
+    temperature: float = 1.0
+    top_k: int | None = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.num_steps, int) and self.num_steps >= 1, "nfe",
                 f"must be an integer >= 1 (got {self.num_steps!r})")
-        require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})")
         require(self.noise_removal in ("ancestral", "greedy"), "noise_removal",
                 f"must be ancestral or greedy (got {self.noise_removal!r})")
+        _ = self.controls  # validates temperature, top_k and top_p
+
+    @property
+    def controls(self) -> SamplingControls:
+        """The :class:`SamplingControls` of these options (``greedy_tail`` is ``noise_removal="greedy"``)."""
+        return SamplingControls(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                greedy_tail=self.noise_removal == "greedy")
 
 
 def time_grid(num_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -81,18 +151,21 @@ def time_grid(num_steps: int, device: torch.device | str = "cpu") -> torch.Tenso
     return torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=device)
 
 
-def masked_token_probs(logits: torch.Tensor, mask_index: int, top_p: float = 1.0) -> torch.Tensor:
-    """SUBS denoiser distribution at *masked* positions, in float64: softmax over the logits without [MASK].
+def masked_token_probs(logits: torch.Tensor, mask_index: int, controls: SamplingControls | None = None
+                       ) -> torch.Tensor:
+    """SUBS denoiser distribution at *masked* positions, in float64: softmax over the logits without [MASK],
+    shaped by ``controls`` (:func:`apply_controls`).
 
     ``logits`` is (..., V) (log-probabilities work too); returns probabilities with the mask column exactly 0.
     """
     logits = logits.to(torch.float64).clone()
     logits[..., mask_index] = -torch.inf
-    return nucleus_filter(torch.softmax(logits, dim=-1), top_p)
+    return apply_controls(logits, controls)
 
 
 def sample_masked_tokens(logits: torch.Tensor, mask_index: int, generator: torch.Generator | None = None, *,
-                         top_p: float = 1.0, greedy: bool = False, max_elements: int = 2**25) -> torch.Tensor:
+                         controls: SamplingControls | None = None, greedy: bool = False,
+                         max_elements: int = 2**25) -> torch.Tensor:
     """Draw a token for each row of ``logits`` (N, V) from :func:`masked_token_probs` (float64 Gumbel-max).
 
     Rows are processed in chunks of at most ``max_elements`` float64 values so that large vocabularies and many
@@ -102,21 +175,21 @@ def sample_masked_tokens(logits: torch.Tensor, mask_index: int, generator: torch
     rows = max(1, max_elements // max(1, logits.shape[-1]))
     out = []
     for chunk in logits.split(rows, dim=0):
-        probs = masked_token_probs(chunk, mask_index, top_p)
+        probs = masked_token_probs(chunk, mask_index, controls)
         out.append(probs.argmax(-1) if greedy else sample_categorical(probs, generator))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=logits.device)
 
 
 def ancestral_transition(z: torch.Tensor, logits: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Tensor, *,
-                         mask_index: int, generator: torch.Generator | None = None, top_p: float = 1.0,
-                         greedy: bool = False) -> torch.Tensor:
+                         mask_index: int, generator: torch.Generator | None = None,
+                         controls: SamplingControls | None = None, greedy: bool = False) -> torch.Tensor:
     """One ancestral step ``z_t -> z_s`` from the network's logits (B, L, V) (or (1, L, V) shared by all rows).
 
     Sampled in two stages, which is the same distribution as the (V+1)-way posterior of
     :func:`didi.diffusion.process.posterior_probs` but touches only the positions that are revealed: a masked position
     is revealed with probability ``(alpha_s - alpha_t)/(1 - alpha_t)`` (all of them when ``alpha_s = 1``), and a
-    revealed position draws its token from the float64 SUBS distribution. ``alpha_t``/``alpha_s`` are scalars or
-    (B,) tensors.
+    revealed position draws its token from the float64 SUBS distribution (shaped by ``controls``; its argmax if
+    ``greedy``). ``alpha_t``/``alpha_s`` are scalars or (B,) tensors.
     """
     batch = z.shape[0]
     alpha_t = torch.as_tensor(alpha_t, dtype=torch.float64, device=z.device).expand(batch)
@@ -127,7 +200,7 @@ def ancestral_transition(z: torch.Tensor, logits: torch.Tensor, alpha_t: torch.T
     z_next = z.clone()
     if reveal.any():
         rows = logits.expand(batch, -1, -1)[reveal] if logits.shape[0] == 1 else logits[reveal]
-        z_next[reveal] = sample_masked_tokens(rows, mask_index, generator, top_p=top_p, greedy=greedy)
+        z_next[reveal] = sample_masked_tokens(rows, mask_index, generator, controls=controls, greedy=greedy)
     return z_next
 
 
@@ -149,6 +222,7 @@ def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_
     z = (torch.full((batch_size, seq_len), mask_index, dtype=torch.long, device=device)
          if prefix is None else prefix.to(device).clone())
     grid = time_grid(config.num_steps, device)
+    controls = config.controls
     cache_ok = config.use_cache and not time_conditioning
     logits: torch.Tensor | None = None
     nfe = 0
@@ -160,9 +234,9 @@ def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_
             sigma = sigma_input(schedule, t.expand(batch_size), time_conditioning).to(device)
             logits = denoiser(z, sigma)
             nfe += 1
-        greedy = config.noise_removal == "greedy" and i == config.num_steps - 1
+        greedy = controls.greedy_tail and i == config.num_steps - 1
         z_next = ancestral_transition(z, logits, schedule.alpha(t), schedule.alpha(s), mask_index=mask_index,
-                                      generator=generator, top_p=config.top_p, greedy=greedy)
+                                      generator=generator, controls=controls, greedy=greedy)
         if not torch.equal(z_next, z):
             logits = None  # the input changed: the cached prediction is stale
         z = z_next

@@ -125,6 +125,10 @@ class GPT(nn.Module):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.n_blocks))
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        return self.output_layer(self.hidden(idx, cache))
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The last hidden state (B, T, hidden_size), after the final norm: what the output layer reads."""
         start, length = (cache.length if cache is not None else 0), idx.shape[1]
         if cache is not None and start + length > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; cannot extend it to {start + length}")
@@ -138,7 +142,7 @@ class GPT(nn.Module):
                 h = block(h, cos, sin, cache, i)
         if cache is not None:
             cache.length += length
-        return self.output_layer(self.norm_final(h))
+        return self.norm_final(h)
 
 
 def next_token_nll(network: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor) -> torch.Tensor:

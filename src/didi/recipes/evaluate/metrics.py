@@ -10,7 +10,12 @@
   fakes low perplexity;
 * :func:`diffusion_nelbo` / :func:`ar_nll` — validation likelihood over packed blocks: the MDLM NELBO (an upper
   bound on the perplexity) or the AR cross-entropy;
-* :func:`timed_sampling` — latency per batch, generated tokens per second, exact NFE, peak memory.
+* :func:`timed_sampling` — latency per batch, generated tokens per second, exact NFE, peak memory;
+* :func:`interpolate_at` — a metric at a matched value of another (gen-PPL at a target entropy) along a sweep;
+* :func:`bootstrap_interval` — a 95% interval over samples; :func:`mean_std` — the spread over seeds;
+* :func:`mauve_score` — MAUVE (the ``mauve-text`` package) between two feature sets, on features from
+  :func:`load_mauve_features` (GPT-2 Large when available locally, else the evaluator's mean-pooled last hidden
+  state).
 
 Protein metrics are :func:`didi.data.protein.protein_metrics`; :mod:`.runner` applies all of them to models and
 sample files.
@@ -20,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +83,7 @@ class Evaluator:
     eos_id: int | None
     encode: Callable[[str], list[int]]
     score: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    hidden: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # last hidden state (B, L, D)
 
 
 def is_didi_run(path: str | Path) -> bool:
@@ -115,7 +123,7 @@ def _didi_evaluator(path: Path, device: torch.device) -> Evaluator:
         return ids
 
     return Evaluator(name=str(path), context_len=model.seq_len, eos_id=tokenizer.eos_id, encode=encode,
-                     score=model.token_nll)
+                     score=model.token_nll, hidden=lambda ids, mask: model.hidden_states(ids))
 
 
 def _hf_evaluator(name: str, device: torch.device) -> Evaluator:
@@ -153,7 +161,13 @@ def _hf_evaluator(name: str, device: torch.device) -> Evaluator:
         nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
         return nll, attention_mask[:, 1:].bool()
 
-    return Evaluator(name=name, context_len=int(context), eos_id=tokenizer.eos_token_id, encode=encode, score=score)
+    @torch.no_grad()
+    def hidden(ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = network(input_ids=ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=True)
+        return out.hidden_states[-1].float()
+
+    return Evaluator(name=name, context_len=int(context), eos_id=tokenizer.eos_token_id, encode=encode, score=score,
+                     hidden=hidden)
 
 
 def scored_positions(ids: Sequence[int], eos_id: int | None) -> list[bool]:
@@ -170,13 +184,25 @@ def scored_positions(ids: Sequence[int], eos_id: int | None) -> list[bool]:
 
 @dataclass
 class Perplexity:
-    """Corpus perplexity ``exp(nll)`` with ``nll`` = mean NLL (nats) over ``tokens`` scored tokens."""
+    """Corpus perplexity ``exp(nll)`` with ``nll`` = mean NLL (nats) over ``tokens`` scored tokens;
+    ``sample_nll``/``sample_tokens``: each sample's summed NLL and scored tokens (for intervals over samples)."""
 
     ppl: float
     nll: float
     tokens: int
     samples: int
     chunks: int
+    sample_nll: list[float] = field(default_factory=list)
+    sample_tokens: list[int] = field(default_factory=list)
+
+    @classmethod
+    def pooled(cls, parts: Sequence[Perplexity]) -> Perplexity:
+        """The perplexity of the union of the parts' samples (e.g. of several seeds)."""
+        tokens = sum(p.tokens for p in parts)
+        nll = sum(p.nll * p.tokens for p in parts) / tokens
+        return cls(ppl=math.exp(nll), nll=nll, tokens=tokens, samples=sum(p.samples for p in parts),
+                   chunks=sum(p.chunks for p in parts), sample_nll=[x for p in parts for x in p.sample_nll],
+                   sample_tokens=[x for p in parts for x in p.sample_tokens])
 
 
 @torch.no_grad()
@@ -189,7 +215,7 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
     """
     require(len(texts) > 0, "samples", "no samples to evaluate")
     require(batch_size >= 1, "eval_batch_size", f"must be >= 1 (got {batch_size})")
-    chunks: list[tuple[list[int], list[bool]]] = []
+    chunks: list[tuple[list[int], list[bool], int]] = []
     for i, text in enumerate(texts):
         try:
             ids = evaluator.encode(text)
@@ -198,29 +224,33 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
         scored = scored_positions(ids, evaluator.eos_id)
         for start in range(0, len(ids), evaluator.context_len):
             end = start + evaluator.context_len
-            chunks.append((ids[start:end], scored[start + 1:end]))
+            chunks.append((ids[start:end], scored[start + 1:end], i))
     pad = evaluator.eos_id if evaluator.eos_id is not None else 0
-    nll_sum, count = 0.0, 0
+    sample_nll, sample_tokens = [0.0] * len(texts), [0] * len(texts)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start:start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
+        width = max(len(ids) for ids, _, _ in batch)
         if width < 2:
             continue
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         weight = torch.zeros((len(batch), width - 1), dtype=torch.bool)
-        for row, (chunk, scored) in enumerate(batch):
+        for row, (chunk, scored, _) in enumerate(batch):
             ids[row, :len(chunk)] = torch.tensor(chunk)
             attention[row, :len(chunk)] = 1
             weight[row, :len(scored)] = torch.tensor(scored, dtype=torch.bool)
         nll, real = evaluator.score(ids, attention)
         weight &= real.cpu()
-        nll_sum += float((nll.double().cpu() * weight).sum())
-        count += int(weight.sum())
+        row_nll = (nll.double().cpu() * weight).sum(-1).tolist()
+        for (_, _, sample), value, count in zip(batch, row_nll, weight.sum(-1).tolist()):
+            sample_nll[sample] += value
+            sample_tokens[sample] += int(count)
+    count = sum(sample_tokens)
     if count == 0:
         raise DataError("samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
+    nll_sum = math.fsum(sample_nll)
     return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(texts),
-                      chunks=len(chunks))
+                      chunks=len(chunks), sample_nll=sample_nll, sample_tokens=sample_tokens)
 
 
 # ------------------------------------------------------------------------------------------------------ likelihood
@@ -345,9 +375,10 @@ class TimedSamples:
 
 
 def timed_sampling(model: Model, *, num_samples: int, batch_size: int, nfe: int | None, seed: int = 0,
-                   warmup: int = 1, repeats: int = 1, memory_baseline: int = 0, **sample_options: Any
-                   ) -> TimedSamples:
-    """Sample ``num_samples`` sequences batch by batch (batch ``i`` uses seed ``seed + i``), timing every batch.
+                   warmup: int = 1, repeats: int = 1, memory_baseline: int = 0, seed_stride: int = 1,
+                   **sample_options: Any) -> TimedSamples:
+    """Sample ``num_samples`` sequences batch by batch (batch ``i`` uses seed ``seed + i * seed_stride``), timing
+    every batch.
 
     ``warmup`` untimed batches run first; extra full batches follow if fewer than ``repeats`` were timed. Every
     timing is synchronised (CUDA/MPS). Peak memory, on CUDA only (other devices have no per-call peak counter):
@@ -369,7 +400,174 @@ def timed_sampling(model: Model, *, num_samples: int, batch_size: int, nfe: int 
         torch.cuda.reset_peak_memory_stats(device)
     sizes = [min(batch_size, num_samples - start) for start in range(0, num_samples, batch_size)]
     sizes += [batch_size] * max(0, repeats - sizes.count(batch_size))
-    timed = [run(size, seed + i) for i, size in enumerate(sizes)]
+    timed = [run(size, seed + i * seed_stride) for i, size in enumerate(sizes)]
     peak = (torch.cuda.max_memory_allocated(device) - memory_baseline) / 2**20 if device.type == "cuda" else None
     return TimedSamples(results=[r for r, _ in timed], latencies=[s for _, s in timed],
                         num_batches=-(-num_samples // batch_size), peak_memory_mib=peak)
+
+
+# ------------------------------------------------------------------------------------------ frontiers and spreads
+
+def interpolate_at(xs: Sequence[float], ys: Sequence[float], target: float, *, log_y: bool = True
+                   ) -> tuple[float, int] | None:
+    """``y`` at ``x = target`` along a sweep of points ``(x_i, y_i)`` given in sweep order (e.g. by temperature).
+
+    The first consecutive pair whose ``x`` brackets the target (``min <= target <= max``) is interpolated linearly
+    in ``x``, on ``log y`` when ``log_y`` (gen-PPL at a matched entropy: ``log PPL`` linear in entropy between the
+    two bracketing temperatures). Returns ``(y, i)`` with ``i`` the pair's first index, or ``None`` when no pair
+    brackets the target: the sweep does not reach it and nothing is extrapolated.
+    """
+    if len(xs) != len(ys):
+        raise ValueError(f"xs and ys differ in length ({len(xs)} != {len(ys)})")
+    for i in range(len(xs) - 1):
+        (x0, y0), (x1, y1) = (xs[i], ys[i]), (xs[i + 1], ys[i + 1])
+        if not min(x0, x1) <= target <= max(x0, x1):
+            continue
+        if x0 == x1:  # then x0 == target
+            return y0, i
+        w = (target - x0) / (x1 - x0)
+        if log_y:
+            return math.exp((1 - w) * math.log(y0) + w * math.log(y1)), i
+        return (1 - w) * y0 + w * y1, i
+    if len(xs) == 1 and xs[0] == target:
+        return ys[0], 0
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``ddof = 1``; ``None`` for a single value)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def bootstrap_interval(numerators: Sequence[float], denominators: Sequence[float] | None = None, *,
+                       transform: Callable[[np.ndarray], np.ndarray] | None = None, resamples: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval over samples of ``transform(sum num / sum den)``.
+
+    Each resample draws ``n`` samples with replacement. Mean entropy: ``numerators`` = per-sample entropies, no
+    denominators; gen-PPL: per-sample summed NLL over per-sample scored tokens, ``transform = np.exp``.
+    """
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.ones_like(num) if denominators is None else np.asarray(denominators, dtype=np.float64)
+    require(len(num) > 0 and len(num) == len(den), "samples", "bootstrap needs one denominator per sample")
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
+    stats = num[idx].sum(1) / den[idx].sum(1)
+    if transform is not None:
+        stats = transform(stats)
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+# ------------------------------------------------------------------------------------------------------------ MAUVE
+
+MIN_MAUVE_SAMPLES = 16
+
+
+@dataclass
+class Featurizer:
+    """Text -> feature vectors (N, D) for MAUVE; ``name`` says which features (reported next to the number)."""
+
+    name: str
+    features: Callable[[Sequence[str]], np.ndarray]
+
+
+@torch.no_grad()
+def evaluator_features(texts: Sequence[str], evaluator: Evaluator, *, batch_size: int = 8) -> np.ndarray:
+    """Mean over real tokens of the evaluator's last hidden state, each text re-encoded by its tokenizer and cut
+    to its context length: (N, D) float32."""
+    require(evaluator.hidden is not None, "mauve_features", f"{evaluator.name} exposes no hidden states")
+    encoded = []
+    for i, text in enumerate(texts):
+        try:
+            ids = evaluator.encode(text)[:evaluator.context_len]
+        except UnencodableText as exc:
+            raise option_error("evaluator", f"{evaluator.name} cannot encode sample {i}: {exc}") from None
+        encoded.append(ids or [evaluator.eos_id if evaluator.eos_id is not None else 0])
+    pad = evaluator.eos_id if evaluator.eos_id is not None else 0
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, chunk in enumerate(batch):
+            ids[row, :len(chunk)] = torch.tensor(chunk)
+            attention[row, :len(chunk)] = 1
+        hidden = evaluator.hidden(ids, attention).float().cpu()
+        weight = attention[..., None].float()
+        out.append((hidden * weight).sum(1) / weight.sum(1))
+    return torch.cat(out).numpy()
+
+
+def _gpt2_large_featurizer(name: str, device: torch.device) -> Featurizer | None:
+    """MAUVE's reference features (the last token's last hidden state of GPT-2 Large, texts cut to 1024 tokens),
+    if the model is available locally; ``None`` otherwise."""
+    try:
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        network = AutoModel.from_pretrained(name, local_files_only=True).float().to(device).eval()
+    except Exception:  # noqa: BLE001 - not installed or not downloaded: the caller falls back
+        return None
+
+    @torch.no_grad()
+    def features(texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=1024)["input_ids"].to(device)
+            out.append(network(input_ids=ids).last_hidden_state[0, -1].float().cpu())
+        return torch.stack(out).numpy()
+
+    return Featurizer(name=f"{name} (last token's last hidden state, as mauve-text)", features=features)
+
+
+def load_mauve_features(spec: str, evaluator: Evaluator | None, device: torch.device, *,
+                        batch_size: int = 8) -> Featurizer:
+    """``auto``: GPT-2 Large when available locally, else the evaluator; ``evaluator``: the evaluator's mean-pooled
+    last hidden state; any other value: a Hugging Face model name/path available locally."""
+    if spec != "evaluator":
+        featurizer = _gpt2_large_featurizer("gpt2-large" if spec == "auto" else spec, device)
+        if featurizer is not None:
+            return featurizer
+        require(spec == "auto", "mauve_features", f"{spec!r} is not a Hugging Face model available locally")
+    require(evaluator is not None, "mauve_features", "evaluator features need an --evaluator (or an AR --model)")
+    require(evaluator.hidden is not None, "mauve_features", f"{evaluator.name} exposes no hidden states")
+    return Featurizer(name=f"{evaluator.name} (evaluator: mean-pooled last hidden state)",
+                      features=lambda texts: evaluator_features(texts, evaluator, batch_size=batch_size))
+
+
+def mauve_score(p_features: np.ndarray, q_features: np.ndarray, *, seed: int = 25) -> float:
+    """MAUVE (Pillutla et al. 2021, the ``mauve-text`` package with its defaults: PCA to 90% variance, k-means
+    with ``max(2, n/10)`` buckets, scaling 5) between model features ``p`` and reference features ``q``."""
+    for side, features in (("samples", p_features), ("reference", q_features)):
+        require(len(features) >= MIN_MAUVE_SAMPLES, "mauve", f"needs at least {MIN_MAUVE_SAMPLES} samples per side "
+                f"(got {len(features)} {side})")
+    try:
+        import mauve
+    except ImportError:
+        raise option_error("mauve", "needs the mauve-text package: pip install 'didi[eval]'") from None
+    with _native_stderr_silenced():  # faiss warns from C++ whenever there are < 39 points per k-means bucket
+        out = mauve.compute_mauve(p_features=np.asarray(p_features, dtype=np.float64),
+                                  q_features=np.asarray(q_features, dtype=np.float64), seed=seed, verbose=False)
+    return float(out.mauve)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the duration (Python's own stderr is
+    untouched when it is not that descriptor, e.g. under pytest's capture)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

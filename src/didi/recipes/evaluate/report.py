@@ -1,20 +1,22 @@
-"""The report of ``didi eval``: its rows (:class:`EvalRow`, one model or sample file at one budget), the Markdown
-table with notes saying what every column measures (:func:`format_table`), the JSON (:func:`write_report`) and
-the plot of gen-PPL and entropy against NFE (:func:`plot_report`).
+"""The report of ``didi eval``: its rows (:class:`EvalRow`, one model or sample file at one budget and temperature,
+or a reference: held-out data), the gen-PPL/entropy frontiers of temperature sweeps (:func:`compute_frontiers`),
+the Markdown tables with notes saying what every column measures (:func:`format_table`), the JSON
+(:func:`write_report`, from which everything else can be regenerated) and the plots of gen-PPL and entropy against
+NFE and of gen-PPL against entropy (:func:`plot_report`).
 """
 from __future__ import annotations
 
 import dataclasses
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...runtime.checkpoint import atomic_write, write_json
-from .metrics import Likelihood, Perplexity
+from .metrics import Likelihood, Perplexity, interpolate_at
 
 
 @dataclass
@@ -40,6 +42,26 @@ class EvalRow:
     peak_memory_mib: float | None = None
     speedup: float | None = None
     protein: dict[str, float] | None = None  # didi.data.protein.protein_metrics (+ plddt) of protein rows
+    temperature: float | None = 1.0  # sampling temperature (None: not sampled, e.g. held-out data)
+    seeds: list[int] = field(default_factory=list)  # sampling seeds (one set of samples each)
+    per_seed: list[dict[str, Any]] = field(default_factory=list)  # {seed, gen_ppl, entropy, mauve} of each seed
+    spread: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {mean, std | low, high, method}
+    mauve: float | None = None  # mean over seeds of MAUVE against held-out text
+    sample_entropy: list[float] = field(default_factory=list)  # per sample, all seeds (bootstrap intervals)
+
+    def value(self, metric: str) -> float | None:
+        """The row's number for ``gen_ppl``, ``entropy`` or ``mauve``: the mean over seeds (one seed: its value)."""
+        if metric in self.spread:
+            return self.spread[metric]["mean"]
+        if metric == "gen_ppl":
+            return self.gen_ppl.ppl if self.gen_ppl else None
+        return getattr(self, metric)
+
+    @property
+    def latency_per_sample_s(self) -> float | None:
+        """Median full-batch latency divided by the batch size."""
+        latency = self.latency_s
+        return None if latency is None else latency / max(self.batch_sizes)
 
     @property
     def nfe_made(self) -> float | None:
@@ -62,7 +84,7 @@ class EvalRow:
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "nfe_made": self.nfe_made, "latency_s": self.latency_s,
-                "tokens_per_s": self.tokens_per_s}
+                "latency_per_sample_s": self.latency_per_sample_s, "tokens_per_s": self.tokens_per_s}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EvalRow:
@@ -79,9 +101,56 @@ class EvalReport:
     rows: list[EvalRow]
     meta: dict[str, Any]
     reference: str | None = None  # the row speed-ups are relative to
+    target_entropy: dict[str, Any] | None = None  # {value, source}: where the frontiers are read
+    frontiers: list[dict[str, Any]] = field(default_factory=list)  # compute_frontiers
 
     def to_json(self) -> dict[str, Any]:
-        return {"meta": self.meta, "reference": self.reference, "rows": [r.to_json() for r in self.rows]}
+        return {"meta": self.meta, "reference": self.reference, "target_entropy": self.target_entropy,
+                "frontiers": self.frontiers, "rows": [r.to_json() for r in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvalReport:
+        return cls(rows=[EvalRow.from_json(r) for r in data["rows"]], meta=data.get("meta", {}),
+                   reference=data.get("reference"), target_entropy=data.get("target_entropy"),
+                   frontiers=data.get("frontiers") or [])
+
+
+# ------------------------------------------------------------------------------------------------------- frontiers
+
+def curve_key(row: EvalRow) -> tuple[str, str, str, int | None]:
+    """Rows on one frontier: the same model (or file), sampler and budget, at different temperatures."""
+    return row.model, row.kind, row.sampler, row.nfe
+
+
+def compute_frontiers(rows: Sequence[EvalRow], target: float | None) -> list[dict[str, Any]]:
+    """Per model x NFE with rows at two or more temperatures: its points (temperature, entropy, gen-PPL) by
+    temperature and its gen-PPL at the ``target`` entropy (:func:`~.metrics.interpolate_at`: ``log gen-PPL``
+    linear in entropy between the two bracketing temperatures; ``None`` when not reached). Entropy and gen-PPL
+    are the rows' means over seeds."""
+    curves: dict[tuple, list[EvalRow]] = {}
+    for row in rows:
+        if row.temperature is not None and row.value("gen_ppl") is not None and row.value("entropy") is not None:
+            curves.setdefault(curve_key(row), []).append(row)
+    out = []
+    for (model, kind, sampler, nfe), members in curves.items():
+        members = sorted(members, key=lambda r: r.temperature)
+        if len({r.temperature for r in members}) < 2:
+            continue
+        points = [{"temperature": r.temperature, "entropy": r.value("entropy"), "gen_ppl": r.value("gen_ppl")}
+                  for r in members]
+        matched = None if target is None else interpolate_at([p["entropy"] for p in points],
+                                                             [p["gen_ppl"] for p in points], target)
+        out.append({"model": model, "kind": kind, "sampler": sampler, "nfe": nfe, "points": points,
+                    "target_entropy": target, "gen_ppl": None if matched is None else matched[0],
+                    "bracket": None if matched is None else
+                    [points[matched[1]]["temperature"], points[matched[1] + 1]["temperature"]]})
+    return out
+
+
+def frontier_of(report: EvalReport, row: EvalRow) -> dict[str, Any] | None:
+    """The frontier the row lies on, if any."""
+    key = curve_key(row)
+    return next((f for f in report.frontiers if (f["model"], f["kind"], f["sampler"], f["nfe"]) == key), None)
 
 
 # ----------------------------------------------------------------------------------------------------------- table
@@ -107,16 +176,67 @@ def _protein_cells(row: EvalRow, plddt: bool) -> list[str]:
     return cells + ([_fmt(m.get("plddt"), ".1f")] if plddt else [])
 
 
+def fmt_spread(row: EvalRow, metric: str, spec: str) -> str:
+    """``mean ± std`` over seeds, ``value [low, high]`` (bootstrap 95% interval over samples, one seed), or the
+    bare value."""
+    value = row.value(metric)
+    if value is None:
+        return "n/a"
+    spread = row.spread.get(metric, {})
+    text = format(value, spec)
+    if spread.get("std") is not None:
+        return f"{text} ± {format(spread['std'], spec)}"
+    if spread.get("low") is not None:
+        return f"{text} [{format(spread['low'], spec)}, {format(spread['high'], spec)}]"
+    return text
+
+
+def _fmt_temperature(t: float | None) -> str:
+    return "—" if t is None else f"{t:g}"
+
+
+def speed_batch(report: EvalReport) -> int | None:
+    """The full-batch size of the row speed-ups are relative to (every speed-up is measured at it)."""
+    ref = next((r for r in report.rows if _row_label(r) == report.reference), None)
+    return max(ref.batch_sizes) if ref is not None and ref.batch_sizes else None
+
+
+def _row_label(row: EvalRow) -> str:
+    return row.model if row.nfe is None else f"{row.model} @ {row.nfe} NFE"
+
+
+def frontier_table(report: EvalReport) -> list[str]:
+    """The matched-entropy table: per model x NFE, gen-PPL at the target entropy and where it was read."""
+    target = report.target_entropy
+    if not report.frontiers or target is None:
+        return []
+    lines = [f"| model | kind | sampler | NFE | gen-PPL @ entropy {target['value']:.3f} | between T | "
+             "entropy over the sweep |", "|---|---|---|---:|---:|---:|---|"]
+    for f in report.frontiers:
+        points = f["points"]
+        matched = "not reached" if f["gen_ppl"] is None else f"{f['gen_ppl']:.2f}"
+        bracket = "—" if f["bracket"] is None else f"{f['bracket'][0]:g}–{f['bracket'][1]:g}"
+        sweep = ", ".join(f"{p['entropy']:.3f} (T {p['temperature']:g})" for p in points)
+        lines.append(f"| {f['model']} | {f['kind']} | {f['sampler']} | {'—' if f['nfe'] is None else f['nfe']} | "
+                     f"{matched} | {bracket} | {sweep} |")
+    return lines
+
+
 def format_table(report: EvalReport) -> str:
-    """The report as a Markdown table followed by notes saying exactly what every column measures."""
+    """The report as a Markdown table (and the matched-entropy table of temperature sweeps) followed by notes
+    saying exactly what every column measures."""
     rows = report.rows
     extra_keys = sorted({k for r in rows for k in r.extra_calls})
     protein = any(r.protein for r in rows)
     plddt = any(r.protein and "plddt" in r.protein for r in rows)
+    show_t = any(r.temperature not in (None, 1.0) for r in rows)
+    show_mauve = any(r.mauve is not None for r in rows)
+    batch = speed_batch(report)
     protein_header = ["length", "AA-comp JS", "distinct", "low-complexity", *(["pLDDT"] if plddt else [])]
-    header = ["model", "kind", "sampler", "NFE", "NFE made", *(f"{k} calls" for k in extra_keys), "gen-PPL",
-              "entropy", *(protein_header if protein else []), "likelihood", "latency/batch (s)", "tokens/s",
-              "speed-up", "peak mem (MiB)"]
+    header = ["model", "kind", "sampler", "NFE", "NFE made", *(f"{k} calls" for k in extra_keys),
+              *(["T"] if show_t else []), "gen-PPL", "entropy", *(["MAUVE"] if show_mauve else []),
+              *(protein_header if protein else []), "likelihood", "latency/batch (s)", "tokens/s",
+              f"speed-up (tokens/s, batch {batch})" if batch else "speed-up", "peak mem (MiB)"]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
     for r in rows:
@@ -124,11 +244,16 @@ def format_table(report: EvalReport) -> str:
             f"{r.likelihood.ppl:.2f}"
         cells = [r.model, r.kind, r.sampler, "—" if r.nfe is None else str(r.nfe), _fmt_calls(r.nfe_per_batch),
                  *(_fmt_calls(r.extra_calls.get(k, [])) for k in extra_keys),
-                 _fmt(r.gen_ppl.ppl if r.gen_ppl else None, ".2f"), _fmt(r.entropy, ".3f"),
+                 *([_fmt_temperature(r.temperature)] if show_t else []),
+                 fmt_spread(r, "gen_ppl", ".2f"), fmt_spread(r, "entropy", ".3f"),
+                 *([fmt_spread(r, "mauve", ".3f")] if show_mauve else []),
                  *(_protein_cells(r, plddt) if protein else []), likelihood,
                  _fmt(r.latency_s, ".3f"), _fmt(r.tokens_per_s, ",.1f"),
                  _fmt(r.speedup, ".2f") + ("×" if r.speedup is not None else ""), _fmt(r.peak_memory_mib, ",.0f")]
         lines.append("| " + " | ".join(cells) + " |")
+    frontier = frontier_table(report)
+    if frontier:
+        lines += ["", *frontier]
     meta, cfg = report.meta, report.meta["config"]
     evaluator = meta["evaluator"]
     lines.append("")
@@ -141,6 +266,37 @@ def format_table(report: EvalReport) -> str:
     lines.append("- entropy: mean over samples of the unigram entropy (nats) of each sample's own token ids"
                  + ("; protein rows: of its residues (special tokens such as PAD excluded; at most ln 20 = 3.00)."
                     if protein else "."))
+    seeds = cfg.get("seeds") or [cfg.get("seed", 0)]
+    if len(seeds) > 1:
+        lines.append(f"- spread: mean ± standard deviation (ddof 1) over seeds {', '.join(map(str, seeds))}, each "
+                     "seed a full set of samples (gen-PPL: the mean of the seeds' corpus gen-PPLs).")
+    elif any(r.spread for r in rows):
+        lines.append(f"- spread: one seed; [low, high] is a percentile bootstrap 95% interval over samples "
+                     f"({cfg.get('bootstrap', 1000)} resamples).")
+    if show_t or any(r.temperature is not None for r in rows):
+        controls = [f"top-k {cfg['top_k']}" if cfg.get("top_k") else "",
+                    f"top-p {cfg['top_p']}" if cfg.get("top_p", 1.0) < 1.0 else "",
+                    "greedy last step" if cfg.get("greedy_tail") else ""]
+        controls = [c for c in controls if c]
+        lines.append("- T: sampling temperature, draws from softmax(logits / T)" +
+                     (f"; every draw also uses {', '.join(controls)}." if controls else
+                      " (no truncation)." if show_t else "; every row at T = 1, no truncation."))
+    if show_mauve:
+        mauve = meta.get("mauve") or {}
+        lines.append(f"- MAUVE (mauve-text, its defaults) of each row's samples against {mauve.get('reference', '?')}, "
+                     f"on features of {mauve.get('features', '?')}; 1 = indistinguishable.")
+    heldout = meta.get("heldout")
+    if heldout and any(r.kind == "data" for r in rows):
+        lines.append(f"- {heldout['name']}: {heldout['row']}, decoded and scored like samples: what a perfect "
+                     "model would reach." + ("" if heldout.get("disjoint", True) or not show_mauve else
+                                             " Its MAUVE is not reported: too few held-out sequences for a second, "
+                                             "disjoint reference set."))
+    if report.frontiers and report.target_entropy:
+        t = report.target_entropy
+        lines.append(f"- gen-PPL @ entropy {t['value']:.3f}: the target is {t['source']}; log gen-PPL is interpolated "
+                     "linearly in entropy between the two temperatures whose rows bracket it (first such pair by "
+                     "temperature; row means over seeds); 'not reached': no two temperatures bracket it, nothing is "
+                     "extrapolated.")
     if protein:
         natural = meta["protein_reference"]
         lines.append("- protein rows score the decoded sequences: the first run of residues of each sample (a sample "
@@ -164,16 +320,18 @@ def format_table(report: EvalReport) -> str:
                      "all batch x candidates rows counts once); discriminator_backward: its gradient-tilting "
                      "backward passes. Neither is included in NFE.")
     if cfg["models"]:
-        batch = min(cfg["batch_size"] or cfg["num_samples"], cfg["num_samples"])
+        batch_cfg = min(cfg["batch_size"] or cfg["num_samples"], cfg["num_samples"])
         lines.append(f"- speed on {meta['device']}: latency = median over >= {cfg['repeats']} full batches of "
-                     f"{batch} after {cfg['warmup']} warm-up batch(es), synchronised; tokens/s = generated tokens "
+                     f"{batch_cfg} after {cfg['warmup']} warm-up batch(es), synchronised; tokens/s = generated tokens "
                      "per batch / latency; peak mem: CUDA only (weights + activations).")
     if report.reference:
-        lines.append(f"- speed-up: tokens/s relative to {report.reference}.")
+        lines.append(f"- speed-up: tokens/s relative to {report.reference}, every row timed at full batches of "
+                     f"{batch} samples (rows timed at another batch size: n/a).")
     if cfg["samples"]:
         lines.append("- rows from --samples files: timings as recorded by `didi sample` (no warm-up).")
     if cfg["models"]:
-        lines.append(f"- {cfg['num_samples']} samples per sampled row, seed {cfg['seed']} (batch i: seed + i).")
+        lines.append(f"- {cfg['num_samples']} samples per sampled row and seed, seed(s) {', '.join(map(str, seeds))} "
+                     f"(batch i of seed s: s + i{' x ' + str(max(seeds) - min(seeds) + 1) if len(seeds) > 1 else ''}).")
     return "\n".join(lines)
 
 
@@ -185,36 +343,46 @@ def write_report(report: EvalReport, path: Path) -> None:
 
 def plot_report(report: EvalReport, path: Path) -> None:
     """gen-PPL (log scale) and entropy against the NFE budget (log2 axis): one curve per diffusion model (and
-    sampler), each AR model a dashed horizontal reference line."""
+    sampler, and temperature when several), each AR model and the held-out data a dashed horizontal reference line.
+    With temperature sweeps a third panel draws the frontiers: gen-PPL (log) against entropy, one curve per
+    model x NFE, the target (data) entropy a vertical line and the matched gen-PPLs open circles."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogFormatter, NullFormatter, ScalarFormatter
 
     curves: dict[str, list[EvalRow]] = {}
-    references = [r for r in report.rows if r.nfe is None]  # AR models and the natural protein sequences
+    references = [r for r in report.rows if r.nfe is None]  # AR models and the held-out data
     samplers = {r.sampler for r in report.rows if r.nfe is not None}
+    several_t = len({r.temperature for r in report.rows if r.temperature is not None}) > 1
+
+    def label(r: EvalRow) -> str:
+        name = r.model if len(samplers) == 1 else f"{r.model} ({r.sampler})"
+        return f"{name}, T {r.temperature:g}" if several_t and r.temperature is not None else name
+
     for r in report.rows:
         if r.nfe is not None:
-            curves.setdefault(r.model if len(samplers) == 1 else f"{r.model} ({r.sampler})", []).append(r)
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax_ppl, ax_ent = fig.subplots(1, 2)
+            curves.setdefault(label(r), []).append(r)
+    frontiers = report.frontiers
+    fig = Figure(figsize=(16.5 if frontiers else 11, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3 if frontiers else 2)
+    ax_ppl, ax_ent = axes[0], axes[1]
     colors = iter(f"C{i % 10}" for i in range(len(curves) + len(references)))
-    metrics = ((ax_ppl, lambda r: r.gen_ppl.ppl if r.gen_ppl else None), (ax_ent, lambda r: r.entropy))
-    for label, rows in curves.items():
+    metrics = ((ax_ppl, lambda r: r.value("gen_ppl")), (ax_ent, lambda r: r.value("entropy")))
+    for name, rows in curves.items():
         color, rows = next(colors), sorted(rows, key=lambda r: r.nfe)
         for ax, metric in metrics:
             points = [(r.nfe, metric(r)) for r in rows if metric(r) is not None]
             if points:
-                ax.plot(*zip(*points), "o-", color=color, label=label)
+                ax.plot(*zip(*points), "o-", color=color, label=name)
     for r in references:
         color = next(colors)
         for ax, metric in metrics:
             if metric(r) is not None:
-                label = f"{r.model} (AR, {_fmt_calls(r.nfe_per_batch)} NFE)" if r.kind == "ar" else r.model
-                ax.axhline(metric(r), linestyle="--", color=color, label=label)
+                name = f"{label(r)} (AR, {_fmt_calls(r.nfe_per_batch)} NFE)" if r.kind == "ar" else r.model
+                ax.axhline(metric(r), linestyle="--", color=color, label=name)
     budgets = sorted({r.nfe for rows in curves.values() for r in rows})
     evaluator = report.meta.get("evaluator")
-    for ax, ylabel in ((ax_ppl, f"gen-PPL ({Path(evaluator['name']).name if evaluator else 'no evaluator'})"),
-                       (ax_ent, "sample entropy (nats)")):
+    ppl_label = f"gen-PPL ({Path(evaluator['name']).name if evaluator else 'no evaluator'})"
+    for ax, ylabel in ((ax_ppl, ppl_label), (ax_ent, "sample entropy (nats)")):
         ax.set_xscale("log", base=2)
         if budgets:
             ax.set_xticks(budgets)
@@ -224,9 +392,41 @@ def plot_report(report: EvalReport, path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    ax_ppl.set_yscale("log")
-    ax_ppl.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax_ppl.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+            ax.legend(fontsize=7)
+    log_axes = [ax_ppl]
+    if frontiers:
+        ax = axes[2]
+        log_axes.append(ax)
+        maps = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
+        models = list(dict.fromkeys((f["model"], f["sampler"]) for f in frontiers))
+        from matplotlib import colormaps
+
+        for f in frontiers:
+            members = [g for g in frontiers if (g["model"], g["sampler"]) == (f["model"], f["sampler"])]
+            rank = members.index(f)
+            cmap = colormaps[maps[models.index((f["model"], f["sampler"])) % len(maps)]]
+            color = cmap(0.45 + 0.5 * rank / max(1, len(members) - 1))
+            name = f["model"] if len(samplers) <= 1 else f"{f['model']} ({f['sampler']})"
+            name += "" if f["nfe"] is None else f" @ {f['nfe']}"
+            xs, ys = [p["entropy"] for p in f["points"]], [p["gen_ppl"] for p in f["points"]]
+            ax.plot(xs, ys, "o-" if f["kind"] != "ar" else "s--", color=color, label=name, markersize=4)
+            if f["gen_ppl"] is not None:
+                ax.plot([f["target_entropy"]], [f["gen_ppl"]], "o", markerfacecolor="none", color=color,
+                        markersize=9)
+        target = report.target_entropy
+        if target is not None:
+            ax.axvline(target["value"], color="k", linestyle=":", label=f"target entropy {target['value']:.3f}")
+        for r in report.rows:
+            if r.kind == "data" and r.value("entropy") is not None and r.value("gen_ppl") is not None:
+                ax.plot([r.value("entropy")], [r.value("gen_ppl")], "k*", markersize=11, label=r.model)
+        ax.set_xlabel("sample entropy (nats)")
+        ax.set_ylabel(ppl_label)
+        ax.set_title("temperature sweeps (T rises along each curve)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in log_axes:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
     fmt = Path(path).suffix.lstrip(".").lower()
     atomic_write(Path(path), lambda p: fig.savefig(p, format=fmt, dpi=120))

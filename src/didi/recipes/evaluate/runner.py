@@ -26,10 +26,16 @@ import torch
 
 from ...ar import ARPipeline
 from ...config import helpfield, parse_int_list
-from ...data.protein import SWISSPROT_COMPOSITION, amino_acid_composition, esmfold_scorer, protein_metrics
+from ...data.protein import (
+    SWISSPROT_COMPOSITION,
+    amino_acid_composition,
+    esmfold_scorer,
+    protein_metrics,
+    sequence_entropy,
+)
 from ...data.tokenizer import Tokenizer, load_tokenizer
 from ...diffusion.rgas import RGASConfig
-from ...diffusion.sampling import SampleResult
+from ...diffusion.sampling import SampleResult, SamplingControls
 from ...errors import option_error, require
 from ...pipeline import load
 from ...runtime.checkpoint import RunConfig, read_run_config
@@ -37,18 +43,26 @@ from ...runtime.utils import pick_device
 from ...samples import read_samples
 from ...version import __version__
 from .metrics import (
+    MIN_MAUVE_SAMPLES,
     Evaluator,
+    Featurizer,
     Likelihood,
     Model,
+    Perplexity,
     ar_nll,
+    bootstrap_interval,
     diffusion_nelbo,
     generative_perplexity,
     is_didi_run,
     load_evaluator,
+    load_mauve_features,
+    mauve_score,
     mean_sample_entropy,
+    mean_std,
+    sample_entropy,
     timed_sampling,
 )
-from .report import EvalReport, EvalRow
+from .report import EvalReport, EvalRow, compute_frontiers
 
 SAMPLERS = ("ancestral", "rgas")
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -71,7 +85,27 @@ class EvalConfig:
     seed: int = helpfield(0, "random seed; batch i of every row uses seed + i")
     sampler: str = helpfield("ancestral", "sampler of the diffusion models (AR models always sample token by "
                                           "token)", choices=SAMPLERS)
-    top_p: float = helpfield(1.0, "nucleus sampling mass (1.0 = off)")
+    top_p: float = helpfield(1.0, "nucleus sampling: keep the smallest set of tokens whose mass reaches p "
+                                  "(1.0 = off)")
+    top_k: int | None = helpfield(None, "keep only the k most likely tokens of every draw (default: all)")
+    temperature: float = helpfield(1.0, "sampling temperature T of every model: draw from softmax(logits / T)")
+    temperatures: list[float] = helpfield([], "a temperature sweep, e.g. 0.7,0.8,0.9,1.0: every model x NFE at "
+                                              "each; adds each one's gen-PPL at a matched entropy and the frontier "
+                                              "plot (replaces --temperature)")
+    target_entropy: float | None = helpfield(None, "entropy (nats) at which the sweeps are compared (default: the "
+                                                   "held-out data's, measured like the samples')")
+    greedy_tail: bool = helpfield(False, "the samplers' last step takes the argmax (DUO's greedy tail; AR: the "
+                                         "last token)")
+    seeds: list[int] = helpfield([], "repeat sampling with each seed, e.g. 0,1,2: the table shows mean ± std over "
+                                     "seeds (default: --seed alone, with bootstrap 95%% intervals over samples)")
+    bootstrap: int = helpfield(1000, "bootstrap resamples behind the 95%% intervals of a single seed")
+    mauve: bool = helpfield(False, f"MAUVE of every row against held-out text (mauve-text; at least "
+                                   f"{MIN_MAUVE_SAMPLES} samples per side)")
+    mauve_features: str = helpfield("auto", "MAUVE features: auto (GPT-2 Large if available locally, else the "
+                                            "evaluator), evaluator (its mean-pooled last hidden state) or a Hugging "
+                                            "Face model name/path available locally")
+    references: bool = helpfield(True, "reference rows: the held-out data (validation blocks scored like samples) "
+                                       "and, with no AR --model, the AR evaluator's own samples")
     use_cache: bool = helpfield(True, "sampler caches: diffusion skips calls while no token changed; AR KV cache")
     likelihood: bool = helpfield(True, "validation NELBO bound (diffusion) or perplexity (AR) of every model")
     data: str | None = helpfield(None, "corpus whose validation split scores the likelihood (default: each "
@@ -85,9 +119,11 @@ class EvalConfig:
     device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     precision: str = helpfield("auto", "sampling/likelihood precision: auto (bf16 autocast on CUDA), bf16 or fp32; "
                                        "the evaluator always runs in fp32")
-    json: str | None = helpfield(None, "write the report (every row, per-batch timings, settings) as JSON here")
-    plot: str | None = helpfield(None, "draw gen-PPL and entropy against NFE into this image "
-                                       f"({', '.join(PLOT_FORMATS)})")
+    json: str | None = helpfield(None, "write the report as JSON here: every row (each temperature, each seed's "
+                                       "metrics, spreads, MAUVE, per-batch timings), the matched-entropy values "
+                                       "and the settings; tables and plots can be regenerated from it")
+    plot: str | None = helpfield(None, "draw gen-PPL and entropy against NFE (and, with --temperatures, gen-PPL "
+                                       f"against entropy) into this image ({', '.join(PLOT_FORMATS)})")
     rgas: RGASConfig | None = helpfield(None, "RGAS settings with --sampler rgas (default: RGASConfig())")
     plddt: bool = helpfield(False, "protein rows: also report ESMFold's mean pLDDT of the samples (needs ESMFold "
                                    "and its weights; slow without a GPU)")
@@ -104,7 +140,29 @@ class EvalConfig:
         require(self.seq_len == 0 or self.seq_len >= 2, "seq_len", f"must be >= 2, or 0 for the model's (got "
                 f"{self.seq_len})")
         require(self.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
-        require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})")
+        SamplingControls(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                         greedy_tail=self.greedy_tail)  # validates them
+        if isinstance(self.temperatures, str):
+            self.temperatures = _parse_list("temperatures", self.temperatures, float)
+        for t in self.temperatures:
+            require(isinstance(t, (int, float)) and math.isfinite(t) and t > 0, "temperatures",
+                    f"must be finite numbers > 0 (got {t})")
+        self.temperatures = sorted(set(self.temperatures))
+        require(not (self.temperatures and self.temperature != 1.0), "temperature",
+                "give --temperature or a --temperatures sweep, not both")
+        t = self.target_entropy
+        require(t is None or (math.isfinite(t) and t > 0), "target_entropy", f"must be a finite number > 0 (got {t})")
+        require(t is None or len(self.temperatures) >= 2, "target_entropy",
+                "needs a sweep of at least two --temperatures to interpolate in")
+        if isinstance(self.seeds, str):
+            self.seeds = _parse_list("seeds", self.seeds, int)
+        require(all(isinstance(s, int) and s >= 0 for s in self.seeds), "seeds",
+                f"must be integers >= 0 (got {self.seeds})")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", f"must be distinct (got {self.seeds})")
+        require(self.bootstrap >= 100, "bootstrap", f"must be >= 100 (got {self.bootstrap})")
+        require(not (self.mauve and self.models) or self.num_samples >= MIN_MAUVE_SAMPLES, "mauve",
+                f"needs at least {MIN_MAUVE_SAMPLES} samples per side (got --num-samples {self.num_samples})")
+        require(bool(self.mauve_features), "mauve_features", "must not be empty")
         require(self.eval_blocks >= 1, "eval_blocks", f"must be >= 1 (got {self.eval_blocks})")
         require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1 (got {self.eval_batch_size})")
         require(self.warmup >= 0, "warmup", f"must be >= 0 (got {self.warmup})")
@@ -115,6 +173,30 @@ class EvalConfig:
         require(self.rgas is None or self.sampler == "rgas", "sampler", "RGAS settings need --sampler rgas")
         if self.sampler == "rgas" and self.rgas is None:
             self.rgas = RGASConfig()
+
+    @property
+    def sweep(self) -> list[float]:
+        """The sampling temperatures: the sweep, else ``[temperature]``."""
+        return self.temperatures or [self.temperature]
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The sampling seeds: ``seeds``, else ``[seed]``."""
+        return self.seeds or [self.seed]
+
+
+def _parse_list(option: str, text: str, kind: type) -> list:
+    """``"0.7, 0.8"`` -> ``[0.7, 0.8]`` (``kind`` float or int)."""
+    values = []
+    for piece in str(text).split(","):
+        if piece.strip():
+            try:
+                values.append(kind(piece.strip()))
+            except ValueError:
+                raise option_error(option, f"expected comma-separated {'numbers' if kind is float else 'integers'}, "
+                                           f"got {piece.strip()!r}") from None
+    require(bool(values), option, "give at least one value")
+    return values
 
 
 def _log(message: str) -> None:
@@ -222,19 +304,6 @@ class ProteinScoring:
         row.protein = metrics
         row.entropy = metrics["entropy"]
 
-    def reference_row(self, num_samples: int, config: EvalConfig, evaluator: Evaluator | None) -> EvalRow | None:
-        """The first ``num_samples`` natural sequences (a seeded random choice) scored like a sampled row."""
-        texts = self.reference.sequences[:num_samples]
-        if not texts:
-            return None
-        row = EvalRow(model=self.reference.name, kind="data", sampler="n/a", nfe=None, source=self.reference.source,
-                      num_samples=len(texts), seq_len=None, generated_tokens=0, nfe_per_batch=[], extra_calls={},
-                      batch_sizes=[], latencies_s=[], timing="not sampled")
-        self.score(row, texts)
-        if evaluator is not None:
-            row.gen_ppl = generative_perplexity(texts, evaluator, batch_size=config.eval_batch_size)
-        return row
-
 
 def _protein_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]],
                      device: torch.device) -> ProteinScoring | None:
@@ -253,11 +322,147 @@ def _protein_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Seque
     return ProteinScoring(reference=reference, plddt=esmfold_scorer(device) if config.plddt else None)
 
 
+# ------------------------------------------------------------------------------------------------ held-out data
+
+@dataclass
+class HeldOut:
+    """Held-out text the samples are compared with: ``texts`` (and their ``tokens``, ``None`` for proteins, whose
+    entropy is over residues) make the data reference row; ``reference`` is the MAUVE reference set, disjoint from
+    ``texts`` when the split holds enough sequences (``disjoint``)."""
+
+    name: str
+    source: str
+    texts: list[str]
+    tokens: list[list[int]] | None
+    reference: list[str]
+    disjoint: bool
+
+
+def _split_heldout(name: str, source: str, texts: list[str], tokens: list[list[int]] | None, n: int) -> HeldOut:
+    """The first ``n`` sequences make the data row, the next ``n`` the MAUVE reference (the same ones if the split
+    is too small for two sets)."""
+    disjoint = len(texts) >= 2 * n
+    reference = texts[n:2 * n] if disjoint else texts[:n]
+    return HeldOut(name=name, source=source, texts=texts[:n], tokens=None if tokens is None else tokens[:n],
+                   reference=reference, disjoint=disjoint)
+
+
+def _describe_heldout(heldout: HeldOut, texts: Sequence[str]) -> str:
+    return f"{len(texts)} sequences of {heldout.source}"
+
+
+def heldout_data(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]],
+                 proteins: ProteinScoring | None, n: int) -> HeldOut | None:
+    """The validation blocks of the first model's training corpus (diffusion models first; or of ``--data``),
+    packed with its tokenizer at the sample length, in a seeded random order; proteins: the natural sequences of
+    :func:`protein_reference`. ``None`` when no run records a corpus."""
+    if proteins is not None:
+        ref = proteins.reference
+        if not ref.sequences:
+            return None
+        return _split_heldout(ref.name, ref.source.removeprefix("the "), list(ref.sequences), None, n)
+    candidates = sorted(((Path(p), run) for p, run in zip(config.models, runs)), key=lambda c: c[1].kind == "ar")
+    candidates += [(Path(m), read_run_config(Path(m))) for m in
+                   (str(records[0].get("model") or "") for _, records in files) if m and is_didi_run(m)]
+    for path, run in candidates:
+        tokenizer = load_tokenizer(path, run.tokenizer)
+        seq_len = config.seq_len or int(run.training.get("seq_len", run.model.max_seq_len))
+        corpus, blocks = _validation_split(run, tokenizer, seq_len, config.data)
+        if blocks is None or len(blocks) == 0:
+            continue
+        order = np.random.default_rng(config.seed).permutation(len(blocks))[:2 * n]
+        tokens = np.asarray(blocks.array)[order].tolist()
+        texts = [tokenizer.decode(row) for row in tokens]
+        return _split_heldout(f"data ({Path(corpus).name} validation)",
+                              f"the {len(blocks)} validation blocks ({seq_len} tokens) of {corpus}, in a seeded "
+                              "random order", texts, tokens, n)
+    _log("no run records a corpus with validation data (pass --data): no held-out reference row")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+@dataclass
+class Scoring:
+    """Everything that scores a set of samples: gen-PPL under the evaluator, entropies, protein metrics, MAUVE
+    against the held-out reference, and the spread over seeds (or a bootstrap interval over samples)."""
+
+    evaluator: Evaluator | None
+    proteins: ProteinScoring | None
+    featurizer: Featurizer | None
+    reference_features: np.ndarray | None
+    eval_batch_size: int
+    bootstrap: int
+    seed: int
+
+    def seed_metrics(self, texts: Sequence[str], tokens: Sequence[Sequence[int]] | None, seed: int | None, *,
+                     protein: bool, mauve: bool = True) -> dict[str, Any]:
+        """Metrics of one seed's samples: ``perplexity`` (:class:`Perplexity`), per-sample ``entropies``, ``mauve``."""
+        out: dict[str, Any] = {"seed": seed, "texts": list(texts), "perplexity": None, "mauve": None}
+        if self.evaluator is not None:
+            out["perplexity"] = generative_perplexity(texts, self.evaluator, batch_size=self.eval_batch_size)
+        if protein:
+            out["entropies"] = [sequence_entropy(t) for t in texts]  # residues, as protein_metrics
+        elif tokens is not None:
+            out["entropies"] = [sample_entropy(t) for t in tokens]
+        else:
+            out["entropies"] = []
+        if mauve and self.featurizer is not None:
+            out["mauve"] = mauve_score(self.featurizer.features(texts), self.reference_features)
+        return out
+
+    def fill(self, row: EvalRow, per_seed: list[dict[str, Any]], *, protein: bool) -> None:
+        """Set the row's metrics from its seeds: pooled gen-PPL, mean entropy, MAUVE, and their spreads."""
+        row.seeds = [m["seed"] for m in per_seed if m["seed"] is not None]
+        ppls = [m["perplexity"] for m in per_seed if m["perplexity"] is not None]
+        if ppls:
+            row.gen_ppl = Perplexity.pooled(ppls)
+        row.sample_entropy = [e for m in per_seed for e in m["entropies"]]
+        if protein:
+            self.proteins.score(row, [t for m in per_seed for t in m["texts"]])
+        elif row.sample_entropy:
+            row.entropy = float(np.mean(row.sample_entropy))
+        row.per_seed = [{"seed": m["seed"], "gen_ppl": m["perplexity"].ppl if m["perplexity"] else None,
+                         "entropy": float(np.mean(m["entropies"])) if m["entropies"] else None,
+                         "mauve": m["mauve"]} for m in per_seed]
+        row.spread = {}
+        for metric in ("gen_ppl", "entropy", "mauve"):
+            values = [m[metric] for m in row.per_seed if m[metric] is not None]
+            if not values:
+                continue
+            mean, std = mean_std(values)
+            spread: dict[str, Any] = {"mean": mean, "std": std, "n_seeds": len(values)}
+            if len(values) == 1 and metric != "mauve":
+                if metric == "gen_ppl":
+                    low, high = bootstrap_interval(row.gen_ppl.sample_nll, row.gen_ppl.sample_tokens,
+                                                   transform=np.exp, resamples=self.bootstrap, seed=self.seed)
+                else:
+                    low, high = bootstrap_interval(row.sample_entropy, resamples=self.bootstrap, seed=self.seed)
+                spread.update(low=low, high=high, method=f"bootstrap 95% over samples ({self.bootstrap} resamples)")
+            else:
+                spread["method"] = f"std over {len(values)} seeds" if len(values) > 1 else "one seed"
+            row.spread[metric] = spread
+        row.mauve = row.spread.get("mauve", {}).get("mean")
+
+
+def _data_row(heldout: HeldOut, scoring: Scoring) -> EvalRow:
+    """The held-out data scored like samples (no sampling, no timing)."""
+    seq_len = len(heldout.tokens[0]) if heldout.tokens else None
+    row = EvalRow(model=heldout.name, kind="data", sampler="n/a", nfe=None, source=heldout.source,
+                  num_samples=len(heldout.texts), seq_len=seq_len, generated_tokens=0, nfe_per_batch=[],
+                  extra_calls={}, batch_sizes=[], latencies_s=[], timing="not sampled", temperature=None)
+    protein = heldout.tokens is None
+    scoring.fill(row, [scoring.seed_metrics(heldout.texts, heldout.tokens, None, protein=protein,
+                                            mauve=heldout.disjoint)], protein=protein)
+    return row
+
+
 # ------------------------------------------------------------------------------------------------------- didi eval
 
-def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device,
-                    evaluator: Evaluator | None, proteins: ProteinScoring | None) -> list[EvalRow]:
-    """Likelihood once, then one row per budget (one row for an AR model): sample, time, score."""
+def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device, scoring: Scoring
+                    ) -> list[EvalRow]:
+    """Likelihood once, then one row per budget (one for an AR model) and temperature: sample with every seed,
+    time, score."""
     baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = load(path, device=str(device), weights=config.weights, precision=config.precision)
     likelihood = None
@@ -266,40 +471,49 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
         likelihood = model_likelihood(model, data=config.data, max_blocks=config.eval_blocks,
                                       batch_size=config.eval_batch_size, seed=config.seed)
     is_ar = model.kind == "ar"
+    protein = model.tokenizer.kind == "protein"
     seq_len = config.seq_len or model.seq_len
     batch_size = min(config.batch_size or config.num_samples, config.num_samples)
     sampler = "ancestral" if is_ar else config.sampler
     sampler_options = dataclasses.asdict(config.rgas) if sampler == "rgas" else {}
+    seeds = config.seed_list
+    stride = max(seeds) - min(seeds) + 1  # batch i of seed s uses s + i * stride: no two batches share a seed
     rows = []
     for nfe in [None] if is_ar else config.nfe:
-        _log(f"{label}: sampling {config.num_samples} x {seq_len} tokens" + ("" if is_ar else f" at {nfe} NFE"))
-        timed = timed_sampling(model, num_samples=config.num_samples, batch_size=batch_size, nfe=nfe,
-                               seed=config.seed, warmup=config.warmup, repeats=config.repeats,
-                               memory_baseline=baseline, seq_len=seq_len, sampler=sampler,
-                               use_cache=config.use_cache, top_p=config.top_p, **sampler_options)
-        tokens = timed.samples
-        row = EvalRow(model=label, kind=model.kind, sampler=timed.results[0].sampler, nfe=nfe, source=str(path),
-                      num_samples=config.num_samples, seq_len=seq_len,
-                      generated_tokens=seq_len - 1 if is_ar else seq_len,
-                      nfe_per_batch=[r.nfe for r in timed.results], extra_calls=_extra_calls(timed.results),
-                      batch_sizes=[r.tokens.shape[0] for r in timed.results], latencies_s=timed.latencies,
-                      timing=f"measured here: {len(timed.results)} timed batch(es) after {config.warmup} warm-up",
-                      entropy=mean_sample_entropy(tokens), likelihood=likelihood,
-                      peak_memory_mib=timed.peak_memory_mib)
-        texts = model.decode(tokens)
-        if evaluator is not None:
-            row.gen_ppl = generative_perplexity(texts, evaluator, batch_size=config.eval_batch_size)
-        if model.tokenizer.kind == "protein":
-            proteins.score(row, texts)
-        rows.append(row)
+        for temperature in config.sweep:
+            results, latencies, peaks, per_seed = [], [], [], []
+            for k, seed in enumerate(seeds):
+                _log(f"{label}: sampling {config.num_samples} x {seq_len} tokens" + ("" if is_ar else f" at {nfe} NFE")
+                     + (f", T {temperature:g}" if len(config.sweep) > 1 or temperature != 1 else "")
+                     + (f", seed {seed}" if len(seeds) > 1 else ""))
+                timed = timed_sampling(model, num_samples=config.num_samples, batch_size=batch_size, nfe=nfe,
+                                       seed=seed, seed_stride=stride, warmup=config.warmup if k == 0 else 0,
+                                       repeats=config.repeats if k == 0 else 0, memory_baseline=baseline,
+                                       seq_len=seq_len, sampler=sampler, use_cache=config.use_cache,
+                                       temperature=temperature, top_k=config.top_k, top_p=config.top_p,
+                                       greedy_tail=config.greedy_tail, **sampler_options)
+                results += timed.results
+                latencies += timed.latencies
+                peaks.append(timed.peak_memory_mib)
+                tokens = timed.samples
+                per_seed.append(scoring.seed_metrics(model.decode(tokens), tokens.tolist(), seed, protein=protein))
+            row = EvalRow(model=label, kind=model.kind, sampler=results[0].sampler, nfe=nfe, source=str(path),
+                          num_samples=config.num_samples, seq_len=seq_len,
+                          generated_tokens=seq_len - 1 if is_ar else seq_len,
+                          nfe_per_batch=[r.nfe for r in results], extra_calls=_extra_calls(results),
+                          batch_sizes=[r.tokens.shape[0] for r in results], latencies_s=latencies,
+                          timing=f"measured here: {len(results)} timed batch(es) after {config.warmup} warm-up",
+                          likelihood=likelihood, peak_memory_mib=None if peaks[0] is None else max(peaks),
+                          temperature=temperature)
+            scoring.fill(row, per_seed, protein=protein)
+            rows.append(row)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
 
 
-def _evaluate_file(path: Path, records: list[dict[str, Any]], config: EvalConfig, evaluator: Evaluator | None,
-                   proteins: ProteinScoring | None) -> EvalRow:
+def _evaluate_file(path: Path, records: list[dict[str, Any]], scoring: Scoring) -> EvalRow:
     """A row from the records of a `didi sample` file; its batches are consecutive runs of ``batch_size``."""
     first = records[0]
     kind = str(first.get("kind") or "?")
@@ -323,14 +537,13 @@ def _evaluate_file(path: Path, records: list[dict[str, Any]], config: EvalConfig
                   batch_sizes=[len(b) for b in batches],
                   latencies_s=[float(b[0]["seconds"]) for b in batches] if timed else [],
                   timing="recorded by didi sample (no warm-up)" if timed else "not recorded",
-                  entropy=mean_sample_entropy(tokens) if tokens else None)
+                  entropy=mean_sample_entropy(tokens) if tokens else None,
+                  temperature=float((first.get("controls") or {}).get("temperature", 1.0)))
     if texts is None:
         _log(f"{path}: records without 'text': generative perplexity and protein metrics are not computed")
         return row
-    if evaluator is not None:
-        row.gen_ppl = generative_perplexity(texts, evaluator, batch_size=config.eval_batch_size)
-    if first.get("tokenizer") == "protein":
-        proteins.score(row, texts)
+    protein = first.get("tokenizer") == "protein"
+    scoring.fill(row, [scoring.seed_metrics(texts, tokens, first.get("seed"), protein=protein)], protein=protein)
     return row
 
 
@@ -340,14 +553,18 @@ def _row_name(row: EvalRow) -> str:
 
 def _set_speedups(rows: list[EvalRow]) -> str | None:
     """Speed-up = tokens/s relative to the AR row (the paper's comparison), else to the first model at its
-    largest budget (teacher@1024 in the paper's 64x). Returns the reference's name."""
+    largest budget (teacher@1024 in the paper's 64x), at the temperature closest to 1. Only rows timed at the
+    reference's full-batch size get one (tokens/s depends on the batch size). Returns the reference's name."""
     timed = [r for r in rows if r.tokens_per_s]
     if not timed:
         return None
     ar = [r for r in timed if r.kind == "ar"]
-    reference = ar[0] if ar else max((r for r in timed if r.model == timed[0].model), key=lambda r: r.nfe or 0)
+    candidates = ar or [r for r in timed if r.model == timed[0].model]
+    reference = min(candidates, key=lambda r: (abs((r.temperature or 1.0) - 1.0), -(r.nfe or 0)))
+    batch = max(reference.batch_sizes)
     for r in timed:
-        r.speedup = r.tokens_per_s / reference.tokens_per_s
+        if max(r.batch_sizes) == batch:
+            r.speedup = r.tokens_per_s / reference.tokens_per_s
     return _row_name(reference)
 
 
@@ -366,11 +583,22 @@ def _peak_rss_mib() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def evaluate(config: EvalConfig) -> EvalReport:
-    """Run ``didi eval``: every ``--model`` at every budget, then every ``--samples`` file, into a report; with
-    protein models or samples, a last row scores natural sequences alike (:meth:`ProteinScoring.reference_row`).
+def _evaluator_as_model(config: EvalConfig, kinds: Sequence[str], evaluator_name: str | None) -> str | None:
+    """The AR reference row of ``--references``: the evaluator's own samples, when it is a didi AR run and no AR
+    ``--model`` is given (that one is the reference then)."""
+    if not config.references or not evaluator_name or "ar" in kinds or not is_didi_run(evaluator_name):
+        return None
+    return evaluator_name if read_run_config(Path(evaluator_name)).kind == "ar" else None
 
-    The evaluator (and ESMFold) is loaded once, before sampling, so a bad ``--evaluator`` fails before any work.
+
+def evaluate(config: EvalConfig) -> EvalReport:
+    """Run ``didi eval``: every ``--model`` at every budget and temperature (with every seed), then every
+    ``--samples`` file, into a report; with ``--references`` (default) the AR evaluator's own samples and a last
+    row scoring held-out data alike; with temperature sweeps, each model x NFE's gen-PPL at the target entropy
+    (:func:`~.report.compute_frontiers`).
+
+    The evaluator, ESMFold, the held-out data and the MAUVE features are loaded before sampling, so bad options
+    fail before any work.
     """
     device = pick_device(config.device)
     runs = [read_run_config(Path(p)) for p in config.models]  # a bad run directory or sample file fails here, early
@@ -387,22 +615,81 @@ def evaluate(config: EvalConfig) -> EvalReport:
     else:
         _log("no --evaluator and no AR --model: generative perplexity is not computed")
     proteins = _protein_scoring(config, runs, files, device)
+    n = max([config.num_samples if config.models else 0] + [len(records) for _, records in files])
+    for path, records in files if config.mauve else []:
+        require(len(records) >= MIN_MAUVE_SAMPLES, "mauve", f"needs at least {MIN_MAUVE_SAMPLES} samples per side "
+                                                            f"(got {len(records)} in {path})")
+    heldout = heldout_data(config, runs, files, proteins, n) if (config.references or config.mauve) else None
+    featurizer, reference_features, mauve_meta = None, None, None
+    if config.mauve:
+        require(heldout is not None, "mauve", "needs held-out text: no --model or sample file records a corpus "
+                                              "with validation data (pass --data)")
+        require(len(heldout.reference) >= MIN_MAUVE_SAMPLES, "mauve",
+                f"needs at least {MIN_MAUVE_SAMPLES} samples per side (got {len(heldout.reference)} held-out "
+                f"sequences: {heldout.source})")
+        spec = "evaluator" if proteins is not None and config.mauve_features == "auto" else config.mauve_features
+        featurizer = load_mauve_features(spec, evaluator, device, batch_size=config.eval_batch_size)
+        _log(f"MAUVE features: {featurizer.name}")
+        reference_features = featurizer.features(heldout.reference)
+        mauve_meta = {"features": featurizer.name, "reference": _describe_heldout(heldout, heldout.reference)
+                      + ("" if heldout.disjoint else " (the data row's own)"),
+                      "package": f"mauve-text {_package_version('mauve-text')}"}
+    scoring = Scoring(evaluator=evaluator, proteins=proteins, featurizer=featurizer,
+                      reference_features=reference_features, eval_batch_size=config.eval_batch_size,
+                      bootstrap=config.bootstrap, seed=config.seed)
+    models = list(zip(config.models, _labels(config.models)))
+    ar_reference = _evaluator_as_model(config, kinds, evaluator_name)
+    if ar_reference is not None:
+        models.append((ar_reference, f"{Path(ar_reference).name} (evaluator)"))
     rows: list[EvalRow] = []
-    for path, label in zip(config.models, _labels(config.models)):
-        rows += _evaluate_model(path, label, config, device, evaluator, proteins)
+    for path, label in models:
+        rows += _evaluate_model(path, label, config, device, scoring)
     for path, records in files:
-        rows.append(_evaluate_file(path, records, config, evaluator, proteins))
-    natural = None if proteins is None else \
-        proteins.reference_row(max(r.num_samples for r in rows), config, evaluator)
-    if natural is not None:
-        rows.append(natural)
+        rows.append(_evaluate_file(path, records, scoring))
+    data_row = _data_row(heldout, scoring) if heldout is not None and config.references else None
+    if data_row is not None:
+        data_row.source = _describe_heldout(heldout, heldout.texts)
+    if data_row is not None:
+        rows.append(data_row)
     reference = _set_speedups(rows)
+    target = None
+    if config.target_entropy is not None:
+        target = {"value": config.target_entropy, "source": "--target-entropy"}
+    elif data_row is not None and data_row.entropy is not None:
+        target = {"value": data_row.value("entropy"), "source": f"the entropy of the {data_row.model} row"}
+    frontiers = compute_frontiers(rows, None if target is None else target["value"])
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "didi_version": __version__, "torch_version": torch.__version__, "device": _describe_device(device),
         "evaluator": None if evaluator is None else {"name": evaluator.name, "context_len": evaluator.context_len},
         "protein_reference": None if proteins is None else {"name": proteins.reference.name,
                                                             "source": proteins.reference.source},
-        "process_peak_rss_mib": _peak_rss_mib(), "config": dataclasses.asdict(config),
+        "heldout": None if heldout is None else {
+            "name": heldout.name, "source": heldout.source, "disjoint": heldout.disjoint,
+            "row": "the first " + _describe_heldout(heldout, heldout.texts)},
+        "mauve": mauve_meta, "process_peak_rss_mib": _peak_rss_mib(), "config": dataclasses.asdict(config),
     }
-    return EvalReport(rows=rows, meta=meta, reference=reference)
+    return EvalReport(rows=rows, meta=meta, reference=reference, target_entropy=target if frontiers else None,
+                      frontiers=frontiers)
+
+
+def check_frontiers(report: EvalReport) -> None:
+    """Bad input after the fact: a sweep whose target entropy no model x NFE's temperatures bracket."""
+    if not report.frontiers or report.target_entropy is None:
+        return
+    if any(f["gen_ppl"] is not None for f in report.frontiers):
+        return
+    entropies = [p["entropy"] for f in report.frontiers for p in f["points"]]
+    target = report.target_entropy
+    raise option_error("target_entropy", f"{target['value']:.3f} nats ({target['source']}) is bracketed by no "
+                                         f"model x NFE: their entropies span {min(entropies):.3f}-{max(entropies):.3f} "
+                                         "over --temperatures; widen the sweep")
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
