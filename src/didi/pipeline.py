@@ -69,8 +69,10 @@ class DiffusionPipeline:
         if disc_path.exists():
             from .models.discriminator import empty_discriminator
 
-            discriminator = empty_discriminator(config.model,
-                                                config.extra.get("discriminator", {}).get("time_blocks"))
+            spec = config.extra.get("discriminator", {})
+            discriminator = empty_discriminator(config.model, spec.get("time_blocks"), window=spec.get("window", 0),
+                                                normalize=spec.get("normalize", False),
+                                                trainable_blocks=spec.get("trainable_blocks"))
             load_state_dict_strict(discriminator, load_tensors(disc_path), str(disc_path))
             discriminator.to(device).eval()
         return cls(config=config, network=network, tokenizer=tokenizer, device=device, discriminator=discriminator,

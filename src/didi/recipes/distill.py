@@ -148,6 +148,9 @@ class DistillConfig:
                                               "masked (the corrupted ones, released trainer) or all")
     disc_blocks: int = helpfield(-1, "trainable discriminator blocks, counted from the top (-1: 4 of 12, "
                                      "scaled to the model depth)")
+    disc_normalize: bool = helpfield(True, "parameter-free LayerNorm on the discriminator's residual stream where its "
+                                           "trainable blocks begin and before its head (false: released, raw stream; "
+                                           "a large stream norm then stops it learning, see docs/method.md)")
     disc_window: int = helpfield(0, "attention window (positions on each side) of the discriminator's trainable "
                                     "blocks: 0 = global; > 0 makes each per-token logit judge its neighbourhood, "
                                     "the reward that --credit local needs")
@@ -422,7 +425,7 @@ class DistillModels:
         if k > len(teacher.blocks):
             raise ConfigError(f"--disc-blocks: the teacher has only {len(teacher.blocks)} blocks (got {k})")
         time_blocks = {"disc": k, "released": len(teacher.blocks), "zero": 0}[cfg.sigma_mode]
-        disc = build_discriminator(teacher, k, time_blocks, cfg.disc_window).to(device).train()
+        disc = build_discriminator(teacher, k, time_blocks, cfg.disc_window, cfg.disc_normalize).to(device).train()
         opt_s = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   weight_decay=cfg.weight_decay)
         opt_d = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.disc_lr,
@@ -748,9 +751,7 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
                                    diffusion=teacher_config.diffusion, training=teacher_config.training,
                                    data=to_dict(data_cfg),
                                    extra={"distill": to_dict(cfg), "teacher": str(teacher_dir),
-                                          "discriminator": {"time_blocks": models.discriminator.time_blocks,
-                                                            "trainable_blocks": len(teacher.blocks)
-                                                            - models.frozen_disc_blocks}})
+                                          "discriminator": models.discriminator.spec()})
         write_run_config(out, student_config)
         write_run_files(out, prepared.run_files)
     if ctx.is_main:
