@@ -10,7 +10,9 @@
 Stages (each skipped when its run directory is complete, so an interrupted benchmark resumes):
 teacher MDLM -> AR baseline/evaluator -> DiDi-Instruct student -> evaluation of the teacher at
 8/16/32/64/128/1024 NFE, the student at 8..128 NFE with the ancestral sampler and with RGAS, and the AR baseline,
-all in one process so that every latency ratio is measured on the same machine in the same run.
+all in one process so that every latency ratio is measured on the same machine in the same run; then the
+conditional rows (teacher and student at 8..128 NFE and the AR baseline continue held-out 32-token prefixes,
+`didi eval --prefix-tokens`; `--prefix-tokens 0` skips them).
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class Scale:
     top_nfe_samples: int = 0  # samples for the teacher's largest budget (0: num_samples; 1024 NFE is slow on CPU)
     rgas_samples: int = 0  # samples per RGAS row (0: num_samples; RGAS also runs the discriminator)
     ablation_nfe: list[int] = field(default_factory=lambda: [8, 16])
+    prefix_tokens: int = 32  # conditional rows: held-out prefix length (--prefix-tokens overrides, 0 = none)
 
 
 # "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL).
@@ -80,7 +83,7 @@ SCALES = {
                    global_batch_size=8, teacher_lr=3e-3,
                    distill=dict(batch_size=2, group_size=2, lr=1e-4, disc_lr=1e-3, warmup_steps=1),
                    teacher_nfe=[4, 8], student_nfe=[4], num_samples=2, vocab_size=300, eval_blocks=2, repeats=1,
-                   ablation_nfe=[4],
+                   ablation_nfe=[4], prefix_tokens=8,
                    train_extra=dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)),
 }
 
@@ -128,7 +131,7 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
 
 
 def eval_rows(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Scale, evaluator: str, device: str,
-              seed: int, sampler: str = "ancestral", num_samples: int = 0) -> list[EvalRow]:
+              seed: int, sampler: str = "ancestral", num_samples: int = 0, **options) -> list[EvalRow]:
     """Evaluate ``models`` at ``nfe``, saved as OUT/eval/TAG.json and reused while the models' weights and the
     settings are unchanged (a re-run only adds what is new; a retrained model is evaluated again)."""
     saved = out / "eval" / f"{tag}.json"
@@ -136,7 +139,7 @@ def eval_rows(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Sc
     config = EvalConfig(models=[str(m) for m in models], nfe=nfe, evaluator=evaluator, num_samples=n,
                         batch_size=min(n, scale.batch_size or n), warmup=0, repeats=scale.repeats, seed=seed,
                         sampler=sampler, eval_blocks=scale.eval_blocks, device=device,
-                        rgas=RGASConfig() if sampler == "rgas" else None)
+                        rgas=RGASConfig() if sampler == "rgas" else None, **options)
     key = {"weights": [os.stat(Path(m) / "model.safetensors").st_mtime_ns for m in models], "config": repr(config)}
     if saved.exists():
         cached = json.loads(saved.read_text())
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="override the corpus of the scale")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix-tokens", type=int, default=None, help="conditional rows: teacher, student and AR "
+                        "continue held-out prefixes of this many tokens (default: 32, 8 with --smoke; 0: none)")
     args = parser.parse_args(argv)
 
     scale = SCALES["smoke" if args.smoke else args.scale]
@@ -238,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     if not scale.evaluator:
         rows += eval_rows("ar", models=[ar], nfe=scale.student_nfe[:1], **ev)
 
+    prefix_tokens = scale.prefix_tokens if args.prefix_tokens is None else args.prefix_tokens
+    conditional = []  # one evaluation per model, so that a retrained model does not re-evaluate the others
+    for name, run in [("teacher", teacher), ("student", student)] + ([] if scale.evaluator else [("ar", ar)]):
+        conditional += [] if not prefix_tokens else eval_rows(
+            f"conditional-{name}", models=[run], nfe=scale.student_nfe, prefix_tokens=prefix_tokens,
+            unconditional=False, **ev)
+
     ablation_rows = []
     if args.ablation:
         for i, (label, switches) in enumerate(ABLATION):
@@ -252,13 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     report = EvalReport(rows=rows, meta={"scale": args.scale, "smoke": args.smoke, "evaluator": {"name": evaluator}})
     plot_path = results.with_suffix(".png")
     plot_report(report, plot_path)
-    (out / "results.json").write_text(json.dumps({"rows": [r.to_json() for r in rows + ablation_rows],
+    (out / "results.json").write_text(json.dumps({"rows": [r.to_json() for r in rows + ablation_rows + conditional],
                                                   "wall_clock_s": wall}, indent=2, default=str))
     command = "python benchmarks/reproduce.py" + (" --smoke" if args.smoke else f" --scale {args.scale}") + (
-        " --ablation" if args.ablation else "")
+        " --ablation" if args.ablation else "") + (
+        "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}")
     proteins = None if args.smoke else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
                   data, proteins)
+    text += conditional_section(conditional, names, prefix_tokens)
     results.write_text(text)
     print(text)
     return 0
@@ -314,6 +328,24 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         lines += ["", "## Proteins", "", "From the separate benchmark `python benchmarks/proteins.py` (teacher vs "
                   "DiDi-Instruct student at 8/16/32 NFE on the built-in UniProt corpus); its command lines, "
                   "settings and reading are in [results_proteins.md](results_proteins.md).", "", proteins]
+    return "\n".join(lines) + "\n"
+
+
+def conditional_section(rows: list[EvalRow], names: dict[str, str], prefix_tokens: int) -> str:
+    """The conditional-evaluation rows (``didi eval --prefix-tokens``) as a Markdown section ("" without rows)."""
+    if not rows:
+        return ""
+    lines = ["", f"## Conditional generation ({prefix_tokens}-token prefixes)", "",
+             f"Every model continues the same {rows[0].num_samples} held-out prefixes ([BOS] and the first "
+             f"{prefix_tokens} tokens of evenly spaced validation blocks) to {rows[0].seq_len} tokens; gen-PPL scores "
+             "the continuation given its prefix under the same evaluator, entropy is that of the continuation "
+             "(`didi eval --prefix-tokens`, docs/conditioning.md).", "",
+             "| model | sampler | NFE | calls made | gen-PPL given prefix ↓ | entropy | latency / batch (s) |",
+             "|" + "---|" * 7]
+    for r in rows:
+        lines.append(" | ".join([f"| {names.get(r.source, r.model)}", r.sampler, "—" if r.nfe is None else str(r.nfe),
+                                 _cell(r.nfe_made, ".0f"), _cell(r.gen_ppl.ppl if r.gen_ppl else None, ".1f"),
+                                 _cell(r.entropy, ".3f"), _cell(r.latency_s, ".3f") + " |"]))
     return "\n".join(lines) + "\n"
 
 

@@ -199,6 +199,18 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
         for start in range(0, len(ids), evaluator.context_len):
             end = start + evaluator.context_len
             chunks.append((ids[start:end], scored[start + 1:end]))
+    nll_sum, count = score_chunks(chunks, evaluator, batch_size)
+    if count == 0:
+        raise DataError("samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
+    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(texts),
+                      chunks=len(chunks))
+
+
+@torch.no_grad()
+def score_chunks(chunks: Sequence[tuple[list[int], list[bool]]], evaluator: Evaluator, batch_size: int
+                 ) -> tuple[float, int]:
+    """``(sum NLL, #scored)`` over ``chunks`` of evaluator ids with, per chunk, which targets ``ids[1:]`` count;
+    scored in right-padded batches of ``batch_size`` (padding masked)."""
     pad = evaluator.eos_id if evaluator.eos_id is not None else 0
     nll_sum, count = 0.0, 0
     for start in range(0, len(chunks), batch_size):
@@ -217,10 +229,7 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
         weight &= real.cpu()
         nll_sum += float((nll.double().cpu() * weight).sum())
         count += int(weight.sum())
-    if count == 0:
-        raise DataError("samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
-    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(texts),
-                      chunks=len(chunks))
+    return nll_sum, count
 
 
 # ------------------------------------------------------------------------------------------------------ likelihood

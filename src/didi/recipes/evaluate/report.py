@@ -34,6 +34,7 @@ class EvalRow:
     batch_sizes: list[int]  # of the timed batches
     latencies_s: list[float]  # wall-clock seconds of the timed batches
     timing: str  # how the latencies were obtained
+    prefix_tokens: int | None = None  # conditional rows (didi eval --prefix-tokens): held-out prefix length
     entropy: float | None = None
     gen_ppl: Perplexity | None = None
     likelihood: Likelihood | None = None
@@ -109,7 +110,9 @@ def _protein_cells(row: EvalRow, plddt: bool) -> list[str]:
 
 def format_table(report: EvalReport) -> str:
     """The report as a Markdown table followed by notes saying exactly what every column measures."""
-    rows = report.rows
+    rows = [r for r in report.rows if r.prefix_tokens is None]  # conditional rows: conditional_table
+    if not rows:
+        return conditional_table(report)
     extra_keys = sorted({k for r in rows for k in r.extra_calls})
     protein = any(r.protein for r in rows)
     plddt = any(r.protein and "plddt" in r.protein for r in rows)
@@ -174,6 +177,37 @@ def format_table(report: EvalReport) -> str:
         lines.append("- rows from --samples files: timings as recorded by `didi sample` (no warm-up).")
     if cfg["models"]:
         lines.append(f"- {cfg['num_samples']} samples per sampled row, seed {cfg['seed']} (batch i: seed + i).")
+    conditional = conditional_table(report)
+    return "\n".join(lines) + ("\n\n" + conditional if conditional else "")
+
+
+def conditional_table(report: EvalReport) -> str:
+    """The conditional rows (``didi eval --prefix-tokens P``, :mod:`.conditional`) as a Markdown table with notes;
+    ``""`` if there are none."""
+    rows = [r for r in report.rows if r.prefix_tokens is not None]
+    if not rows:
+        return ""
+    p = rows[0].prefix_tokens
+    header = ["model", "kind", "sampler", "NFE", "NFE made", "gen-PPL | prefix", "entropy", "continued tokens",
+              "latency/batch (s)"]
+    lines = [f"Conditional generation: continuations of {p}-token held-out prefixes", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r.model, r.kind, r.sampler, "—" if r.nfe is None else str(r.nfe), _fmt_calls(r.nfe_per_batch),
+            _fmt(r.gen_ppl.ppl if r.gen_ppl else None, ".2f"), _fmt(r.entropy, ".3f"), str(r.generated_tokens),
+            _fmt(r.latency_s, ".3f")]) + " |")
+    evaluator = report.meta.get("evaluator")
+    lines += ["", f"- prefixes: [BOS] and the first {p} tokens of {rows[0].num_samples} validation blocks of each "
+                  "model's corpus, evenly spaced over the split (the same text for models sharing corpus, tokenizer "
+                  "and length); diffusion models keep them fixed and fill the rest of the sequence at each NFE, AR "
+                  "models continue them token by token.",
+              "- gen-PPL | prefix: " + (f"exp(Σ NLL / Σ scored tokens) of the continuations under {evaluator['name']}, "
+                                        "each scored after its prefix (prefix and continuation re-tokenised "
+                                        "separately; only continuation tokens count, EOS rule as above)."
+                                        if evaluator else "not computed (no --evaluator and no AR --model)."),
+              "- entropy: mean over samples of the unigram entropy (nats) of the continuation's own token ids."]
     return "\n".join(lines)
 
 
@@ -190,9 +224,10 @@ def plot_report(report: EvalReport, path: Path) -> None:
     from matplotlib.ticker import LogFormatter, NullFormatter, ScalarFormatter
 
     curves: dict[str, list[EvalRow]] = {}
-    references = [r for r in report.rows if r.nfe is None]  # AR models and the natural protein sequences
-    samplers = {r.sampler for r in report.rows if r.nfe is not None}
-    for r in report.rows:
+    unconditional = [r for r in report.rows if r.prefix_tokens is None]
+    references = [r for r in unconditional if r.nfe is None]  # AR models and the natural protein sequences
+    samplers = {r.sampler for r in unconditional if r.nfe is not None}
+    for r in unconditional:
         if r.nfe is not None:
             curves.setdefault(r.model if len(samplers) == 1 else f"{r.model} ({r.sampler})", []).append(r)
     fig = Figure(figsize=(11, 4.2), layout="constrained")

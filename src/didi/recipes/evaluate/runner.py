@@ -36,6 +36,7 @@ from ...runtime.checkpoint import RunConfig, read_run_config
 from ...runtime.utils import pick_device
 from ...samples import read_samples
 from ...version import __version__
+from .conditional import check_prefix_tokens, conditional_rows
 from .metrics import (
     Evaluator,
     Likelihood,
@@ -68,6 +69,10 @@ class EvalConfig:
     num_samples: int = helpfield(16, "samples per model and budget")
     batch_size: int = helpfield(0, "samples per sampling batch (0 = --num-samples)")
     seq_len: int = helpfield(0, "sample length (0 = each model's training length)")
+    prefix_tokens: int = helpfield(0, "conditional rows too: every model continues [BOS] + this many tokens of "
+                                      "held-out blocks; gen-PPL of the continuations given their prefixes (0 = off)")
+    unconditional: bool = helpfield(True, "the unconditional rows (false: with --prefix-tokens, only the "
+                                          "conditional ones)")
     seed: int = helpfield(0, "random seed; batch i of every row uses seed + i")
     sampler: str = helpfield("ancestral", "sampler of the diffusion models (AR models always sample token by "
                                           "token)", choices=SAMPLERS)
@@ -103,6 +108,11 @@ class EvalConfig:
         require(self.batch_size >= 0, "batch_size", f"must be >= 1, or 0 for --num-samples (got {self.batch_size})")
         require(self.seq_len == 0 or self.seq_len >= 2, "seq_len", f"must be >= 2, or 0 for the model's (got "
                 f"{self.seq_len})")
+        require(self.prefix_tokens >= 0, "prefix_tokens", f"must be >= 0 (got {self.prefix_tokens})")
+        require(self.unconditional or self.prefix_tokens > 0, "unconditional", "false leaves no row: add "
+                "--prefix-tokens N for the conditional rows")
+        require(self.prefix_tokens == 0 or bool(self.models), "prefix_tokens", "needs a --model to continue the "
+                "prefixes (sample files are evaluated unconditionally)")
         require(self.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
         require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})")
         require(self.eval_blocks >= 1, "eval_blocks", f"must be >= 1 (got {self.eval_blocks})")
@@ -271,7 +281,7 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
     sampler = "ancestral" if is_ar else config.sampler
     sampler_options = dataclasses.asdict(config.rgas) if sampler == "rgas" else {}
     rows = []
-    for nfe in [None] if is_ar else config.nfe:
+    for nfe in ([None] if is_ar else config.nfe) if config.unconditional else []:
         _log(f"{label}: sampling {config.num_samples} x {seq_len} tokens" + ("" if is_ar else f" at {nfe} NFE"))
         timed = timed_sampling(model, num_samples=config.num_samples, batch_size=batch_size, nfe=nfe,
                                seed=config.seed, warmup=config.warmup, repeats=config.repeats,
@@ -292,6 +302,10 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
         if model.tokenizer.kind == "protein":
             proteins.score(row, texts)
         rows.append(row)
+    if config.prefix_tokens:
+        _log(f"{label}: continuing {config.num_samples} held-out {config.prefix_tokens}-token prefixes")
+        rows += conditional_rows(model, label, str(path), validation_blocks(model, config.data), config, evaluator,
+                                likelihood)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -376,6 +390,8 @@ def evaluate(config: EvalConfig) -> EvalReport:
     runs = [read_run_config(Path(p)) for p in config.models]  # a bad run directory or sample file fails here, early
     files = [(Path(path), read_samples(Path(path))) for path in config.samples]
     kinds = [run.kind for run in runs]
+    if config.prefix_tokens:
+        check_prefix_tokens(config, runs)
     for path, kind in zip(config.models, kinds):
         if config.sampler == "rgas" and kind != "ar" and not (Path(path) / "discriminator.safetensors").is_file():
             raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; {path} has none")
@@ -396,7 +412,7 @@ def evaluate(config: EvalConfig) -> EvalReport:
         proteins.reference_row(max(r.num_samples for r in rows), config, evaluator)
     if natural is not None:
         rows.append(natural)
-    reference = _set_speedups(rows)
+    reference = _set_speedups([r for r in rows if r.prefix_tokens is None])
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "didi_version": __version__, "torch_version": torch.__version__, "device": _describe_device(device),
