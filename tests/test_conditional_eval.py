@@ -79,9 +79,10 @@ def test_cli_eval_prefix_tokens_adds_conditional_rows_to_the_report(runs, tmp_pa
     stdout = capsys.readouterr().out
     main_table, conditional = stdout.split("Conditional generation: continuations of 4-token held-out prefixes")
     assert len([line for line in main_table.splitlines() if line.startswith("| ")]) == 1 + 3
-    rows = [line.split(" | ") for line in conditional.splitlines() if line.startswith("| ")][1:]
+    header, *rows = [line.split(" | ") for line in conditional.splitlines() if line.startswith("| ")]
+    assert "gen-PPL given prefix" in header and all(len(r) == len(header) for r in rows)
     assert [(r[0].strip("| "), r[3]) for r in rows] == [("mdlm", "2"), ("mdlm", "4"), ("ar", "—")]
-    assert "- gen-PPL | prefix: exp(Σ NLL / Σ scored tokens) of the continuations" in conditional
+    assert "- gen-PPL given prefix: exp(Σ NLL / Σ scored tokens) of the continuations" in conditional
     report = json.loads(out.read_text())
     cond = [r for r in report["rows"] if r["prefix_tokens"] == 4]
     assert len(cond) == 3 and all(r["generated_tokens"] == SEQ_LEN - 5 for r in cond)

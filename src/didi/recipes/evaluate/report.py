@@ -188,7 +188,7 @@ def conditional_table(report: EvalReport) -> str:
     if not rows:
         return ""
     p = rows[0].prefix_tokens
-    header = ["model", "kind", "sampler", "NFE", "NFE made", "gen-PPL | prefix", "entropy", "continued tokens",
+    header = ["model", "kind", "sampler", "NFE", "NFE made", "gen-PPL given prefix", "entropy", "continued tokens",
               "latency/batch (s)"]
     lines = [f"Conditional generation: continuations of {p}-token held-out prefixes", "",
              "| " + " | ".join(header) + " |",
@@ -203,10 +203,10 @@ def conditional_table(report: EvalReport) -> str:
                   "model's corpus, evenly spaced over the split (the same text for models sharing corpus, tokenizer "
                   "and length); diffusion models keep them fixed and fill the rest of the sequence at each NFE, AR "
                   "models continue them token by token.",
-              "- gen-PPL | prefix: " + (f"exp(Σ NLL / Σ scored tokens) of the continuations under {evaluator['name']}, "
-                                        "each scored after its prefix (prefix and continuation re-tokenised "
-                                        "separately; only continuation tokens count, EOS rule as above)."
-                                        if evaluator else "not computed (no --evaluator and no AR --model)."),
+              "- gen-PPL given prefix: " + (
+                  f"exp(Σ NLL / Σ scored tokens) of the continuations under {evaluator['name']}, each scored after "
+                  "its prefix (prefix and continuation re-tokenised separately; scored: every non-EOS continuation "
+                  "token and its first EOS)." if evaluator else "not computed (no --evaluator and no AR --model)."),
               "- entropy: mean over samples of the unigram entropy (nats) of the continuation's own token ids."]
     return "\n".join(lines)
 
