@@ -10,14 +10,16 @@
 Stages (each skipped when its run directory is complete, so an interrupted benchmark resumes):
 teacher MDLM -> AR baseline/evaluator -> DiDi-Instruct student -> evaluation of the teacher at
 8/16/32/64/128/1024 NFE, the student at 8..128 NFE with the ancestral sampler and with RGAS, and the AR baseline,
-all in one process so that every latency ratio is measured on the same machine in the same run.
+all in one process so that every latency ratio is measured on the same machine in the same run; then the
+conditional rows (teacher and student at 8..128 NFE and the AR baseline continue held-out 32-token prefixes,
+`didi eval --prefix-tokens`; `--prefix-tokens 0` skips them).
 
 The evaluation (``Scale.seeds``, ``Scale.temperatures``, ``Scale.mauve``): every row at temperature 1 with each
 seed (mean ± std), the rest of the temperature sweep with the first seed, each model x NFE's gen-PPL at the
 held-out data's entropy, MAUVE against held-out text, and the data and AR reference rows; the teacher's largest
 budget and RGAS at temperature 1 with one seed (bootstrap intervals), for CPU time. Speed-ups are ratios of
 per-sample latencies, every row timed at one batch size. results.json carries every row, seed and temperature,
-the frontiers and the settings.
+the frontiers and the settings (the conditional rows under "conditional_rows").
 """
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ class Scale:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # temperature 1 rows: mean ± std over these seeds
     temperatures: list[float] = field(default_factory=lambda: [0.7, 0.8, 0.9, 1.0])  # frontier sweep (first seed)
     mauve: bool = True  # MAUVE against held-out text (needs >= 16 samples per side)
+    prefix_tokens: int = 32  # conditional rows: held-out prefix length (--prefix-tokens overrides, 0 = none)
 
 
 # "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL).
@@ -97,7 +100,7 @@ SCALES = {
                    global_batch_size=8, teacher_lr=3e-3,
                    distill=dict(batch_size=2, group_size=2, lr=1e-4, disc_lr=1e-3, warmup_steps=1),
                    teacher_nfe=[4, 8], student_nfe=[4], num_samples=16, vocab_size=300, eval_blocks=2, repeats=1,
-                   ablation_nfe=[4], seeds=[0, 1], temperatures=[0.5, 1.0],
+                   ablation_nfe=[4], seeds=[0, 1], temperatures=[0.5, 1.0], prefix_tokens=8,
                    train_extra=dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)),
 }
 
@@ -259,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="override the corpus of the scale")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefix-tokens", type=int, default=None, help="conditional rows: teacher, student and AR "
+                        "continue held-out prefixes of this many tokens (default: 32, 8 with --smoke; 0: none)")
     args = parser.parse_args(argv)
 
     scale = SCALES["smoke" if args.smoke else args.scale]
@@ -311,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for rep in reports for r in rep.rows]
     report = combined_report(reports, args, evaluator)
 
+    prefix_tokens = scale.prefix_tokens if args.prefix_tokens is None else args.prefix_tokens
+    conditional = []  # one evaluation per model, so that a retrained model does not re-evaluate the others
+    for name, run in [("teacher", teacher), ("student", student)] + ([] if scale.evaluator else [("ar", ar)]):
+        conditional += [] if not prefix_tokens else eval_rows(
+            f"conditional-{name}", models=[run], nfe=scale.student_nfe, prefix_tokens=prefix_tokens,
+            unconditional=False, **ev)
+
     ablation_rows = []
     if args.ablation:
         for i, (label, switches) in enumerate(ABLATION):
@@ -326,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     plot_report(dataclasses.replace(report, rows=[r for r in rows if r.temperature in (1.0, None)]), plot_path)
     (out / "results.json").write_text(json.dumps({**report.to_json(), "ablation_rows": [r.to_json() for r in
                                                                                       ablation_rows],
+                                                  "conditional_rows": [r.to_json() for r in conditional],
                                                   "wall_clock_s": wall}, indent=2, default=str))
     command = "python benchmarks/reproduce.py" + (" --smoke" if args.smoke else f" --scale {args.scale}") + (
-        " --ablation" if args.ablation else "")
+        " --ablation" if args.ablation else "") + (
+        "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}")
     proteins = None if args.smoke else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
                   data, proteins, report)
+    text += conditional_section(conditional, names, prefix_tokens)
     results.write_text(text)
     print(text)
     return 0
@@ -447,6 +462,24 @@ def _table_notes(rows: list[EvalRow], names: dict[str, str], scale: Scale, repor
         "RGAS's extra discriminator calls per batch.",
     ]
     return notes
+
+
+def conditional_section(rows: list[EvalRow], names: dict[str, str], prefix_tokens: int) -> str:
+    """The conditional-evaluation rows (``didi eval --prefix-tokens``) as a Markdown section ("" without rows)."""
+    if not rows:
+        return ""
+    lines = ["", f"## Conditional generation ({prefix_tokens}-token prefixes)", "",
+             f"Every model continues the same {rows[0].num_samples} held-out prefixes ([BOS] and the first "
+             f"{prefix_tokens} tokens of evenly spaced validation blocks) to {rows[0].seq_len} tokens; gen-PPL scores "
+             "the continuation given its prefix under the same evaluator, entropy is that of the continuation "
+             "(`didi eval --prefix-tokens`, docs/conditioning.md).", "",
+             "| model | sampler | NFE | calls made | gen-PPL given prefix ↓ | entropy | latency / batch (s) |",
+             "|" + "---|" * 7]
+    for r in rows:
+        lines.append(" | ".join([f"| {names.get(r.source, r.model)}", r.sampler, "—" if r.nfe is None else str(r.nfe),
+                                 _cell(r.nfe_made, ".0f"), _cell(r.gen_ppl.ppl if r.gen_ppl else None, ".1f"),
+                                 _cell(r.entropy, ".3f"), _cell(r.latency_s, ".3f") + " |"]))
+    return "\n".join(lines) + "\n"
 
 
 def protein_table(page: Path) -> str | None:

@@ -1,5 +1,6 @@
 """benchmarks/reproduce.py --smoke: the whole reproduction pipeline (teacher, AR evaluator, DiDi-Instruct student,
-evaluation with both samplers, ablation, results page and plot) end to end on a synthetic corpus, in seconds."""
+evaluation with both samplers, conditional rows, ablation, results page and plot) end to end on a synthetic corpus,
+in seconds."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,9 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert labels == {("teacher", "ancestral"), ("student", "ancestral"), ("student", "rgas"),
                       ("AR", "autoregressive")}, labels
     assert "## Cumulative ablation" in text and "+ Guided inference (RGAS)" in text
+    conditional = text.split("## Conditional generation (8-token prefixes)")[1]
+    assert [line.split(" | ")[:3] for line in conditional.splitlines() if line.startswith("| ")][1:] == [
+        ["| teacher", "ancestral", "4"], ["| student", "ancestral", "4"], ["| AR", "autoregressive", "—"]]
     assert "Command: `python benchmarks/reproduce.py --smoke --ablation`" in text
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header = next(line for line in text.splitlines() if line.startswith("| model | sampler | NFE | calls made"))
@@ -37,6 +41,7 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     rgas = [r for r in saved["rows"] if r["sampler"] == "rgas"]
     assert rgas and all(sum(r["extra_calls"]["discriminator"]) > 0 for r in rgas)
+    assert [r["generated_tokens"] for r in saved["conditional_rows"]] == [32 - 1 - 8] * 3
     assert all(saved["wall_clock_s"][stage] > 0 for stage in ("teacher", "ar", "student"))
     assert saved["target_entropy"]["value"] == next(r["entropy"] for r in saved["rows"] if r["kind"] == "data")
     assert {(f["model"], f["nfe"]) for f in saved["frontiers"]} == {("teacher", 4), ("student", 4), ("ar", None)}

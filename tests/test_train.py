@@ -144,8 +144,8 @@ def test_bad_corpus_is_one_line_error(tmp_path, capsys, make_bad, option):
 def test_bad_sampling_inputs(tmp_path, teacher_run, capsys):
     assert main(["sample", "--model", str(teacher_run), "--nfe", "0"]) == 2
     assert "--nfe" in capsys.readouterr().err
-    assert main(["sample", "--model", str(teacher_run), "--seq-len", "64"]) == 2
-    assert "--seq-len" in capsys.readouterr().err
+    assert main(["sample", "--model", str(teacher_run), "--seq-len", "0"]) == 2  # above the length: windows
+    assert "--seq-len: must be >= 1 (got 0)" in capsys.readouterr().err
     # truncated / missing weights and a tokenizer that does not match the model
     import shutil
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .data.prompts import Prompt, as_prompts, prompt_batches
 from .data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
 from .diffusion.sampling import SampleResult, SamplingControls, apply_controls, sample_categorical
 from .errors import CheckpointError, option_error, require
@@ -27,7 +28,8 @@ from .runtime.utils import autocast, pick_device, resolve_precision, synchronize
 def generate(model: Callable[..., torch.Tensor], *, batch_size: int, seq_len: int, bos_id: int,
              generator: torch.Generator | None = None, use_cache: bool = True,
              controls: SamplingControls | None = None, device: torch.device | str = "cpu",
-             progress: bool = False) -> SampleResult:
+             progress: bool = False, prefix: torch.Tensor | None = None,
+             fixed: torch.Tensor | None = None) -> SampleResult:
     """Sample ``x_0 = [BOS]``, then ``x_i ~ p(. | x_<i)`` (float64) for ``i < seq_len``, ``p`` shaped by ``controls``
     (:func:`didi.diffusion.sampling.apply_controls`: temperature, top-k, top-p); with ``controls.greedy_tail`` the
     last token is the argmax.
@@ -35,24 +37,39 @@ def generate(model: Callable[..., torch.Tensor], *, batch_size: int, seq_len: in
     ``model(idx, cache=...) -> logits`` is a :class:`GPT` or a wrapper with its signature. With ``use_cache``
     every step feeds only the newest token (a :class:`KVCache` keeps the prefix); without it every step re-reads
     the whole prefix. Either way there is one network call per generated token: ``nfe = seq_len - 1``.
+
+    With ``prefix`` (B, L) and ``fixed`` (B, L), each row's fixed positions (a prefix: an autoregressive model cannot
+    fill spans) keep their tokens: generation starts at ``P``, the first position free in some row, with one call
+    on ``x_<P``; a row whose prompt is longer keeps its tokens up to its own end. ``nfe = seq_len - P``.
     """
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
     controls = controls or SamplingControls()
     device = torch.device(device)
     start = time.perf_counter()
     tokens = torch.full((batch_size, seq_len), bos_id, dtype=torch.long, device=device)
+    first = 1
+    if prefix is not None:
+        fixed = (torch.ones_like(prefix, dtype=torch.bool) if fixed is None else fixed).to(device)
+        require(tuple(prefix.shape) == (batch_size, seq_len) and fixed.shape == prefix.shape, "prefix",
+                f"must have shape ({batch_size}, {seq_len}) (got {tuple(prefix.shape)})")
+        require(bool((fixed.long().cummin(-1).values.bool() == fixed).all()), "infill",
+                "an autoregressive model continues prompts only: fill spans with a diffusion model")
+        tokens = torch.where(fixed, prefix.to(device), tokens)
+        free = (~fixed).any(0).nonzero()
+        first = max(1, int(free[0])) if len(free) else seq_len
     cache = KVCache(seq_len) if use_cache else None
     nfe = 0
-    for i in tqdm(range(1, seq_len), desc="sampling", disable=not progress, leave=False):
-        inputs = tokens[:, i - 1:i] if cache is not None else tokens[:, :i]
+    for i in tqdm(range(first, seq_len), desc="sampling", disable=not progress, leave=False):
+        inputs = tokens[:, :i] if cache is None or i == first else tokens[:, i - 1:i]
         logits = model(inputs, cache=cache)[:, -1]
         nfe += 1
         probs = apply_controls(logits, controls)
         greedy = controls.greedy_tail and i == seq_len - 1
-        tokens[:, i] = probs.argmax(-1) if greedy else sample_categorical(probs, generator)
+        drawn = probs.argmax(-1) if greedy else sample_categorical(probs, generator)
+        tokens[:, i] = drawn if prefix is None else torch.where(fixed[:, i], tokens[:, i], drawn)
     synchronize(device)
     return SampleResult(tokens=tokens, nfe=nfe, seconds=time.perf_counter() - start, num_steps=seq_len - 1,
-                        sampler="autoregressive")
+                        sampler="autoregressive", fixed=fixed if prefix is not None else None)
 
 
 @dataclass
@@ -101,29 +118,51 @@ class ARPipeline:
     def sample(self, num_samples: int, nfe: int | None = None, *, seed: int = 0, batch_size: int | None = None,
                seq_len: int | None = None, sampler: str = "ancestral", use_cache: bool = True, top_p: float = 1.0,
                progress: bool = False, temperature: float = 1.0, top_k: int | None = None,
-               greedy_tail: bool = False, **_: Any) -> list[SampleResult]:
+               greedy_tail: bool = False, prompt: str | Prompt | Sequence[str | Prompt] | None = None,
+               infill: str | Sequence[str] | None = None, prefix: torch.Tensor | None = None,
+               fixed: torch.Tensor | None = None, stride: int | None = None, **_: Any) -> list[SampleResult]:
         """Generate ``num_samples`` sequences ``[BOS] x_1 .. x_{L-1}`` in batches; one result per batch.
 
         ``nfe`` is ignored: an AR model always makes ``seq_len - 1`` calls (the signature matches
         :meth:`didi.pipeline.DiffusionPipeline.sample`). ``temperature``, ``top_k``, ``top_p`` and ``greedy_tail``
-        are :class:`didi.diffusion.sampling.SamplingControls`.
+        are :class:`didi.diffusion.sampling.SamplingControls`. ``prompt`` (``[BOS] prompt`` kept, the rest generated;
+        ``seq_len - P`` calls) and ``prefix``/``fixed`` tensors condition as there; templates (``infill``) and
+        lengths above the model's are refused.
         """
         controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, greedy_tail=greedy_tail)
         if sampler != "ancestral":
             raise option_error("sampler", f"{sampler!r} is not available for an autoregressive model: it samples "
                                           "token by token (ancestral); rgas needs a DiDi-Instruct student")
+        require(infill is None, "infill", "an autoregressive model continues prompts only: fill spans with a "
+                                          "diffusion model")
+        require(stride is None, "stride", "semi-autoregressive windows are for diffusion models")
         require(num_samples >= 1, "num_samples", f"must be >= 1 (got {num_samples})")
-        seq_len = seq_len or self.seq_len
-        require(1 <= seq_len <= self.config.model.max_seq_len, "seq_len",
-                f"must be in [1, {self.config.model.max_seq_len}] for this model (got {seq_len})")
+        max_len = self.config.model.max_seq_len
+        require(seq_len is None or 1 <= seq_len <= max_len, "seq_len",
+                f"must be in [1, {max_len}] for this model (got {seq_len})")
         batch_size = min(batch_size or num_samples, num_samples)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        results = [generate(self.logits, batch_size=min(batch_size, num_samples - start), seq_len=seq_len,
-                            bos_id=self.tokenizer.bos_id, generator=generator, use_cache=use_cache,
-                            controls=controls, device=self.device, progress=progress)
-                   for start in range(0, num_samples, batch_size)]
-        for result in results:
+        prompts = as_prompts(self.tokenizer, prompt)
+        if prompts:
+            batches = [(b.size, b.length, b.ids, b.fixed, b.rows) for b in prompt_batches(
+                prompts, num_samples=num_samples, length=seq_len, default_length=self.seq_len, batch_size=batch_size)]
+        else:
+            prefix = prefix.expand(num_samples, -1) if prefix is not None and prefix.dim() == 1 else prefix
+            fixed = fixed.expand_as(prefix) if fixed is not None and prefix is not None else fixed
+            length = prefix.shape[1] if prefix is not None else seq_len or self.seq_len
+            batches = [(min(batch_size, num_samples - start), length,
+                        None if prefix is None else prefix[start:start + batch_size],
+                        None if fixed is None else fixed[start:start + batch_size], [])
+                       for start in range(0, num_samples, batch_size)]
+        results = []
+        for size, length, ids, kept, rows in batches:
+            result = generate(self.logits, batch_size=size, seq_len=length, bos_id=self.tokenizer.bos_id,
+                              generator=generator, use_cache=use_cache, controls=controls, device=self.device,
+                              progress=progress, prefix=ids, fixed=kept)
             result.info["controls"] = dataclasses.asdict(controls)
+            if rows:
+                result.info["conditioning"] = rows
+            results.append(result)
         return results
 
     @torch.no_grad()

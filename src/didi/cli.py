@@ -124,9 +124,23 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="run directory of the model")
     p.add_argument("--nfe", type=int, default=16, help="number of sampling steps = network evaluations budget "
                    "(diffusion models; default 16)")
-    p.add_argument("--num-samples", type=int, default=8, help="how many sequences (default 8)")
+    p.add_argument("--num-samples", type=int, default=8, help="how many sequences, per prompt or template if any "
+                   "(default 8)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: all at once)")
-    p.add_argument("--seq-len", type=int, default=None, help="length of each sample (default: training length)")
+    p.add_argument("--length", "--seq-len", dest="seq_len", type=int, default=None, metavar="N",
+                   help="tokens per sample, BOS included (default: the training length; above the model's length: "
+                        "semi-autoregressive windows, see --stride; an --infill template sets its own)")
+    p.add_argument("--stride", type=int, default=None, metavar="S",
+                   help="with --length above the model's length: new tokens per window, the rest of the window is "
+                        "context kept from the previous one (default: half a window)")
+    conditioning = p.add_mutually_exclusive_group()
+    conditioning.add_argument("--prompt", default=None, metavar="TEXT",
+                              help="continue this text ([BOS] TEXT is kept, the rest of --length is generated)")
+    conditioning.add_argument("--infill", default=None, metavar="TEMPLATE",
+                              help="fill each [MASK:n] span of TEMPLATE with n tokens, e.g. "
+                                   "\"To be, or not to be: [MASK:8] question.\"")
+    conditioning.add_argument("--prompts", type=Path, default=None, metavar="FILE.jsonl",
+                              help="one {\"prompt\": TEXT} or {\"infill\": TEMPLATE} per line, --num-samples each")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--sampler", default="ancestral", choices=["ancestral", "rgas"],
                    help="ancestral (MDLM with cache) or rgas (reward-guided, DiDi-Instruct students)")
@@ -189,7 +203,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     model = load(args.model, device=args.device, weights=args.weights)
     results = model.sample(args.num_samples, args.nfe, seed=args.seed, batch_size=args.batch_size,
                            seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache, progress=True,
-                           **controls, **(dataclasses.asdict(rgas) if rgas else {}))
+                           stride=args.stride, **controls, **_conditioning(args, model),
+                           **(dataclasses.asdict(rgas) if rgas else {}))
     records = write_samples(model, results, args.out)
     if not args.quiet:
         for i, rec in enumerate(records):
@@ -197,6 +212,16 @@ def _run_sample(args: argparse.Namespace) -> None:
     total = sum(r.seconds for r in results)
     print(f"[didi] {len(records)} samples, nfe {max(r.nfe for r in results)}, {total:.2f}s"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def _conditioning(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """``prompt=`` / ``infill=`` of ``model.sample`` from --prompt, --infill or --prompts (read with the model's
+    tokenizer)."""
+    from .data.prompts import read_prompts
+
+    if args.prompts is not None:
+        return {"prompt": read_prompts(args.prompts, model.tokenizer)}
+    return {k: getattr(args, k) for k in ("prompt", "infill") if getattr(args, k) is not None}
 
 
 def _report_written(what: str, path: Path) -> None:

@@ -17,19 +17,36 @@ from .runtime.checkpoint import atomic_write
 
 
 def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, Any]]:
-    """One record per generated sequence; ``nfe``/``seconds`` are those of the batch it was generated in."""
+    """One record per generated sequence; ``nfe``/``seconds`` are those of the batch it was generated in.
+
+    A conditioned row (``result.info["conditioning"]``, see :func:`conditioned_fields`) also records its prompt or
+    template and its generated text; a semi-autoregressive batch records its ``windows``.
+    """
     records = []
     for result in results:
         texts = model.decode(result.tokens)
-        for row, text in zip(result.tokens.cpu().tolist(), texts):
+        rows = result.info.get("conditioning") or [None] * len(texts)
+        for row, text, conditioning in zip(result.tokens.cpu().tolist(), texts, rows):
             records.append({
                 "tokens": row, "text": text, "nfe": result.nfe, "seconds": result.seconds,
                 "batch_size": int(result.tokens.shape[0]), "num_steps": result.num_steps, "sampler": result.sampler,
                 "extra_calls": dict(result.extra_calls), "model": str(getattr(model, "path", "")),
                 "kind": getattr(model, "kind", ""), "tokenizer": model.tokenizer.kind,
                 **({"controls": result.info["controls"]} if "controls" in result.info else {}),
+                **(conditioned_fields(model.tokenizer, row, conditioning) if conditioning else {}),
+                **({"windows": result.info["windows"]} if "windows" in result.info else {}),
             })
     return records
+
+
+def conditioned_fields(tokenizer: Any, tokens: list[int], conditioning: dict[str, Any]) -> dict[str, Any]:
+    """``text``: the completed text (after the [BOS] the prompt added); ``generated``: the text of each generated
+    span; ``spans``: their ``[start, end)`` token positions; and ``prompt`` or ``infill``: the text given."""
+    start = conditioning.get("text_start", 0)
+    spans = conditioning["spans"]
+    return {"text": tokenizer.decode(tokens[start:]),
+            "generated": [tokenizer.decode(tokens[a:b]) for a, b in spans], "spans": spans,
+            **{k: conditioning[k] for k in ("prompt", "infill") if k in conditioning}}
 
 
 def fasta_header(index: int, record: dict[str, Any]) -> str:
@@ -41,7 +58,10 @@ def format_sample(index: int, record: dict[str, Any]) -> str:
     """How ``didi sample`` prints a record: a FASTA record for proteins, else a header line above the text."""
     if record.get("tokenizer") == "protein":
         return f">{fasta_header(index, record)}\n{record['text']}"
-    return f"--- sample {index} (nfe {record['nfe']}, {record['seconds']:.2f}s for its batch) ---\n{record['text']}"
+    text = f"--- sample {index} (nfe {record['nfe']}, {record['seconds']:.2f}s for its batch) ---\n{record['text']}"
+    if "generated" in record:
+        text += "".join(f"\n  [generated {a}:{b}] {g!r}" for (a, b), g in zip(record["spans"], record["generated"]))
+    return text
 
 
 def write_samples(model: Any, results: list[SampleResult], path: Path | None) -> list[dict[str, Any]]:

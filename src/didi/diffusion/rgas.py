@@ -45,6 +45,16 @@ default is its own: M = 4, ratio 0.5, T_rerank = 1), without its defects: float3
 kept in the soft input and the draw, and a final noise-removal call to an untrained backbone (here the last grid
 step goes to ``alpha = 1`` with the student and is counted in the budget).
 
+Fixed positions (prompts, infill templates, semi-autoregressive context; ``prefix``/``fixed`` as in
+:func:`didi.diffusion.sampling.conditioned_start`) are never re-drawn and enter no reward sum: they are never masked,
+so tilting (masked positions of ``z_t``) and ``masked_mean`` re-ranking (masked positions of the candidate) skip
+them by construction, and ``sum`` re-ranking sums over the free positions only (``~fixed``). They still reach the
+discriminator as context, as they reach the student. With a log density ratio reward this is the conditional
+ratio: ``q_real(z | x_fixed) / q_student(z | x_fixed)`` differs from the unconditional one by a factor that is the
+same for every candidate of a row (cancels in the softmax) and has no gradient (no effect on the tilt). The
+discriminator was trained on states masked at rate ``1 - alpha_t`` everywhere; a state whose fixed positions are
+never masked is off that distribution, more so the longer the prompt.
+
 Call accounting (:class:`didi.diffusion.sampling.SampleResult`): ``nfe`` counts student calls; as in the ancestral
 sampler the student is called only when ``z`` changed since its last call (every step if it is time-conditioned or
 the cache is off) and never after the last mask is filled. ``extra_calls["discriminator"]`` counts discriminator
@@ -69,7 +79,14 @@ from ..config import helpfield
 from ..errors import require
 from ..models.discriminator import LOG_ODDS_EPS, REWARD_CLIP, sequence_rewards
 from .process import Denoiser, LogLinearSchedule, sigma_input, subs_log_probs
-from .sampling import SampleResult, SamplingControls, ancestral_transition, sample_categorical, time_grid
+from .sampling import (
+    SampleResult,
+    SamplingControls,
+    ancestral_transition,
+    conditioned_start,
+    sample_categorical,
+    time_grid,
+)
 
 REWARDS = ("masked_mean", "sum")
 
@@ -143,15 +160,20 @@ def tilted_logits(discriminator: Denoiser, logits: torch.Tensor, z: torch.Tensor
 
 
 def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tensor, config: RGASConfig,
-           generator: torch.Generator | None, mask_index: int) -> torch.Tensor:
+           generator: torch.Generator | None, mask_index: int, fixed: torch.Tensor | None = None) -> torch.Tensor:
     """Keep one of the candidates (B, M, L) per row, ``j ~ softmax(r / T_rerank)``; one discriminator call on B*M
-    rows."""
+    rows.
+
+    ``fixed`` (B, L): positions left out of the ``sum`` reward (``masked_mean`` never counts them: never masked).
+    """
     b, m, length = candidates.shape
     flat = candidates.reshape(b * m, length)
     if config.reward == "masked_mean":
         positions = flat == mask_index
-    else:
+    elif fixed is None:
         positions = torch.ones_like(flat, dtype=torch.bool)
+    else:
+        positions = ~fixed.repeat_interleave(m, dim=0)
     rewards = sequence_reward(discriminator(flat, sigma.repeat_interleave(m)).float(), positions, config)
     probs = torch.softmax(rewards.view(b, m).double() / config.rerank_temperature, dim=-1)
     choice = sample_categorical(probs, generator)
@@ -163,8 +185,10 @@ def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int,
                 mask_index: int, schedule: LogLinearSchedule, time_conditioning: bool = False,
                 config: RGASConfig | None = None, generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu", use_cache: bool = True,
-                controls: SamplingControls | None = None, progress: bool = False) -> SampleResult:
-    """Sample ``batch_size`` sequences from all-mask in ``num_steps`` RGAS steps (see the module docstring).
+                controls: SamplingControls | None = None, progress: bool = False, prefix: torch.Tensor | None = None,
+                fixed: torch.Tensor | None = None) -> SampleResult:
+    """Sample ``batch_size`` sequences from all-mask (or from ``prefix`` with its ``fixed`` positions kept, see
+    :func:`didi.diffusion.sampling.conditioned_start`) in ``num_steps`` RGAS steps (see the module docstring).
 
     ``denoiser(z, sigma) -> (B, L, V)`` is a DiDi-Instruct student and ``discriminator(x, sigma) -> (B, L)`` its
     discriminator, called on ids (B, L) or soft inputs (B, L, V); both run under the caller's device and autocast
@@ -181,7 +205,7 @@ def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int,
     cache_ok = use_cache and not time_conditioning
     grid = time_grid(num_steps, device)
     tilt_steps = rerank_start(num_steps, config.rerank_ratio)
-    z = torch.full((batch_size, seq_len), mask, dtype=torch.long, device=device)
+    z, fixed = conditioned_start(batch_size, seq_len, mask, device, prefix, fixed)
     logits: torch.Tensor | None = None
     nfe = disc_forward = disc_backward = 0
     for n in tqdm(range(num_steps), desc="rgas", disable=not progress, leave=False):
@@ -205,7 +229,7 @@ def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int,
             candidates = torch.stack([step(logits) for _ in range(config.num_candidates)], dim=1)
             distinct = not (candidates == candidates[:, :1]).all()  # else every row drew one state M times
             z_next = (rerank(discriminator, candidates, schedule.sigma(s).float().expand(batch_size), config,
-                             generator, mask) if distinct else candidates[:, 0])
+                             generator, mask, fixed) if distinct else candidates[:, 0])
             disc_forward += int(distinct)
         else:
             z_next = step(logits)
@@ -215,4 +239,5 @@ def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int,
     return SampleResult(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, num_steps=num_steps, sampler="rgas",
                         extra_calls={"discriminator": disc_forward, "discriminator_backward": disc_backward},
                         info={"rgas": dataclasses.asdict(config), "rerank_start": tilt_steps,
-                              "h_schedule": [guidance_scale(n, tilt_steps, config) for n in range(tilt_steps)]})
+                              "h_schedule": [guidance_scale(n, tilt_steps, config) for n in range(tilt_steps)]},
+                        fixed=None if prefix is None else fixed)

@@ -10,6 +10,8 @@
   With the cache trick (valid when the network ignores the time, as MDLM does) the network is called only when
   the sequence changed since the previous call and still contains masks, so ``nfe`` counts real calls and is
   ``<= num_steps``.
+* :func:`conditioned_start` — the start of a conditioned sampler: ``prefix`` tokens kept at the ``fixed`` positions,
+  [MASK] elsewhere (prompts, infilling and semi-autoregressive windows: :mod:`didi.diffusion.conditioning`).
 """
 from __future__ import annotations
 
@@ -119,6 +121,7 @@ class SampleResult:
     sampler: str = "ancestral"
     extra_calls: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    fixed: torch.Tensor | None = None  # (B, L) positions given by the caller, not sampled (None: unconditional)
 
 
 @dataclass
@@ -204,13 +207,38 @@ def ancestral_transition(z: torch.Tensor, logits: torch.Tensor, alpha_t: torch.T
     return z_next
 
 
+def conditioned_start(batch_size: int, seq_len: int, mask_index: int, device: torch.device | str = "cpu",
+                      prefix: torch.Tensor | None = None, fixed: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start state ``z = where(fixed, prefix, [MASK])`` (B, L) of a sampler and its ``fixed`` mask (B, L).
+
+    No ``prefix``: all [MASK], nothing fixed. A ``prefix`` without ``fixed``: fixed where it is not [MASK].
+    """
+    device = torch.device(device)
+    if prefix is None:
+        require(fixed is None, "fixed", "needs the tokens of the fixed positions (prefix)")
+        return (torch.full((batch_size, seq_len), mask_index, dtype=torch.long, device=device),
+                torch.zeros((batch_size, seq_len), dtype=torch.bool, device=device))
+    prefix = prefix.to(device=device, dtype=torch.long)
+    shape = (batch_size, seq_len)
+    require(tuple(prefix.shape) == shape, "prefix", f"must have shape {shape} (got {tuple(prefix.shape)})")
+    if fixed is None:
+        fixed = prefix != mask_index
+    else:
+        fixed = fixed.to(device=device, dtype=torch.bool)
+        require(tuple(fixed.shape) == shape, "fixed", f"must have shape {shape} (got {tuple(fixed.shape)})")
+        require(not bool((prefix[fixed] == mask_index).any()), "prefix", "a fixed position holds the [MASK] id")
+    return torch.where(fixed, prefix, torch.full_like(prefix, mask_index)), fixed
+
+
 @torch.no_grad()
 def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_index: int,
                      schedule: LogLinearSchedule, config: AncestralConfig | None = None,
                      time_conditioning: bool = False, generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu", prefix: torch.Tensor | None = None,
-                     progress: bool = False) -> SampleResult:
-    """Ancestral sampling from all-mask (or from ``prefix``, a partially masked (B, L) start).
+                     progress: bool = False, fixed: torch.Tensor | None = None) -> SampleResult:
+    """Ancestral sampling from all-mask, or from ``prefix`` (B, L) with its ``fixed`` positions kept
+    (:func:`conditioned_start`; without ``fixed``, a partially masked start whose non-[MASK] positions are kept).
 
     Per step ``t -> s``: the network's logits give the SUBS denoiser ``x_hat(z_t)``; see
     :func:`ancestral_transition`. With the cache, logits are reused while ``z`` is unchanged.
@@ -219,8 +247,7 @@ def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
     device = torch.device(device)
     start = time.perf_counter()
-    z = (torch.full((batch_size, seq_len), mask_index, dtype=torch.long, device=device)
-         if prefix is None else prefix.to(device).clone())
+    z, fixed = conditioned_start(batch_size, seq_len, mask_index, device, prefix, fixed)
     grid = time_grid(config.num_steps, device)
     controls = config.controls
     cache_ok = config.use_cache and not time_conditioning
@@ -240,4 +267,5 @@ def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_
         if not torch.equal(z_next, z):
             logits = None  # the input changed: the cached prediction is stale
         z = z_next
-    return SampleResult(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, num_steps=config.num_steps)
+    return SampleResult(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, num_steps=config.num_steps,
+                        fixed=None if prefix is None else fixed)

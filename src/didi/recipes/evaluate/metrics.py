@@ -225,8 +225,23 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
         for start in range(0, len(ids), evaluator.context_len):
             end = start + evaluator.context_len
             chunks.append((ids[start:end], scored[start + 1:end], i))
+    sample_nll, sample_tokens = score_chunks(chunks, len(texts), evaluator, batch_size)
+    count = sum(sample_tokens)
+    if count == 0:
+        raise DataError("samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
+    nll_sum = math.fsum(sample_nll)
+    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(texts),
+                      chunks=len(chunks), sample_nll=sample_nll, sample_tokens=sample_tokens)
+
+
+@torch.no_grad()
+def score_chunks(chunks: Sequence[tuple[list[int], list[bool], int]], num_samples: int, evaluator: Evaluator,
+                 batch_size: int) -> tuple[list[float], list[int]]:
+    """Per sample, ``(sum NLL, #scored)`` over ``chunks`` of evaluator ids with, per chunk, which targets
+    ``ids[1:]`` count and the index of its sample (``< num_samples``); scored in right-padded batches of
+    ``batch_size`` (padding masked)."""
     pad = evaluator.eos_id if evaluator.eos_id is not None else 0
-    sample_nll, sample_tokens = [0.0] * len(texts), [0] * len(texts)
+    sample_nll, sample_tokens = [0.0] * num_samples, [0] * num_samples
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start:start + batch_size]
         width = max(len(ids) for ids, _, _ in batch)
@@ -245,12 +260,7 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
         for (_, _, sample), value, count in zip(batch, row_nll, weight.sum(-1).tolist()):
             sample_nll[sample] += value
             sample_tokens[sample] += int(count)
-    count = sum(sample_tokens)
-    if count == 0:
-        raise DataError("samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
-    nll_sum = math.fsum(sample_nll)
-    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(texts),
-                      chunks=len(chunks), sample_nll=sample_nll, sample_tokens=sample_tokens)
+    return sample_nll, sample_tokens
 
 
 # ------------------------------------------------------------------------------------------------------ likelihood

@@ -36,6 +36,7 @@ class EvalRow:
     batch_sizes: list[int]  # of the timed batches
     latencies_s: list[float]  # wall-clock seconds of the timed batches
     timing: str  # how the latencies were obtained
+    prefix_tokens: int | None = None  # conditional rows (didi eval --prefix-tokens): held-out prefix length
     entropy: float | None = None
     gen_ppl: Perplexity | None = None
     likelihood: Likelihood | None = None
@@ -126,10 +127,11 @@ def compute_frontiers(rows: Sequence[EvalRow], target: float | None) -> list[dic
     """Per model x NFE with rows at two or more temperatures: its points (temperature, entropy, gen-PPL) by
     temperature and its gen-PPL at the ``target`` entropy (:func:`~.metrics.interpolate_at`: ``log gen-PPL``
     linear in entropy between the two bracketing temperatures; ``None`` when not reached). Entropy and gen-PPL
-    are the rows' means over seeds."""
+    are the rows' means over seeds. Unconditional rows only (conditional rows, ``prefix_tokens``, are not swept)."""
     curves: dict[tuple, list[EvalRow]] = {}
     for row in rows:
-        if row.temperature is not None and row.value("gen_ppl") is not None and row.value("entropy") is not None:
+        if (row.prefix_tokens is None and row.temperature is not None and row.value("gen_ppl") is not None
+                and row.value("entropy") is not None):
             curves.setdefault(curve_key(row), []).append(row)
     out = []
     for (model, kind, sampler, nfe), members in curves.items():
@@ -224,8 +226,10 @@ def frontier_table(report: EvalReport) -> list[str]:
 
 def format_table(report: EvalReport) -> str:
     """The report as a Markdown table (and the matched-entropy table of temperature sweeps) followed by notes
-    saying exactly what every column measures."""
-    rows = report.rows
+    saying exactly what every column measures; then the conditional rows' table (:func:`conditional_table`)."""
+    rows = [r for r in report.rows if r.prefix_tokens is None]  # conditional rows: conditional_table
+    if not rows:
+        return conditional_table(report)
     extra_keys = sorted({k for r in rows for k in r.extra_calls})
     protein = any(r.protein for r in rows)
     plddt = any(r.protein and "plddt" in r.protein for r in rows)
@@ -332,6 +336,47 @@ def format_table(report: EvalReport) -> str:
     if cfg["models"]:
         lines.append(f"- {cfg['num_samples']} samples per sampled row and seed, seed(s) {', '.join(map(str, seeds))} "
                      f"(batch i of seed s: s + i{' x ' + str(max(seeds) - min(seeds) + 1) if len(seeds) > 1 else ''}).")
+    conditional = conditional_table(report)
+    return "\n".join(lines) + ("\n\n" + conditional if conditional else "")
+
+
+def conditional_table(report: EvalReport) -> str:
+    """The conditional rows (``didi eval --prefix-tokens P``, :mod:`.conditional`) as a Markdown table with notes;
+    ``""`` if there are none."""
+    rows = [r for r in report.rows if r.prefix_tokens is not None]
+    if not rows:
+        return ""
+    p = rows[0].prefix_tokens
+    header = ["model", "kind", "sampler", "NFE", "NFE made", "gen-PPL given prefix", "entropy", "continued tokens",
+              "latency/batch (s)"]
+    lines = [f"Conditional generation: continuations of {p}-token held-out prefixes", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r.model, r.kind, r.sampler, "—" if r.nfe is None else str(r.nfe), _fmt_calls(r.nfe_per_batch),
+            _fmt(r.gen_ppl.ppl if r.gen_ppl else None, ".2f"), _fmt(r.entropy, ".3f"), str(r.generated_tokens),
+            _fmt(r.latency_s, ".3f")]) + " |")
+    evaluator = report.meta.get("evaluator")
+    lines += ["", f"- prefixes: [BOS] and the first {p} tokens of {rows[0].num_samples} validation blocks of each "
+                  "model's corpus, evenly spaced over the split (the same text for models sharing corpus, tokenizer "
+                  "and length); diffusion models keep them fixed and fill the rest of the sequence at each NFE, AR "
+                  "models continue them token by token.",
+              "- gen-PPL given prefix: " + (
+                  f"exp(Σ NLL / Σ scored tokens) of the continuations under {evaluator['name']}, each scored after "
+                  "its prefix (prefix and continuation re-tokenised separately; scored: every non-EOS continuation "
+                  "token and its first EOS)." if evaluator else "not computed (no --evaluator and no AR --model)."),
+              "- entropy: mean over samples of the unigram entropy (nats) of the continuation's own token ids."]
+    cfg = report.meta.get("config") or {}
+    controls = [f"T {rows[0].temperature:g}" if rows[0].temperature not in (None, 1.0) else "",
+                f"top-k {cfg['top_k']}" if cfg.get("top_k") else "",
+                f"top-p {cfg['top_p']}" if cfg.get("top_p", 1.0) < 1.0 else "",
+                "greedy last step" if cfg.get("greedy_tail") else ""]
+    controls = [c for c in controls if c]
+    if controls or cfg.get("temperatures") or len(cfg.get("seeds") or []) > 1:
+        lines.append(f"- sampled with seed {rows[0].seeds[0] if rows[0].seeds else cfg.get('seed', 0)} (batch i: "
+                     f"seed + i), {', '.join(controls) or 'T = 1, no truncation'}; temperature sweeps and further "
+                     "seeds apply to the unconditional rows only.")
     return "\n".join(lines)
 
 
@@ -350,15 +395,16 @@ def plot_report(report: EvalReport, path: Path) -> None:
     from matplotlib.ticker import LogFormatter, NullFormatter, ScalarFormatter
 
     curves: dict[str, list[EvalRow]] = {}
-    references = [r for r in report.rows if r.nfe is None]  # AR models and the held-out data
-    samplers = {r.sampler for r in report.rows if r.nfe is not None}
-    several_t = len({r.temperature for r in report.rows if r.temperature is not None}) > 1
+    unconditional = [r for r in report.rows if r.prefix_tokens is None]
+    references = [r for r in unconditional if r.nfe is None]  # AR models and the held-out data
+    samplers = {r.sampler for r in unconditional if r.nfe is not None}
+    several_t = len({r.temperature for r in unconditional if r.temperature is not None}) > 1
 
     def label(r: EvalRow) -> str:
         name = r.model if len(samplers) == 1 else f"{r.model} ({r.sampler})"
         return f"{name}, T {r.temperature:g}" if several_t and r.temperature is not None else name
 
-    for r in report.rows:
+    for r in unconditional:
         if r.nfe is not None:
             curves.setdefault(label(r), []).append(r)
     frontiers = report.frontiers

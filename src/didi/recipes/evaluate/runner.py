@@ -42,6 +42,7 @@ from ...runtime.checkpoint import RunConfig, read_run_config
 from ...runtime.utils import pick_device
 from ...samples import read_samples
 from ...version import __version__
+from .conditional import check_prefix_tokens, conditional_rows
 from .metrics import (
     MIN_MAUVE_SAMPLES,
     Evaluator,
@@ -82,6 +83,10 @@ class EvalConfig:
     num_samples: int = helpfield(16, "samples per model and budget")
     batch_size: int = helpfield(0, "samples per sampling batch (0 = --num-samples)")
     seq_len: int = helpfield(0, "sample length (0 = each model's training length)")
+    prefix_tokens: int = helpfield(0, "conditional rows too: every model continues [BOS] + this many tokens of "
+                                      "held-out blocks; gen-PPL of the continuations given their prefixes (0 = off)")
+    unconditional: bool = helpfield(True, "the unconditional rows (false: with --prefix-tokens, only the "
+                                          "conditional ones)")
     seed: int = helpfield(0, "random seed; batch i of every row uses seed + i")
     sampler: str = helpfield("ancestral", "sampler of the diffusion models (AR models always sample token by "
                                           "token)", choices=SAMPLERS)
@@ -139,6 +144,11 @@ class EvalConfig:
         require(self.batch_size >= 0, "batch_size", f"must be >= 1, or 0 for --num-samples (got {self.batch_size})")
         require(self.seq_len == 0 or self.seq_len >= 2, "seq_len", f"must be >= 2, or 0 for the model's (got "
                 f"{self.seq_len})")
+        require(self.prefix_tokens >= 0, "prefix_tokens", f"must be >= 0 (got {self.prefix_tokens})")
+        require(self.unconditional or self.prefix_tokens > 0, "unconditional", "false leaves no row: add "
+                "--prefix-tokens N for the conditional rows")
+        require(self.prefix_tokens == 0 or bool(self.models), "prefix_tokens", "needs a --model to continue the "
+                "prefixes (sample files are evaluated unconditionally)")
         require(self.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
         SamplingControls(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                          greedy_tail=self.greedy_tail)  # validates them
@@ -459,10 +469,11 @@ def _data_row(heldout: HeldOut, scoring: Scoring) -> EvalRow:
 
 # ------------------------------------------------------------------------------------------------------- didi eval
 
-def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device, scoring: Scoring
-                    ) -> list[EvalRow]:
+def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device, scoring: Scoring, *,
+                    conditional: bool = True) -> list[EvalRow]:
     """Likelihood once, then one row per budget (one for an AR model) and temperature: sample with every seed,
-    time, score."""
+    time, score; then, with ``--prefix-tokens`` and ``conditional`` (not for the evaluator's reference row), the
+    conditional rows (:func:`~.conditional.conditional_rows`)."""
     baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = load(path, device=str(device), weights=config.weights, precision=config.precision)
     likelihood = None
@@ -479,7 +490,7 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
     seeds = config.seed_list
     stride = max(seeds) - min(seeds) + 1  # batch i of seed s uses s + i * stride: no two batches share a seed
     rows = []
-    for nfe in [None] if is_ar else config.nfe:
+    for nfe in ([None] if is_ar else config.nfe) if config.unconditional else []:
         for temperature in config.sweep:
             results, latencies, peaks, per_seed = [], [], [], []
             for k, seed in enumerate(seeds):
@@ -507,6 +518,10 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
                           temperature=temperature)
             scoring.fill(row, per_seed, protein=protein)
             rows.append(row)
+    if config.prefix_tokens and conditional:
+        _log(f"{label}: continuing {config.num_samples} held-out {config.prefix_tokens}-token prefixes")
+        rows += conditional_rows(model, label, str(path), validation_blocks(model, config.data), config,
+                                scoring.evaluator, likelihood)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -585,8 +600,9 @@ def _peak_rss_mib() -> float | None:
 
 def _evaluator_as_model(config: EvalConfig, kinds: Sequence[str], evaluator_name: str | None) -> str | None:
     """The AR reference row of ``--references``: the evaluator's own samples, when it is a didi AR run and no AR
-    ``--model`` is given (that one is the reference then)."""
-    if not config.references or not evaluator_name or "ar" in kinds or not is_didi_run(evaluator_name):
+    ``--model`` is given (that one is the reference then), and unconditional rows are evaluated."""
+    if (not config.references or not config.unconditional or not evaluator_name or "ar" in kinds
+            or not is_didi_run(evaluator_name)):
         return None
     return evaluator_name if read_run_config(Path(evaluator_name)).kind == "ar" else None
 
@@ -604,6 +620,8 @@ def evaluate(config: EvalConfig) -> EvalReport:
     runs = [read_run_config(Path(p)) for p in config.models]  # a bad run directory or sample file fails here, early
     files = [(Path(path), read_samples(Path(path))) for path in config.samples]
     kinds = [run.kind for run in runs]
+    if config.prefix_tokens:
+        check_prefix_tokens(config, runs)
     for path, kind in zip(config.models, kinds):
         if config.sampler == "rgas" and kind != "ar" and not (Path(path) / "discriminator.safetensors").is_file():
             raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; {path} has none")
@@ -619,7 +637,8 @@ def evaluate(config: EvalConfig) -> EvalReport:
     for path, records in files if config.mauve else []:
         require(len(records) >= MIN_MAUVE_SAMPLES, "mauve", f"needs at least {MIN_MAUVE_SAMPLES} samples per side "
                                                             f"(got {len(records)} in {path})")
-    heldout = heldout_data(config, runs, files, proteins, n) if (config.references or config.mauve) else None
+    references = config.references and config.unconditional  # reference rows for the unconditional ones
+    heldout = heldout_data(config, runs, files, proteins, n) if (references or config.mauve) else None
     featurizer, reference_features, mauve_meta = None, None, None
     if config.mauve:
         require(heldout is not None, "mauve", "needs held-out text: no --model or sample file records a corpus "
@@ -643,15 +662,15 @@ def evaluate(config: EvalConfig) -> EvalReport:
         models.append((ar_reference, f"{Path(ar_reference).name} (evaluator)"))
     rows: list[EvalRow] = []
     for path, label in models:
-        rows += _evaluate_model(path, label, config, device, scoring)
+        rows += _evaluate_model(path, label, config, device, scoring, conditional=path != ar_reference)
     for path, records in files:
         rows.append(_evaluate_file(path, records, scoring))
-    data_row = _data_row(heldout, scoring) if heldout is not None and config.references else None
+    data_row = _data_row(heldout, scoring) if heldout is not None and references else None
     if data_row is not None:
         data_row.source = _describe_heldout(heldout, heldout.texts)
     if data_row is not None:
         rows.append(data_row)
-    reference = _set_speedups(rows)
+    reference = _set_speedups([r for r in rows if r.prefix_tokens is None])
     target = None
     if config.target_entropy is not None:
         target = {"value": config.target_entropy, "source": "--target-entropy"}
