@@ -226,6 +226,18 @@ def latest_snapshot(run_dir: Path) -> Path | None:
     return snaps[-1] if snaps else None
 
 
+def check_new_run_dir(run_dir: Path, force: bool = False) -> None:
+    """Refuse to start a new run in ``run_dir`` when it already holds a run (continue that with ``--resume``) or,
+    unless ``force``, other files (the rule of ``didi convert``/``export``: never write among the user's files)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: exists and is not a directory")
+    if (run_dir / CONFIG).exists() or latest_snapshot(run_dir) is not None:
+        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    if run_dir.is_dir() and not force and any(run_dir.iterdir()):
+        raise CheckpointError(f"{run_dir}: already exists and is not empty (pass --force to write the run into it)")
+
+
 def completed_steps(run_dir: Path) -> int:
     """The step of the run's latest complete snapshot (0 when it has none)."""
     snapshot = latest_snapshot(run_dir)
