@@ -37,6 +37,7 @@ from .data.tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
 from .errors import CheckpointError, DidiError, option_error
 from .models.discriminator import empty_discriminator
 from .models.dit import DiT, Rotary
+from .runtime.cache import announce, cache_root
 from .runtime.checkpoint import (
     CONFIG,
     RunConfig,
@@ -527,8 +528,8 @@ def locate(src: str | Path) -> Path:
 
 
 def cache_dir() -> Path:
-    """``$DIDI_CACHE`` or ``~/.cache/didi``."""
-    return Path(os.environ.get("DIDI_CACHE") or Path.home() / ".cache" / "didi")
+    """The didi cache root (:func:`didi.runtime.cache.cache_root`)."""
+    return cache_root()
 
 
 def _fingerprint(path: Path) -> str:
@@ -550,6 +551,7 @@ def as_run_dir(path_or_repo: str | Path) -> Path:
     target = cache_dir() / "converted" / _fingerprint(source)
     if not is_run_dir(target):
         convert(source, target, force=True)
+        announce(f"conversion of {source}", [target])
     return target
 
 

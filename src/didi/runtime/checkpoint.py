@@ -115,11 +115,24 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (0o644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """Atomically write a safetensors file (tensors made contiguous; shared storage is cloned)."""
+    """Atomically write a safetensors file (tensors made contiguous; shared storage is cloned). ``safetensors``
+    creates its files with mode 0600; they get the mode of every other file didi writes (0644 under umask 022)."""
     clean = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
-    atomic_write(path, lambda p: save_file(clean, str(p), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        save_file(clean, str(tmp), metadata=meta)
+        os.chmod(tmp, _file_mode())
+
+    atomic_write(path, write)
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
