@@ -518,13 +518,14 @@ def download(repo_id: str) -> Path:
 
 
 def locate(src: str | Path) -> Path:
-    """A local path as is; ``owner/name`` that is not a local path is downloaded from the Hub."""
+    """A local path as is; ``owner/name`` that is not a local path is downloaded from the Hub, unless its first
+    part is a local directory (``runs/typo``): that is a mistyped path, not a repo id."""
     path = Path(src)
     if path.exists():
         return path
-    if _REPO_ID.fullmatch(str(src)):
+    if _REPO_ID.fullmatch(str(src)) and not path.parent.is_dir():
         return download(str(src))
-    raise CheckpointError(f"{path}: not found")
+    raise CheckpointError(f"{path}: no such file or directory")
 
 
 def cache_dir() -> Path:
