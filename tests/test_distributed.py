@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,9 +85,10 @@ def reference(tmp_path_factory, corpus_file) -> Path:
 # ------------------------------------------------------------------------------------------------ training
 
 def test_sigterm_on_one_rank_stops_every_rank_and_resumes(tmp_path, corpus_file, reference):
-    """SIGTERM to rank 1 only: the ranks agree to stop after the same step, rank 0 writes a final snapshot there and
-    both exit cleanly; a 2-process --resume then ends on the 1-process weights (with gradient accumulation: the
-    per-rank batch of 4 runs as 2 micro-batches of 2)."""
+    """SIGTERM to rank 1 only: the ranks agree to stop after the same step, rank 0 writes a final snapshot there,
+    says so and every rank exits with 143 (so torchrun fails: the run did not finish); a 2-process --resume then
+    ends on the 1-process weights (with gradient accumulation: the per-rank batch of 4 runs as 2 micro-batches
+    of 2)."""
     run = tmp_path / "run"
     launcher = subprocess.Popen(torchrun(2, "train", "--out", str(run), "--data", str(corpus_file), "--steps",
                                          str(STEPS), "--micro-batch-size", "2", *RUN_ARGS),
@@ -100,10 +102,12 @@ def test_sigterm_on_one_rank_stops_every_rank_and_resumes(tmp_path, corpus_file,
         output, _ = launcher.communicate(timeout=120)
     finally:
         launcher.kill()
-    assert launcher.returncode == 0, output[-4000:]
+    assert launcher.returncode != 0, output[-4000:]
     stopped = snapshot_step(run)
     assert 20 <= stopped < STEPS
-    assert f"stop requested: snapshot written at step {stopped}" in output
+    assert output.count(f"[didi] interrupted at step {stopped} of {STEPS} (SIGTERM): snapshot written") == 1
+    assert "run written" not in output
+    assert re.search(r"exitcode\s*: 143 ", output), output[-4000:]  # torchrun's report of the failed rank
     assert checkpoint.tensors_metadata(run / "model.safetensors")["step"] == str(stopped)
 
     run_ok(torchrun(2, "train", "--resume", str(run), "--progress", "false"))

@@ -2,7 +2,11 @@
 
 Each sub-command is two small functions: ``_add_<name>(subparsers)`` declares its options (most generated from a
 typed config dataclass by :func:`add_config_arguments`) and ``_run_<name>(args)`` calls the library. Errors the
-user can fix are :class:`didi.errors.DidiError`; they are printed as one line and exit with status 2.
+user can fix are :class:`didi.errors.DidiError`; they are printed as one line and exit with status 2. A run
+stopped by SIGINT/SIGTERM (:class:`didi.errors.RunInterrupted`) exits with 130/143 after its snapshot.
+
+Only the options of the command being run are declared (:func:`build_parser`): declaring them imports the
+recipes and torch, which ``didi --help`` does not need (it lists the commands from :data:`SUMMARIES`).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import DidiError, option_error
+from .errors import DidiError, RunInterrupted, option_error
 
 # ------------------------------------------------------------------------------------ dataclass <-> argparse
 
@@ -52,7 +56,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude:
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else
                                (f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
         help_text = f.metadata.get("help", "")
-        shown = "" if default is None else f" (default: {default})"
+        shown = "" if default is None or default == "" else f" (default: {default})"  # "": required or unset
         kwargs: dict[str, Any] = dict(dest=f.name, default=None, help=help_text + shown)
         if base is bool:
             kwargs.update(type=_parse_bool, metavar="BOOL")
@@ -81,16 +85,22 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
 # ------------------------------------------------------------------------------------------------ commands
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="describe a run directory (kind, size, tokenizer, training state)",
+    p = sub.add_parser("info", help=SUMMARIES["info"],
                        description="Print what a run directory holds: model kind and size, tokenizer, diffusion "
-                                   "settings, the step of its weights and available snapshots.")
-    p.add_argument("run_dir", type=Path, help="a didi run directory")
+                                   "settings, the step of its weights and available snapshots. A checkpoint in "
+                                   "another layout (a `didi export` or Hugging Face directory, a Lightning .ckpt) is "
+                                   "described as `didi convert` would read it.")
+    p.add_argument("run_dir", type=Path, help="a didi run directory (or a checkpoint `didi convert` reads)")
     p.add_argument("--json", action="store_true", help="print config.json as JSON instead of a summary")
 
 
 def _run_info(args: argparse.Namespace) -> None:
+    from .interop import is_run_dir
     from .runtime.checkpoint import list_snapshots, read_run_config, tensors_metadata
 
+    if args.run_dir.exists() and not is_run_dir(args.run_dir):
+        _info_checkpoint(args)
+        return
     config = read_run_config(args.run_dir)
     if args.json:
         print(json.dumps(config.to_json(), indent=2))
@@ -107,8 +117,12 @@ def _run_info(args: argparse.Namespace) -> None:
     for name in ("model", "ema", "discriminator"):
         path = args.run_dir / f"{name}.safetensors"
         if path.exists():
-            step = tensors_metadata(path).get("step", "?")
-            print(f"{name + ':':<11} {path.name} (step {step}, {path.stat().st_size / 2**20:.1f} MiB)")
+            step = tensors_metadata(path).get("step")
+            state = f"step {step}" if step is not None else \
+                "converted" if "converted_from" in config.extra else "step unknown"
+            print(f"{name + ':':<11} {path.name} ({state}, {path.stat().st_size / 2**20:.1f} MiB)")
+    if "converted_from" in config.extra:
+        print(f"converted:  from {config.extra['converted_from']} ({config.extra.get('source_layout', '?')} layout)")
     snaps = list_snapshots(args.run_dir)
     if snaps:
         print(f"snapshots:  {', '.join(s.name for s in snaps)}")
@@ -117,13 +131,41 @@ def _run_info(args: argparse.Namespace) -> None:
             print(f"{key + ':':<11} {config.training[key]}")
 
 
+def _info_checkpoint(args: argparse.Namespace) -> None:
+    """``didi info`` on a checkpoint that is not a run directory: what ``didi convert`` would make of it."""
+    from .config import to_dict
+    from .interop import infer_model_config, read_source
+
+    source = read_source(args.run_dir)
+    m = infer_model_config(source)
+    files = {f"{stem}.safetensors": f"{weights.origin}, {len(weights.tensors)} tensors"
+             for stem, weights in source.files.items()}
+    if args.json:
+        print(json.dumps({"path": str(source.path), "layout": source.layout, "kind": source.kind,
+                          "model": to_dict(m), "diffusion": source.diffusion_hints,
+                          "tokenizer": source.tokenizer_spec, "files": files}, indent=2))
+        return
+    tok = source.tokenizer_spec or {}
+    print(f"checkpoint: {source.path} ({source.layout} layout, not a run directory: `didi sample` and `didi.load` "
+          "convert it on first use, `didi convert` makes it a run)")
+    print(f"kind:       {source.kind}")
+    print(f"model:      {m.arch}, hidden {m.hidden_size}, {m.n_blocks} blocks, {m.n_heads} heads, "
+          f"vocab {m.vocab_size}, max length {m.max_seq_len}")
+    print(f"tokenizer:  {tok.get('type', 'GPT-2' if m.vocab_size == 50258 else 'not included')}"
+          + (f" ({tok['vocab_size']} tokens)" if "vocab_size" in tok else ""))
+    if source.diffusion_hints:
+        print("diffusion:  " + ", ".join(f"{k}={v}" for k, v in source.diffusion_hints.items()))
+    for name, what in files.items():
+        print(f"{'weights:':<11} {name} ({what})")
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate text (or proteins) from any model",
+    p = sub.add_parser("sample", help=SUMMARIES["sample"],
                        description="Sample from a run directory: a diffusion teacher, a DiDi-Instruct student or "
                                    "an AR model. Prints decoded samples and writes them as JSON lines.")
     p.add_argument("--model", type=Path, required=True, help="run directory of the model")
-    p.add_argument("--nfe", type=int, default=16, help="number of sampling steps = network evaluations budget "
-                   "(diffusion models; default 16)")
+    p.add_argument("--nfe", type=int, default=None, help="number of sampling steps = network evaluations budget "
+                   "(diffusion models; default 16; an AR model makes one call per token and takes no --nfe)")
     p.add_argument("--num-samples", type=int, default=8, help="how many sequences, per prompt or template if any "
                    "(default 8)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: all at once)")
@@ -147,8 +189,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="disable the cache trick (calls the network every step)")
     p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", type=Path, default=None, help="write samples as JSON lines (tokens, text, nfe, seconds); "
-                   "a .fasta/.fa/.faa[.gz] path writes FASTA (protein models, which also print FASTA)")
+    p.add_argument("--out", type=Path, default=None, help="write samples: .jsonl = JSON lines (tokens, text, nfe, "
+                   "seconds; read by didi eval --samples), .txt = plain text as printed, .fasta/.fa/.faa[.gz] = "
+                   "FASTA (protein models, which also print FASTA)")
     p.add_argument("--quiet", action="store_true", help="do not print the samples")
     _add_control_arguments(p)
     _add_rgas_arguments(p)
@@ -192,16 +235,22 @@ def _rgas_config(args: argparse.Namespace) -> Any:
 
 def _run_sample(args: argparse.Namespace) -> None:
     from .pipeline import load
-    from .samples import format_sample, write_samples
+    from .samples import check_sample_path, format_sample, write_samples
 
-    if args.nfe < 1:
+    if args.nfe is not None and args.nfe < 1:
         raise option_error("nfe", f"must be >= 1 (got {args.nfe})")
     if args.num_samples < 1:
         raise option_error("num-samples", f"must be >= 1 (got {args.num_samples})")
+    if args.out is not None:
+        check_sample_path(args.out)
     rgas = _rgas_config(args)
     controls = _controls(args)
     model = load(args.model, device=args.device, weights=args.weights)
-    results = model.sample(args.num_samples, args.nfe, seed=args.seed, batch_size=args.batch_size,
+    if model.kind == "ar" and args.nfe is not None:  # a note, not an error: scripts loop over mixed models
+        print(f"[didi] --nfe {args.nfe} does not apply to an autoregressive model: it makes one network call per "
+              "generated token", file=sys.stderr)
+    results = model.sample(args.num_samples, 16 if args.nfe is None else args.nfe, seed=args.seed,
+                           batch_size=args.batch_size,
                            seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache, progress=True,
                            stride=args.stride, **controls, **_conditioning(args, model),
                            **(dataclasses.asdict(rgas) if rgas else {}))
@@ -237,13 +286,15 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) ->
     from .recipes.train import TrainConfig
 
     what = "a masked-diffusion (MDLM) teacher" if kind == "mdlm" else "an autoregressive (GPT) baseline/evaluator"
-    p = sub.add_parser(name, help=f"train {what}",
+    p = sub.add_parser(name, help=SUMMARIES[name],
                        description=f"Train {what} on a corpus and write a run directory (config.json, "
                                    "model/ema safetensors, tokenizer, trainer_state.pt, checkpoints/).",
                        )
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR exactly where its last snapshot stopped "
                         "(--steps may be raised to extend it)")
+    p.add_argument("--force", action="store_true",
+                   help="write the new run into --out even if that folder holds other files (never into a run)")
     add_config_arguments(p, TrainConfig, group="training")
     add_config_arguments(p, DataConfig, exclude=("seed",), group="data")
 
@@ -261,7 +312,7 @@ def _run_train_command(args: argparse.Namespace, kind: str) -> None:
         raise option_error("out", "a run directory is required (or --resume RUN_DIR)")
     cfg = config_from_args(TrainConfig, args)
     data_cfg = config_from_args(DataConfig, args, seed=cfg.seed)
-    _report_written("run", train(cfg, data_cfg, kind=kind))
+    _report_written("run", train(cfg, data_cfg, kind=kind, force=args.force))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -281,8 +332,7 @@ def _run_train_ar(args: argparse.Namespace) -> None:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="turn a published checkpoint (MDLM/DUO .ckpt, DiDi-Instruct, Hub) into a run "
-                       "directory",
+    p = sub.add_parser("convert", help=SUMMARIES["convert"],
                        description="Convert a Lightning .ckpt (MDLM, DUO, DiDi-Instruct), a Hugging Face style "
                                    "directory (the DiDi-Instruct release, kuleshov-group/mdlm-owt, a `didi export`), "
                                    "a didi run directory or a Hub repo id into a didi run directory. The model size "
@@ -308,7 +358,7 @@ def _run_convert(args: argparse.Namespace) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a run directory in the Hugging Face layout (optionally push it)",
+    p = sub.add_parser("export", help=SUMMARIES["export"],
                        description="Export a diffusion run directory as model.safetensors (+ discriminator."
                                    "safetensors for DiDi-Instruct students), config.json and tokenizer files, the "
                                    "layout of the DiDi-Instruct release; `didi convert` reads it back bit-exactly.")
@@ -332,8 +382,7 @@ def _run_export(args: argparse.Namespace) -> None:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .recipes.evaluate.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of "
-                                    "samples)",
+    p = sub.add_parser("eval", help=SUMMARIES["eval"],
                        description="Sample every --model at every --nfe budget (an AR model: one row) and every "
                                    "temperature, with every seed; score the samples with an evaluator LM (generative "
                                    "perplexity, the paper's protocol), their entropy and optionally MAUVE against "
@@ -389,13 +438,15 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     from .data.corpora import DataConfig
     from .recipes.distill import DistillConfig
 
-    p = sub.add_parser("distill", help="distill a few-step student from a teacher with DiDi-Instruct",
+    p = sub.add_parser("distill", help=SUMMARIES["distill"],
                        description="DiDi-Instruct: train a few-step student (initialised from the teacher) with the "
                                    "integral-KL policy gradient, an adversarial discriminator, grouped reward "
                                    "normalisation and intermediate-state matching. Defaults are the published "
                                    "hyper-parameters; see docs/method.md.")
     p.add_argument("--resume", type=Path, default=None, metavar="STUDENT_DIR",
                    help="continue a distillation run from its last snapshot")
+    p.add_argument("--force", action="store_true",
+                   help="write the new student into --out even if that folder holds other files (never into a run)")
     add_config_arguments(p, DistillConfig, group="distillation")
     add_config_arguments(p, DataConfig, group="data (default: the teacher's corpus and settings)",
                          exclude=tuple(f for f in DataConfig.__dataclass_fields__ if f not in DISTILL_DATA_OPTIONS))
@@ -414,13 +465,13 @@ def _run_distill(args: argparse.Namespace) -> None:
     if not args.teacher:
         raise option_error("teacher", "a teacher run directory is required")
     cfg = config_from_args(DistillConfig, args)
-    _report_written("student", distill(cfg, overrides))
+    _report_written("student", distill(cfg, overrides, force=args.force))
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     from .recipes.quickstart import QuickstartConfig
 
-    p = sub.add_parser("quickstart", help="train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
+    p = sub.add_parser("quickstart", help=SUMMARIES["quickstart"],
                        description="The whole pipeline on the embedded Gutenberg Shakespeare: a tiny MDLM teacher, "
                                    "its samples at 1024 and 16 NFE, a DiDi-Instruct student at 16 NFE, and an "
                                    "evaluation table under an AR model trained on the same text. Finished stages "
@@ -434,6 +485,42 @@ def _run_quickstart(args: argparse.Namespace) -> None:
     quickstart(config_from_args(QuickstartConfig, args))
 
 
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cache", help=SUMMARIES["cache"],
+                       description="didi caches token blocks of every corpus it tokenizes (tokens/) and a converted "
+                                   "copy of checkpoints that `didi sample` / `didi.load` are given in another layout "
+                                   "(converted/). The cache is $DIDI_CACHE, else $XDG_CACHE_HOME/didi, else "
+                                   "~/.cache/didi; anything removed is rebuilt when needed.")
+    p.add_argument("action", choices=["list", "clear"], help="list: every entry with its size; clear: remove them")
+
+
+def _run_cache(args: argparse.Namespace) -> None:
+    from .runtime.cache import cache_root, clear, entries, format_size
+
+    root = cache_root()
+    if args.action == "clear":
+        print(f"removed {format_size(clear(root))} from {root}")
+        return
+    found = entries(root)
+    print(f"{root}: {len(found)} entries, {format_size(sum(e.size for e in found))}")
+    for e in found:
+        print(f"  {e.section + '/' + e.name:<56} {format_size(e.size):>10}  {e.about}")
+
+
+SUMMARIES: dict[str, str] = {
+    "quickstart": "train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
+    "train": "train a masked-diffusion (MDLM) teacher",
+    "train-ar": "train an autoregressive (GPT) baseline/evaluator",
+    "distill": "distill a few-step student from a teacher with DiDi-Instruct",
+    "info": "describe a run directory (kind, size, tokenizer, training state)",
+    "sample": "generate text (or proteins) from any model",
+    "convert": "turn a published checkpoint (MDLM/DUO .ckpt, DiDi-Instruct, Hub) into a run directory",
+    "export": "write a run directory in the Hugging Face layout (optionally push it)",
+    "eval": "gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of samples)",
+    "cache": "list or clear the cache (token blocks, converted checkpoints)",
+}
+"""The one-line help of each command in ``didi --help``, declared without importing the command's modules."""
+
 COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("quickstart", _add_quickstart, _run_quickstart),
     ("train", _add_train, _run_train),
@@ -444,10 +531,17 @@ COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("convert", _add_convert, _run_convert),
     ("export", _add_export, _run_export),
     ("eval", _add_eval, _run_eval),
+    ("cache", _add_cache, _run_cache),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, *, full: bool = False) -> argparse.ArgumentParser:
+    """The ``didi`` parser with the options of ``command`` (every command's with ``full``).
+
+    The other commands are declared by their summary only (:data:`SUMMARIES`): declaring their options would
+    import their configs, hence torch, and take about a second that ``didi --help`` does not need. A command
+    without a summary is always declared in full.
+    """
     parser = argparse.ArgumentParser(
         prog="didi",
         description="Ultra-fast language generation with masked diffusion LMs: train an MDLM teacher, distill a "
@@ -456,7 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"didi {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, add, run in COMMANDS:
-        add(sub)
+        if full or name == command or name not in SUMMARIES:
+            add(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
         sub.choices[name].set_defaults(_run=run)
     return parser
 
@@ -467,14 +564,28 @@ def _version() -> str:
     return __version__
 
 
+def _report_interrupted(exc: RunInterrupted) -> None:
+    """The interruption line on the main process; every rank waits for it before exiting (torchrun stops the
+    remaining workers as soon as one exits non-zero)."""
+    from .runtime import distributed
+
+    if distributed.is_main():
+        print(f"[didi] {exc}", file=sys.stderr)
+    distributed.barrier()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
     try:
         args._run(args)
+    except RunInterrupted as exc:
+        _report_interrupted(exc)
+        return exc.exit_code
     except DidiError as exc:
         print(f"didi: error: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from .data.tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
 from .errors import CheckpointError, DidiError, option_error
 from .models.discriminator import empty_discriminator
 from .models.dit import DiT, Rotary
+from .runtime.cache import announce, cache_root
 from .runtime.checkpoint import (
     CONFIG,
     RunConfig,
@@ -517,18 +518,19 @@ def download(repo_id: str) -> Path:
 
 
 def locate(src: str | Path) -> Path:
-    """A local path as is; ``owner/name`` that is not a local path is downloaded from the Hub."""
+    """A local path as is; ``owner/name`` that is not a local path is downloaded from the Hub, unless its first
+    part is a local directory (``runs/typo``): that is a mistyped path, not a repo id."""
     path = Path(src)
     if path.exists():
         return path
-    if _REPO_ID.fullmatch(str(src)):
+    if _REPO_ID.fullmatch(str(src)) and not path.parent.is_dir():
         return download(str(src))
-    raise CheckpointError(f"{path}: not found")
+    raise CheckpointError(f"{path}: no such file or directory")
 
 
 def cache_dir() -> Path:
-    """``$DIDI_CACHE`` or ``~/.cache/didi``."""
-    return Path(os.environ.get("DIDI_CACHE") or Path.home() / ".cache" / "didi")
+    """The didi cache root (:func:`didi.runtime.cache.cache_root`)."""
+    return cache_root()
 
 
 def _fingerprint(path: Path) -> str:
@@ -550,6 +552,7 @@ def as_run_dir(path_or_repo: str | Path) -> Path:
     target = cache_dir() / "converted" / _fingerprint(source)
     if not is_run_dir(target):
         convert(source, target, force=True)
+        announce(f"conversion of {source}", [target])
     return target
 
 

@@ -2,7 +2,8 @@
 
 The same records are read back by ``didi eval --samples FILE``. Protein models may also write FASTA (a path ending
 in ``.fasta``, ``.fa``, ``.faa`` or ``.fas``, optionally ``.gz``): one record per sample, headed by
-:func:`fasta_header`.
+:func:`fasta_header`. A ``.txt`` path gets plain text, the samples as ``didi sample`` prints them
+(:func:`format_sample`); any other suffix is refused (:func:`check_sample_path`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from .data.protein import is_fasta_path, write_fasta
 from .diffusion.sampling import SampleResult
-from .errors import DataError
+from .errors import DataError, option_error
 from .runtime.checkpoint import atomic_write
 
 
@@ -64,12 +65,29 @@ def format_sample(index: int, record: dict[str, Any]) -> str:
     return text
 
 
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TEXT_SUFFIX = ".txt"
+
+
+def check_sample_path(path: Path) -> None:
+    """Refuse an ``--out`` whose suffix names no format :func:`write_samples` writes (before anything is sampled)."""
+    suffix = Path(path).suffix.lower()
+    if not (suffix in JSON_SUFFIXES or suffix == TEXT_SUFFIX or is_fasta_path(Path(path).name)):
+        raise option_error("out", f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl (JSON lines, read "
+                                  "by didi eval --samples), .txt (plain text) or .fasta (protein models)")
+
+
 def write_samples(model: Any, results: list[SampleResult], path: Path | None) -> list[dict[str, Any]]:
-    """Build the records and, if ``path`` is given, write them atomically (JSONL, or FASTA for protein models)."""
+    """Build the records and, if ``path`` is given, write them atomically: JSON lines, plain text (``.txt``) or
+    FASTA (protein models)."""
     records = sample_records(model, results)
     if path is not None:
         path = Path(path)
-        if is_fasta_path(path.name):
+        check_sample_path(path)
+        if path.suffix.lower() == TEXT_SUFFIX:
+            text = "".join(format_sample(i, r) + "\n" for i, r in enumerate(records))
+            atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+        elif is_fasta_path(path.name):
             if model.tokenizer.kind != "protein":
                 raise DataError(f"{path}: FASTA output needs a protein model ({model.tokenizer.kind} tokenizer); "
                                 "write JSON lines instead")
@@ -85,9 +103,10 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: sample file not found")
-    if is_fasta_path(path.name):
-        raise DataError(f"{path}: a FASTA file holds the sequences only; evaluate the JSON lines of "
-                        "`didi sample --out FILE.jsonl` (or the model itself with --model)")
+    if is_fasta_path(path.name) or path.suffix.lower() == TEXT_SUFFIX:
+        raise DataError(f"{path}: a {'FASTA' if is_fasta_path(path.name) else 'plain-text'} file holds the "
+                        "sequences only; evaluate the JSON lines of `didi sample --out FILE.jsonl` (or the model "
+                        "itself with --model)")
     records = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):

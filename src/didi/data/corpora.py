@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ..config import helpfield
 from ..errors import DataError, option_error, require
+from ..runtime.cache import announce, cache_root
 from ..runtime.checkpoint import atomic_write, write_json
 from .protein import FASTA_SUFFIXES, PROTEIN_CORPUS, builtin_protein_fasta, is_fasta_path, read_fasta, split_by_sequence
 from .tokenizer import ByteTokenizer, ProteinTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
@@ -77,8 +77,8 @@ class DataConfig:
     valid_fraction: float = helpfield(0.05, "share of documents held out for validation in corpora without a "
                                             "natural split (0 = no validation)")
     folio: bool = helpfield(False, "shakespeare: also use the First Folio spelling of the plays")
-    cache_dir: str | None = helpfield(None, "directory of cached token blocks (default $DIDI_CACHE/tokens, "
-                                            "$DIDI_CACHE defaulting to ~/.cache/didi)")
+    cache_dir: str | None = helpfield(None, "directory of cached token blocks (default: tokens/ under $DIDI_CACHE, "
+                                            "else $XDG_CACHE_HOME/didi, else ~/.cache/didi; see `didi cache`)")
     max_documents: int | None = helpfield(None, "use at most this many documents per split (for huge corpora)")
     seed: int = helpfield(0, "seed of the held-out document choice in corpora without a natural split")
 
@@ -567,8 +567,8 @@ _ENCODE_BATCH = 256  # documents per tokenizer call (the ``tokenizers`` backend 
 
 
 def default_cache_dir() -> Path:
-    """``$DIDI_CACHE/tokens``, ``$DIDI_CACHE`` defaulting to ``~/.cache/didi``."""
-    return Path(os.environ.get("DIDI_CACHE", "~/.cache/didi")).expanduser() / "tokens"
+    """``tokens/`` under the didi cache (:func:`didi.runtime.cache.cache_root`)."""
+    return cache_root() / "tokens"
 
 
 def _texts_fingerprint(corpus: Corpus) -> str:
@@ -636,6 +636,7 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", corpus.name).strip("_")[-48:] or "corpus"
     splits: dict[str, TokenBlocks] = {}
     stats: dict[str, dict[str, int]] = {}
+    written: list[Path] = []
     for split, documents in (("train", corpus.train), ("valid", corpus.valid)):
         if split == "valid" and len(documents) == 0:
             splits[split] = TokenBlocks(np.empty((0, config.seq_len), dtype=np.int32))
@@ -650,7 +651,10 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
             stats[split] = _tokenize_to_npy(path, documents, tokenizer, config.seq_len, packing,
                                             what=f"{corpus.name} {split}", progress=progress)
             write_json(meta, {"stats": stats[split], **identity, "split": split})
+            written.append(path)
         splits[split] = TokenBlocks.load(path, mmap=True)
+    if written:
+        announce(f"tokens of {corpus.name}", written)
     return PreparedData(tokenizer=tokenizer, train=splits["train"], valid=splits["valid"], corpus=corpus.name,
                         stats=stats, run_files=dict(corpus.run_files))
 

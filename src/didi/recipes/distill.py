@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import helpfield, to_dict
+from ..config import fit_warmups, helpfield, to_dict
 from ..diffusion.process import NEG_INF, LogLinearSchedule, forward_mask
 from ..diffusion.sampling import sample_masked_tokens, time_grid
 from ..errors import CheckpointError, ConfigError, TrainingError, require
@@ -52,6 +53,7 @@ from ..models.dit import DiT
 from ..runtime import distributed as dist
 from ..runtime.checkpoint import (
     RunConfig,
+    check_new_run_dir,
     clean_stale_tmp,
     ema_decay_at,
     ema_update,
@@ -697,13 +699,16 @@ def resume_config(out: str | Path, **overrides: Any) -> DistillConfig:
     return DistillConfig(**saved)
 
 
-def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *, resume: bool = False) -> Path:
+def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *, resume: bool = False,
+            force: bool = False) -> Path:
     """Run DiDi-Instruct from ``cfg.teacher`` into ``cfg.out`` (or resume it); returns the student run dir.
 
     Under ``torchrun`` every rank calls this: ``--batch-size`` real rows per iteration are split over the ranks and
     each row's G replicas stay on its rank, so grouped reward normalisation never mixes ranks; the randomness of a
     rank's rows comes from ``(seed, step, rank)``, so a run is reproducible for a given world size. Rank 0 prepares
-    the data first, logs rank-averaged metrics and writes every file.
+    the data first, logs rank-averaged metrics and writes every file. A new run scales warm-ups longer than half
+    of it (:func:`didi.config.fit_warmups`, recorded in ``config.json``); ``force`` writes into a directory that
+    holds other files; a run stopped by SIGINT/SIGTERM snapshots and raises :class:`didi.errors.RunInterrupted`.
     """
     from ..data.corpora import BatchSchedule, DataConfig, prepare_data, shard
     from ..data.tokenizer import load_tokenizer
@@ -719,8 +724,8 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
             if saved_config is not None and saved_config.extra["distill"].get("steps") != cfg.steps:
                 saved_config.extra["distill"]["steps"] = cfg.steps  # an extended run resumes to its new length
                 write_run_config(out, saved_config)
-        elif ctx.is_main and ((out / "config.json").exists() or latest_snapshot(out) is not None):
-            raise CheckpointError(f"{out}: already holds a run; use --resume or choose another --out")
+        elif ctx.is_main:
+            check_new_run_dir(out, force)
         require(bool(cfg.teacher), "teacher", "a teacher run directory is required")
         teacher_dir = Path(cfg.teacher)
         teacher_config, teacher = _load_teacher(teacher_dir, device)
@@ -738,6 +743,7 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
         raise ConfigError(f"--batch-size: {cfg.batch_size} real rows per iteration cannot be split evenly over "
                           f"{ctx.world_size} processes")
     precision = resolve_precision(cfg.precision, device)
+    cfg, fitted, note = (cfg, {}, None) if resume else fit_warmups(cfg, "warmup_steps", "disc_warmup_steps")
 
     torch.manual_seed(cfg.seed)
     models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
@@ -746,14 +752,19 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     start = 0
     if snapshot is not None:
         start = _restore(snapshot, models)
+        if ctx.is_main:
+            print(f"[didi] resuming from step {start} of {cfg.steps} ({snapshot})", file=sys.stderr)
     elif ctx.is_main:
         student_config = RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
                                    diffusion=teacher_config.diffusion, training=teacher_config.training,
                                    data=to_dict(data_cfg),
                                    extra={"distill": to_dict(cfg), "teacher": str(teacher_dir),
-                                          "discriminator": models.discriminator.spec()})
+                                          "discriminator": models.discriminator.spec(),
+                                          **({"fitted_warmups": fitted} if fitted else {})})
         write_run_config(out, student_config)
         write_run_files(out, prepared.run_files)
+        if note:
+            print(f"[didi] {note}", file=sys.stderr)
     if ctx.is_main:
         clean_stale_tmp(out)
     if ctx.enabled:
@@ -771,6 +782,7 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     metrics_path = out / "metrics.jsonl"
     skipped = 0
     last = time.perf_counter()
+    interrupted = None
     with dist.StopRequest() as stop:
         for step in range(start, cfg.steps):
             x = prepared.train.batch(shard(batches.indices(step), ctx.rank, ctx.world_size))
@@ -803,11 +815,13 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
             stopping = stop.agreed()
             if done % cfg.save_every == 0 or done == cfg.steps or stopping:
                 _save(out, done, models, cfg)
-                if stopping:
-                    say(f"stop requested: snapshot written at step {done}; resume with --resume")
+                if stopping and done < cfg.steps:
+                    interrupted = stop.interrupted(done, cfg.steps, f"didi distill --resume {out}")
                     break
     bar.close()
     dist.barrier()
+    if interrupted is not None:
+        raise interrupted
     return out
 
 

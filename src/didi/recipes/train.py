@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import DiffusionConfig, ModelConfig, helpfield, to_dict
+from ..config import DiffusionConfig, ModelConfig, fit_warmups, helpfield, to_dict
 from ..data.corpora import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
@@ -44,6 +45,7 @@ from ..models.gpt import GPT
 from ..runtime import distributed as dist
 from ..runtime.checkpoint import (
     RunConfig,
+    check_new_run_dir,
     clean_stale_tmp,
     ema_decay_at,
     ema_update,
@@ -208,17 +210,17 @@ def validation_loss(model: nn.Module, blocks: TokenBlocks, *, kind: str, objecti
 
 # --------------------------------------------------------------------------------------------- the recipe
 
-def _create_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, run_dir: Path, progress: bool
-                ) -> tuple[RunConfig, PreparedData]:
+def _create_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, run_dir: Path, progress: bool,
+                force: bool = False, fitted: dict[str, Any] | None = None) -> tuple[RunConfig, PreparedData]:
     """Tokenize the corpus (or find its cache) and write ``config.json`` and the tokenizer of a new run."""
-    if (run_dir / "config.json").exists() or latest_snapshot(run_dir) is not None:
-        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    check_new_run_dir(run_dir, force)
     prepared = prepare_data(data_cfg, progress=progress)
     tokenizer = prepared.tokenizer
     model_config = build_model_config(cfg, kind, tokenizer, data_cfg.seq_len)
     diffusion = None if kind == "ar" else DiffusionConfig(mask_index=tokenizer.diffusion_mask_id)
     run_config = RunConfig(kind=kind, model=model_config, tokenizer=tokenizer.save(run_dir), diffusion=diffusion,
-                           training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data},
+                           training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data,
+                                     **({"fitted_warmups": fitted} if fitted else {})},
                            data=to_dict(data_cfg))
     write_run_config(run_dir, run_config)
     write_run_files(run_dir, prepared.run_files)
@@ -237,15 +239,15 @@ def _open_run(run_dir: Path, kind: str, resume: bool, progress: bool) -> tuple[R
     return run_config, prepare_data(saved, tokenizer=tokenizer, progress=progress)
 
 
-def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool
-                 ) -> tuple[RunConfig, PreparedData, Path | None]:
+def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool, force: bool = False,
+                 fitted: dict[str, Any] | None = None) -> tuple[RunConfig, PreparedData, Path | None]:
     """Rank 0 first: it tokenizes (or finds the token cache) and creates a new run directory; the other ranks then
     read the run directory and load the cached blocks. Rank 0 also decides which snapshot every rank resumes from."""
     run_dir = Path(cfg.out)
     progress = cfg.progress and dist.is_main()
     with dist.main_process_first():
         if dist.is_main() and not resume:
-            run_config, prepared = _create_run(cfg, data_cfg, kind, run_dir, progress)
+            run_config, prepared = _create_run(cfg, data_cfg, kind, run_dir, progress, force, fitted)
         else:
             run_config, prepared = _open_run(run_dir, kind, resume, progress)
             if resume and dist.is_main() and run_config.training.get("steps") != cfg.steps:
@@ -268,21 +270,29 @@ def batch_split(global_batch_size: int, micro_batch_size: int, world_size: int) 
     return micro, per_rank // micro
 
 
-def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume: bool = False) -> Path:
+def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume: bool = False,
+          force: bool = False) -> Path:
     """Train (or resume) a ``kind`` model (``mdlm`` or ``ar``) into ``cfg.out``; returns the run directory.
 
     To resume, pass ``resume=True`` with the saved options (:func:`resume_config`); the data settings are read
     from the run directory and ``data_cfg`` is ignored. Under ``torchrun`` every rank calls this function.
+    A new run whose ``warmup_steps`` covers more than half of ``steps`` has it scaled to the run
+    (:func:`didi.config.fit_warmups`); ``config.json`` records the value used. ``force``: write a new run into an
+    existing directory that holds other files. A run stopped by SIGINT/SIGTERM writes its snapshot and raises
+    :class:`didi.errors.RunInterrupted`.
     """
     require(kind in ("mdlm", "ar"), "kind", f"must be mdlm or ar (got {kind!r})")
     require(bool(cfg.out), "out", "a run directory is required")
     ctx = dist.init(cfg.device)
+    cfg, fitted, note = (cfg, {}, None) if resume else fit_warmups(cfg, "warmup_steps")
     device, world = ctx.device, ctx.world_size
     precision = resolve_precision(cfg.precision, device)
     micro, accumulation = batch_split(cfg.global_batch_size, cfg.micro_batch_size, world)
     per_rank = micro * accumulation
     run_dir = Path(cfg.out)
-    run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume)
+    run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume, force, fitted)
+    if note and ctx.is_main:
+        print(f"[didi] {note}", file=sys.stderr)
     seq_len = prepared.train.seq_len
     if seq_len > run_config.model.max_seq_len:
         raise ConfigError(f"--seq-len: {seq_len} is longer than the model's maximum {run_config.model.max_seq_len}")
@@ -304,6 +314,8 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     start_step = _load_trainer_state(snapshot, model, optimizer) if snapshot is not None else 0
     if ctx.is_main:
         clean_stale_tmp(run_dir)
+        if snapshot is not None:
+            print(f"[didi] resuming from step {start_step} of {cfg.steps} ({snapshot})", file=sys.stderr)
 
     forward = torch.compile(wrapped) if cfg.compile else wrapped
     schedule = LogLinearSchedule(run_config.diffusion.eps) if kind == "mdlm" else None
@@ -319,6 +331,7 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     step = start_step
     last_log = time.perf_counter()
     tokens_since_log = 0
+    interrupted = None
     with dist.StopRequest() as stop:
         while step < cfg.steps:
             torch.manual_seed(dist.rank_seed(cfg.seed, step, ctx.rank))  # dropout masks of this rank's rows
@@ -374,11 +387,14 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
             stopping = stop.agreed()
             if step % cfg.save_every == 0 or step == cfg.steps or stopping:
                 _save(run_dir, step, model, ema, optimizer, cfg)
-                if stopping:
-                    say(f"stop requested: snapshot written at step {step}; resume with --resume")
+                if stopping and step < cfg.steps:
+                    command = "train" if kind == "mdlm" else "train-ar"
+                    interrupted = stop.interrupted(step, cfg.steps, f"didi {command} --resume {run_dir}")
                     break
     bar.close()
     dist.barrier()
+    if interrupted is not None:
+        raise interrupted
     return run_dir
 
 

@@ -121,11 +121,24 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (0o644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """Atomically write a safetensors file (tensors made contiguous; shared storage is cloned)."""
+    """Atomically write a safetensors file (tensors made contiguous; shared storage is cloned). ``safetensors``
+    creates its files with mode 0600; they get the mode of every other file didi writes (0644 under umask 022)."""
     clean = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
     meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
-    atomic_write(path, lambda p: save_file(clean, str(p), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        save_file(clean, str(tmp), metadata=meta)
+        os.chmod(tmp, _file_mode())
+
+    atomic_write(path, write)
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -230,6 +243,18 @@ def list_snapshots(run_dir: Path) -> list[Path]:
 def latest_snapshot(run_dir: Path) -> Path | None:
     snaps = list_snapshots(run_dir)
     return snaps[-1] if snaps else None
+
+
+def check_new_run_dir(run_dir: Path, force: bool = False) -> None:
+    """Refuse to start a new run in ``run_dir`` when it already holds a run (continue that with ``--resume``) or,
+    unless ``force``, other files (the rule of ``didi convert``/``export``: never write among the user's files)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: exists and is not a directory")
+    if (run_dir / CONFIG).exists() or latest_snapshot(run_dir) is not None:
+        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
+    if run_dir.is_dir() and not force and any(run_dir.iterdir()):
+        raise CheckpointError(f"{run_dir}: already exists and is not empty (pass --force to write the run into it)")
 
 
 def completed_steps(run_dir: Path) -> int:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
-from ..errors import ConfigError, DidiError
+from ..errors import ConfigError, DidiError, RunInterrupted
 from .utils import pick_device
 
 PREPARE_TIMEOUT = timedelta(hours=24)
@@ -167,16 +167,19 @@ def rank_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
 
 class StopRequest:
     """SIGTERM/SIGINT set a flag; the training loop asks :meth:`agreed` once per step, writes a final snapshot
-    and exits cleanly.
+    and raises :class:`didi.errors.RunInterrupted` (:meth:`interrupted`), which the CLI turns into exit status
+    128 + signal.
 
     Under ``torchrun`` the flag is all-reduced, so every rank stops after the same step even when only one of
-    them was signalled. A second signal aborts at once in a single process (Ctrl-C twice); under ``torchrun`` it
-    is ignored, because launchers deliver duplicates (SLURM signals every task and ``torchrun`` forwards the
-    signal it got); the launcher's own SIGKILL after ``--shutdown-timeout`` is the hard stop there.
+    them was signalled (all ranks then report the highest signal number any of them received). A second signal
+    aborts at once in a single process (Ctrl-C twice); under ``torchrun`` it is ignored, because launchers deliver
+    duplicates (SLURM signals every task and ``torchrun`` forwards the signal it got); the launcher's own SIGKILL
+    after ``--shutdown-timeout`` is the hard stop there.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -191,14 +194,21 @@ class StopRequest:
         if self.requested and not _CONTEXT.enabled:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = max(self.signum, int(signum))
 
     def agreed(self) -> bool:
         """Whether any rank has been asked to stop (a collective under ``torchrun``: call it on every rank)."""
         if not _CONTEXT.enabled:
             return self.requested
-        flag = torch.tensor(float(self.requested), device=_CONTEXT.device)
+        flag = torch.tensor(float(self.signum if self.requested else 0), device=_CONTEXT.device)
         tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
-        return bool(flag)
+        if flag > 0:
+            self.signum = int(flag)
+        return bool(flag > 0)
+
+    def interrupted(self, step: int, steps: int, resume: str) -> RunInterrupted:
+        """The outcome of a run stopped at ``step`` of ``steps`` (after :meth:`agreed` said so on every rank)."""
+        return RunInterrupted(self.signum or int(signal.SIGINT), step, steps, resume)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

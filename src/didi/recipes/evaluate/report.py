@@ -439,7 +439,7 @@ def plot_report(report: EvalReport, path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    log_axes = [ax_ppl]
+    log_axes = []  # the frontier panel (the NFE panels: scale_value_axes)
     if frontiers:
         ax = axes[2]
         log_axes.append(ax)
@@ -470,9 +470,42 @@ def plot_report(report: EvalReport, path: Path) -> None:
         ax.set_title("temperature sweeps (T rises along each curve)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    scale_value_axes(ax_ppl, ax_ent)
     for ax in log_axes:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
     fmt = Path(path).suffix.lstrip(".").lower()
     atomic_write(Path(path), lambda p: fig.savefig(p, format=fmt, dpi=120))
+
+
+PPL_MIN_SPAN = 2.0
+"""The gen-PPL axis spans at least this factor, so a change of a few percent does not fill the panel."""
+
+
+def scale_value_axes(ax_ppl: Any, ax_ent: Any) -> None:
+    """Scales that do not exaggerate small differences: gen-PPL on a log axis spanning at least
+    :data:`PPL_MIN_SPAN` (centred on the data), entropy on a linear axis from 0 with its data range written in the
+    panel (a 0.03 % change in entropy would otherwise look like a cliff)."""
+    from matplotlib.ticker import LogFormatter
+
+    def values(ax: Any) -> list[float]:
+        return [float(y) for line in ax.get_lines() for y in line.get_ydata() if np.isfinite(float(y))]
+
+    ax_ppl.set_yscale("log")
+    ax_ppl.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax_ppl.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+    ppl = [v for v in values(ax_ppl) if v > 0]
+    if ppl:
+        lo, hi = min(ppl), max(ppl)
+        if hi / lo < PPL_MIN_SPAN:
+            centre = float(np.sqrt(lo * hi))
+            lo, hi = centre / float(np.sqrt(PPL_MIN_SPAN)), centre * float(np.sqrt(PPL_MIN_SPAN))
+        ax_ppl.set_ylim(lo / 1.05, hi * 1.05)
+    entropy = values(ax_ent)
+    if entropy:
+        lo, hi = min(entropy), max(entropy)
+        ax_ent.set_ylim(min(0.0, lo), max(hi, 1e-9) * 1.1)
+        spread = f" ({(hi - lo) / abs(hi):.2%} of the top)" if hi else ""
+        ax_ent.text(0.02, 0.03, f"data range {lo:.4g} to {hi:.4g} nats{spread}", transform=ax_ent.transAxes,
+                    fontsize=8, color="0.3")

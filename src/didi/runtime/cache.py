@@ -1,0 +1,114 @@
+"""The didi cache: token blocks of tokenized corpora (``tokens/``) and converted copies of checkpoints that
+``didi sample`` / ``didi.load`` were given in another layout (``converted/``).
+
+Where: ``$DIDI_CACHE``, else ``$XDG_CACHE_HOME/didi``, else ``~/.cache/didi``. Every new entry is announced on
+stderr with its path when it is written (:func:`announce`); ``didi cache list`` shows the entries with their
+sizes (:func:`entries`) and ``didi cache clear`` removes them (:func:`clear`). Only the two folders didi writes
+are ever listed or removed, so a cache root shared with other files is safe. Imports nothing heavy (no torch).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+SECTIONS = ("tokens", "converted")
+"""The folders didi writes under the cache root."""
+
+
+def cache_root() -> Path:
+    """``$DIDI_CACHE``, else ``$XDG_CACHE_HOME/didi``, else ``~/.cache/didi`` (empty variables are ignored)."""
+    if os.environ.get("DIDI_CACHE"):
+        return Path(os.environ["DIDI_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "didi"
+    return Path.home() / ".cache" / "didi"
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file below a directory (links are not followed)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def format_size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def announce(what: str, paths: list[Path]) -> None:
+    """One line on stderr for a new cache entry: what it is, where, how large, and how to list or clear it."""
+    size = sum(size_of(p) for p in paths if p.exists())
+    where = paths[0] if len(paths) == 1 else f"{paths[0].parent}/ ({', '.join(p.name for p in paths)})"
+    print(f"[didi] cached {what}: {where} ({format_size(size)}); `didi cache list` shows the cache, "
+          "`didi cache clear` empties it, $DIDI_CACHE moves it", file=sys.stderr)
+
+
+@dataclass
+class Entry:
+    """One cache entry: a tokenized split (the ``.npy`` blocks and their ``.json``) or a converted checkpoint."""
+
+    section: str
+    name: str
+    paths: list[Path]
+    size: int
+    about: str
+
+
+def _token_entries(folder: Path) -> list[Entry]:
+    out = []
+    for npy in sorted(folder.glob("*.npy")):
+        meta = npy.with_suffix(".json")
+        paths = [npy] + ([meta] if meta.exists() else [])
+        about = ""
+        try:
+            info = json.loads(meta.read_text())
+            stats = info.get("stats", {})
+            about = (f"{info.get('corpus')} {info.get('split')}, seq_len {info.get('seq_len')}, "
+                     f"{stats.get('blocks', '?')} blocks")
+        except (OSError, ValueError, AttributeError):
+            pass
+        out.append(Entry("tokens", npy.name, paths, sum(size_of(p) for p in paths), about))
+    return out
+
+
+def _converted_entries(folder: Path) -> list[Entry]:
+    out = []
+    for run in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        about = ""
+        try:
+            about = "from " + json.loads((run / "config.json").read_text())["extra"]["converted_from"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        out.append(Entry("converted", run.name, [run], size_of(run), about))
+    return out
+
+
+def entries(root: Path | None = None) -> list[Entry]:
+    """The entries of the cache at ``root`` (default :func:`cache_root`), tokens first."""
+    root = cache_root() if root is None else Path(root)
+    found = []
+    if (root / "tokens").is_dir():
+        found += _token_entries(root / "tokens")
+    if (root / "converted").is_dir():
+        found += _converted_entries(root / "converted")
+    return found
+
+
+def clear(root: Path | None = None) -> int:
+    """Remove the ``tokens/`` and ``converted/`` folders of the cache; return the bytes freed."""
+    root = cache_root() if root is None else Path(root)
+    freed = 0
+    for section in SECTIONS:
+        folder = root / section
+        if folder.is_dir():
+            freed += size_of(folder)
+            shutil.rmtree(folder)
+    return freed
