@@ -209,13 +209,15 @@ def test_policy_gradient_follows_a_given_reward():
     assert after > before + 0.25, (before, after)
 
 
-def test_discriminator_separates_a_separable_toy():
+@pytest.mark.parametrize("normalize", [True, False])
+def test_discriminator_separates_a_separable_toy(normalize):
     teacher = toy.tiny_dit(2)
-    cfg = DistillConfig(teacher="t", out="o", disc_blocks=2, progress=False)
+    cfg = DistillConfig(teacher="t", out="o", disc_blocks=2, disc_normalize=normalize, progress=False)
     models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     opt = torch.optim.Adam([p for p in models.discriminator.parameters() if p.requires_grad], lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(80):
+    losses = []
+    for _ in range(150):
         n = 64
         real, fake = torch.zeros(n, toy.L, dtype=torch.long), torch.ones(n, toy.L, dtype=torch.long)
         zr = forward_mask(real, torch.tensor(0.5), toy.MASK, torch.rand(n, toy.L, generator=g))
@@ -226,8 +228,13 @@ def test_discriminator_separates_a_separable_toy():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    # the minimum of the smoothed BCE is the entropy of Bernoulli(0.9) = 0.325 (all-mask rows are ambiguous)
-    assert loss.item() < 0.40
+        losses.append(loss.item())
+    # The minimum of the smoothed BCE: a masked position in a row with a visible token costs the entropy of
+    # Bernoulli(0.9); one in an all-mask row (prob 1/8, 3 masked positions: 1/4 of the scored positions at
+    # α = 0.5, L = 3) is undecidable and costs log 2. Floor = 0.75·0.325 + 0.25·0.693 = 0.417.
+    h09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    floor = 0.75 * h09 + 0.25 * math.log(2)
+    assert sum(losses[-30:]) / 30 < floor + 0.03
 
 
 def test_discriminator_log_odds_approximate_true_log_ratio(potts_teacher):
