@@ -440,3 +440,20 @@ def test_student_warm_up_and_ema_count_student_updates():
     cfg = DistillConfig(teacher="t", out="o", disc_warmup_steps=50, student_update_every=2)
     assert [student_updates_before(s, cfg) for s in (0, 49, 50, 51, 52, 53, 54)] == [0, 0, 0, 1, 1, 2, 2]
     assert [student_updates_before(s, DistillConfig(teacher="t", out="o")) for s in (0, 1, 5)] == [0, 1, 5]
+
+
+@pytest.mark.parametrize("updates", [1, 3])
+def test_discriminator_updates_per_iteration(updates):
+    """``disc_updates`` = k: k discriminator steps per iteration (each on a fresh corruption), one student step."""
+    teacher = toy.tiny_dit(2)
+    cfg = DistillConfig(teacher="t", out="o", disc_blocks=1, disc_updates=updates, warmup_steps=0, progress=False)
+    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    for step in range(2):
+        distill_step(models, toy.CLEAN[torch.arange(4)], step, cfg, step_generator(0, step, 2))
+
+    def adam_steps(opt):
+        return {int(state["step"]) for state in opt.state.values()}
+    assert adam_steps(models.opt_disc) == {2 * updates}
+    assert adam_steps(models.opt_student) == {2}
+    with pytest.raises(ConfigError, match="--disc-updates"):
+        DistillConfig(disc_updates=0)

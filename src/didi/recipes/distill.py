@@ -157,6 +157,8 @@ class DistillConfig:
                                     "blocks: 0 = global; > 0 makes each per-token logit judge its neighbourhood, "
                                     "the reward that --credit local needs")
     disc_warmup_steps: int = helpfield(0, "iterations during which only the discriminator trains")
+    disc_updates: int = helpfield(1, "discriminator updates per iteration, each on a fresh corruption of the same "
+                                     "real and student rows (1: released)")
     student_update_every: int = helpfield(1, "update the student every N iterations")
     divergence: str = helpfield("jeffrey", "teacher-student regulariser: jeffrey, forward or reverse KL")
     jeffrey_beta: float = helpfield(0.5, "Jeffrey mix: (1-β)·KL(teacher‖student) + β·KL(student‖teacher)")
@@ -213,6 +215,7 @@ class DistillConfig:
         require(self.teacher_nfe >= 1, "teacher_nfe", "must be >= 1")
         require(self.sigma_mode in ("disc", "released", "zero"), "sigma_mode", "must be disc, released or zero")
         require(self.disc_warmup_steps >= 0, "disc_warmup_steps", "must be >= 0")
+        require(self.disc_updates >= 1, "disc_updates", f"must be >= 1 (got {self.disc_updates})")
         require(self.student_update_every >= 1, "student_update_every", "must be >= 1")
         require(self.save_every >= 1, "save_every", "must be >= 1")
 
@@ -576,25 +579,26 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
         t_corr = cfg.tau_min + (cfg.tau_max - cfg.tau_min) * torch.rand(n, generator=generator, device=dev,
                                                                          dtype=torch.float64)
     alpha_corr = sched.alpha(t_corr.double())[:, None]
-    z_real = forward_mask(x_real, alpha_corr, mask, torch.rand(x_real.shape, generator=generator, device=dev,
-                                                               dtype=torch.float64))
-    z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
-                          torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
-    pos_real, pos_fake = scored_positions(z_real, z_fake, x_fake, mask, cfg.disc_positions)
     sigma_corr = time_sigma(t_corr)  # the discriminator decides (time_blocks) which blocks see it
 
-    # 3. discriminator update
+    # 3. discriminator update(s), each on a fresh corruption; the reward below reuses the last one
     models.discriminator.train()
-    d_loss = discriminator_loss(models.disc_logits(z_real, sigma_corr), pos_real,
-                                models.disc_logits(z_fake, sigma_corr), pos_fake, cfg.label_smoothing)
-    if not dist.all_finite(d_loss):  # collective: every rank skips the step together
-        raise TrainingError(f"non-finite discriminator loss at step {step}")
-    models.opt_disc.zero_grad(set_to_none=True)
-    d_loss.backward()
-    _sanitize_grads(models.discriminator)
-    torch.nn.utils.clip_grad_norm_([p for p in models.discriminator.parameters() if p.requires_grad],
-                                   cfg.disc_grad_clip)
-    models.opt_disc.step()
+    for _ in range(cfg.disc_updates):
+        z_real = forward_mask(x_real, alpha_corr, mask, torch.rand(x_real.shape, generator=generator, device=dev,
+                                                                   dtype=torch.float64))
+        z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
+                              torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
+        pos_real, pos_fake = scored_positions(z_real, z_fake, x_fake, mask, cfg.disc_positions)
+        d_loss = discriminator_loss(models.disc_logits(z_real, sigma_corr), pos_real,
+                                    models.disc_logits(z_fake, sigma_corr), pos_fake, cfg.label_smoothing)
+        if not dist.all_finite(d_loss):  # collective: every rank skips the step together
+            raise TrainingError(f"non-finite discriminator loss at step {step}")
+        models.opt_disc.zero_grad(set_to_none=True)
+        d_loss.backward()
+        _sanitize_grads(models.discriminator)
+        torch.nn.utils.clip_grad_norm_([p for p in models.discriminator.parameters() if p.requires_grad],
+                                       cfg.disc_grad_clip)
+        models.opt_disc.step()
     metrics = {"disc_loss": float(d_loss.detach()), "tau": float(tau.mean())}
 
     if not update_student:

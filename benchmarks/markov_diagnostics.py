@@ -1,0 +1,264 @@
+"""DiDi-Instruct on a language whose probabilities are known: exact diagnostics of the reward and of the student.
+
+On the ``markov`` corpus (``didi train --data markov``; docs/method.md) every sample's invalid transitions are
+countable, so the distillation can be watched without a learned evaluator:
+
+``distill``: the DiDi-Instruct loop (``didi.recipes.distill.distill_step``, the code ``didi distill`` runs) for one
+or several seeds, logging every ``--log-every`` iterations the exact invalid-transition share of the student's
+training rollouts, and, once the student updates, two diagnostics of the discriminator's per-token reward: its
+AUC at telling tokens that touch an invalid transition from the others, and the correlation of a row's mean
+reward with minus its invalid-transition count. ``--reward oracle`` replaces the discriminator's reward by the
+exact one (minus the invalid transitions each token takes part in, per token): does the policy gradient follow a
+reward that is right? The EMA and raw student weights of each seed are saved as safetensors.
+
+``frontier``: the teacher over NFEs and a temperature sweep against the saved students, each row with the
+invalid-transition share (mean ± std over sampling seeds) and the empirical conditional entropy H(X'|X), so a
+student is compared with the teacher at its own entropy.
+
+    python benchmarks/markov_diagnostics.py distill --teacher runs/markov-teacher --out runs/markov-diag \
+        --seeds 0,1,2 --steps 700 --option credit=local --option disc_warmup_steps=400
+    python benchmarks/markov_diagnostics.py distill --teacher runs/markov-teacher --out runs/markov-oracle \
+        --reward oracle --steps 300 --option credit=local --option credit_window=0
+    python benchmarks/markov_diagnostics.py frontier --teacher runs/markov-teacher --students runs/markov-diag
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from didi.data.corpora import BatchSchedule, DataConfig, prepare_data
+from didi.data.markov import MarkovLanguage, markov_metrics
+from didi.data.tokenizer import load_tokenizer
+from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.recipes import distill as recipe
+from didi.recipes.distill import DistillConfig, DistillModels, _load_teacher, distill_step
+from didi.runtime.utils import step_generator
+
+# The research settings that docs/method.md reports for this regime; --option KEY=VALUE overrides any of them.
+MARKOV_SETTINGS = dict(batch_size=4, group_size=4, lr=3e-5, disc_lr=1e-3, disc_blocks=2, warmup_steps=20,
+                       tau_per="group", rollout_dropout=False, disc_positions="all", student_steps=8, ema_decay=0.99,
+                       disc_normalize=True, disc_window=1, credit="local", credit_window=1, disc_warmup_steps=400,
+                       tau_a=1.0, tau_b=20.0, tau_max=0.3)
+
+
+class TokenTransitions:
+    """Invalid transitions of token sequences, for any tokenizer: each token id's letters (special tokens and
+    non-letters carry none and break a run), its first and last letter, and the invalid transitions inside it."""
+
+    def __init__(self, language: MarkovLanguage, tokenizer, vocab_size: int):
+        lookup = {c: i for i, c in enumerate(language.letters)}
+        valid = language.transitions > 0
+        first = np.full(vocab_size, -1)
+        last = np.full(vocab_size, -1)
+        internal = np.zeros(vocab_size)
+        letters = np.zeros(vocab_size)
+        for i in range(min(vocab_size, tokenizer.vocab_size)):
+            codes = [lookup.get(ch, -1) for ch in tokenizer.decode([i])]
+            if codes and min(codes) >= 0:
+                first[i], last[i], letters[i] = codes[0], codes[-1], len(codes)
+                internal[i] = sum(not valid[a, b] for a, b in zip(codes[:-1], codes[1:]))
+        self.first, self.last = torch.tensor(first), torch.tensor(last)
+        self.internal, self.letters = torch.tensor(internal), torch.tensor(letters)
+        self.valid = torch.tensor(valid)
+
+    def incoming(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L): invalid transitions that end in token j (from token j-1, or inside token j)."""
+        a, b = self.last[x[:, :-1]], self.first[x[:, 1:]]
+        bad = (a >= 0) & (b >= 0) & ~self.valid[a.clamp(min=0), b.clamp(min=0)]
+        return torch.cat([torch.zeros(len(x), 1, dtype=torch.float64), bad.double()], 1) + self.internal[x]
+
+    def touching(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L) float: invalid transitions token j takes part in, half credit for each side of a boundary."""
+        inc = self.incoming(x)
+        return 0.5 * (inc + torch.cat([inc[:, 1:], torch.zeros(len(x), 1, dtype=torch.float64)], 1))
+
+    def rate(self, x: torch.Tensor) -> float:
+        """Invalid transitions / transitions (letters minus one per row, as if rows had no breaks)."""
+        return float(self.incoming(x).sum()) / max(1.0, float(self.letters[x].sum()) - len(x))
+
+
+def load_setup(teacher_dir: str, language_path: str | None, cfg: DistillConfig):
+    device = torch.device("cpu")
+    teacher_config, teacher = _load_teacher(Path(teacher_dir), device)
+    tokenizer = load_tokenizer(Path(teacher_dir), teacher_config.tokenizer)
+    language = MarkovLanguage.load(Path(language_path or Path(teacher_dir) / "markov.json"))
+    data = prepare_data(DataConfig(**teacher_config.data), tokenizer=tokenizer, progress=False)
+    models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
+                                        teacher_config.diffusion.eps, device)
+    return teacher_config, tokenizer, language, data, models
+
+
+def parse_options(pairs: list[str]) -> dict:
+    defaults = DistillConfig()
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        current = getattr(defaults, key)
+        out[key] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
+    return out
+
+
+def sample_metrics(net: torch.nn.Module, tokenizer, language: MarkovLanguage, *, mask_index: int, schedule, nfe: int,
+                   seq_len: int, n: int, seed: int, temperature: float = 1.0) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(seed)
+    net.eval()
+    with torch.no_grad():
+        out = ancestral_sample(lambda z, s: net(z, s) / temperature, batch_size=n, seq_len=seq_len,
+                               mask_index=mask_index, schedule=schedule, config=AncestralConfig(num_steps=nfe),
+                               generator=generator)
+    eot = getattr(tokenizer, "eot", None)
+    texts = [tokenizer.decode(row).replace(eot, " ") if isinstance(eot, str) else tokenizer.decode(row)
+             for row in out.tokens.tolist()]
+    return markov_metrics(language, texts)
+
+
+def token_auc(rewards: torch.Tensor, bad: torch.Tensor) -> float:
+    """P(reward of a clean token > reward of a token touching an invalid transition)."""
+    pos, neg = rewards[bad], rewards[~bad]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    return float((neg[:, None] > pos[None, :]).float().mean())
+
+
+def run_distill(args: argparse.Namespace) -> None:
+    settings = {**MARKOV_SETTINGS, **parse_options(args.option)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {seed: distill_seed(args, settings, seed, out) for seed in [int(s) for s in args.seeds.split(",")]}
+    (out / "settings.json").write_text(json.dumps({"teacher": args.teacher, "reward": args.reward,
+                                                    "steps": args.steps, "settings": settings}, indent=1))
+    print(json.dumps(summary))
+
+
+def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path) -> dict:
+    """One seed of the monitored loop; returns the last logged row."""
+    cfg = DistillConfig(teacher=args.teacher, out=str(out), steps=args.steps, seed=seed, progress=False, **settings)
+    torch.manual_seed(seed)
+    teacher_config, tokenizer, language, data, models = load_setup(args.teacher, args.language, cfg)
+    table = TokenTransitions(language, tokenizer, teacher_config.model.vocab_size)
+    seen: dict[str, torch.Tensor] = {}
+    rollout, rewards_of = recipe.student_rollout, recipe.token_rewards
+
+    def recording_rollout(*a, **k):
+        result = rollout(*a, **k)
+        seen["x"] = result.x_fake.detach()
+        return result
+
+    def recording_rewards(*a, **k):
+        result = rewards_of(*a, **k)
+        seen["r"] = result.detach()
+        return result
+
+    def oracle(x: torch.Tensor) -> torch.Tensor:
+        return -table.touching(x).float()
+
+    recipe.student_rollout, recipe.token_rewards = recording_rollout, recording_rewards
+    batches = BatchSchedule(len(data.train), cfg.batch_size, seed=seed)
+    last, window = {}, {"invalid": [], "auc": [], "corr": []}
+    started = time.perf_counter()
+    try:
+        with (out / f"seed{seed}.jsonl").open("w") as log:
+            for step in range(cfg.steps):
+                seen.clear()
+                metrics = distill_step(models, data.train.batch(batches.indices(step)), step, cfg,
+                                       step_generator(seed, step, 2),
+                                       reward_fn=oracle if args.reward == "oracle" else None)
+                x = seen["x"]
+                window["invalid"].append(table.rate(x))
+                if "r" in seen:
+                    window["auc"].append(token_auc(seen["r"], table.touching(x) > 0))
+                    bad_rows = table.incoming(x).sum(-1)
+                    if bad_rows.std() > 0:
+                        window["corr"].append(float(np.corrcoef(seen["r"].mean(-1).numpy(), -bad_rows.numpy())[0, 1]))
+                if (step + 1) % args.log_every == 0 or step + 1 == cfg.steps:
+                    last = {"seed": seed, "step": step + 1, "seconds": round(time.perf_counter() - started),
+                            "rollout_invalid": float(np.mean(window["invalid"])),
+                            "token_auc": float(np.nanmean(window["auc"])) if window["auc"] else None,
+                            "row_corr": float(np.mean(window["corr"])) if window["corr"] else None,
+                            **{k: metrics[k] for k in ("disc_loss", "entropy", "kl", "grad_norm") if k in metrics}}
+                    window = {"invalid": [], "auc": [], "corr": []}
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}),
+                          flush=True)
+    finally:
+        recipe.student_rollout, recipe.token_rewards = rollout, rewards_of
+    for name, net in (("ema", models.ema), ("raw", recipe.dist.unwrap(models.student))):
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"seed{seed}-{name}.safetensors"))
+    return last
+
+
+def run_frontier(args: argparse.Namespace) -> None:
+    cfg = DistillConfig(teacher=args.teacher, out="-", progress=False, **MARKOV_SETTINGS)
+    teacher_config, tokenizer, language, _, models = load_setup(args.teacher, args.language, cfg)
+    net, seq_len = models.teacher, teacher_config.model.max_seq_len
+    seq_len = args.seq_len or seq_len
+    common = dict(mask_index=teacher_config.diffusion.mask_index, schedule=models.schedule, seq_len=seq_len,
+                  n=args.samples)
+    seeds = [int(s) for s in args.sample_seeds.split(",")]
+
+    def row(name: str, nfe: int, temperature: float) -> dict:
+        results = [sample_metrics(net, tokenizer, language, nfe=nfe, seed=s, temperature=temperature, **common)
+                   for s in seeds]
+        invalid = np.array([r["invalid_rate"] for r in results]) * 100
+        entropy = np.array([r["conditional_entropy"] for r in results])
+        out = {"model": name, "nfe": nfe, "temperature": temperature, "invalid_pct": float(invalid.mean()),
+               "invalid_pct_std": float(invalid.std()), "conditional_entropy": float(entropy.mean()),
+               "nll_per_transition": float(np.mean([r["nll_per_transition"] for r in results]))}
+        print(f"{name:28s} NFE {nfe:4d} T {temperature:4.2f}  invalid {out['invalid_pct']:6.2f} ± "
+              f"{out['invalid_pct_std']:.2f} %  H(X'|X) {out['conditional_entropy']:.3f}", flush=True)
+        return out
+
+    rows = []
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    for nfe in [int(s) for s in args.teacher_nfe.split(",")]:
+        rows.append(row("teacher", nfe, 1.0))
+    for temperature in [float(s) for s in args.temperatures.split(",")]:
+        rows.append(row("teacher", args.nfe, temperature))
+    for directory in args.students:
+        for weights in sorted(Path(directory).glob("seed*-*.safetensors")):
+            net.load_state_dict(load_file(str(weights)))
+            rows.append(row(f"{Path(directory).name}/{weights.stem}", args.nfe, 1.0))
+    net.load_state_dict(original)
+    print(f"chain entropy rate {language.entropy_rate():.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "chain_entropy_rate": language.entropy_rate()}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("distill", help="distil with exact monitoring (discriminator or oracle reward)")
+    d.add_argument("--teacher", required=True)
+    d.add_argument("--language", default=None, help="markov.json (default: the teacher run's)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--reward", choices=["disc", "oracle"], default="disc")
+    d.add_argument("--seeds", default="0")
+    d.add_argument("--steps", type=int, default=700)
+    d.add_argument("--log-every", type=int, default=50)
+    d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of MARKOV_SETTINGS / any DistillConfig field")
+    f = sub.add_parser("frontier", help="teacher NFE and temperature sweep against saved students")
+    f.add_argument("--teacher", required=True)
+    f.add_argument("--language", default=None)
+    f.add_argument("--students", nargs="*", default=[])
+    f.add_argument("--nfe", type=int, default=8)
+    f.add_argument("--teacher-nfe", default="8,16,32,128")
+    f.add_argument("--temperatures", default="0.9,0.8,0.7,0.6,0.5,0.4,0.3")
+    f.add_argument("--samples", type=int, default=256)
+    f.add_argument("--sample-seeds", default="0,1")
+    f.add_argument("--seq-len", type=int, default=0)
+    f.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run_distill(args) if args.command == "distill" else run_frontier(args)
+
+
+if __name__ == "__main__":
+    main()
