@@ -5,7 +5,28 @@
     python benchmarks/reproduce.py --scale paper --teacher runs/mdlm-owt   # 169M DiT, L=1024, OpenWebText,
                                                     # GPT-2 Large evaluator (GPU + network; teacher from
                                                     # `didi convert mdlm.ckpt runs/mdlm-owt`)
-    python benchmarks/reproduce.py --smoke --out /tmp/x   # seconds, used by the test suite
+    python benchmarks/reproduce.py --scale gpu      # one H200, < 10 min (an estimate, see SCALES)
+    python benchmarks/reproduce.py --regime markov  # the synthetic Markov language: exact metrics, no AR evaluator
+    python benchmarks/reproduce.py --regime bytes   # Shakespeare as UTF-8 bytes, AR evaluator on the same bytes
+    python benchmarks/reproduce.py --smoke --out /tmp/x   # seconds, used by the test suite (any --regime)
+
+Regimes (``--regime``, :data:`REGIMES`: one :class:`Scale` per scale each):
+
+* ``bpe`` (default): the embedded Shakespeare corpus under a byte-level BPE (4096 tokens), gen-PPL under an AR
+  model trained here; writes docs/results.md;
+* ``markov``: ``--data markov`` (byte tokenizer), a corpus whose distribution is known, so that the samples are
+  scored exactly (invalid-transition rate, NLL per transition, ``H(X'|X)``; ``didi eval`` reads the run's
+  markov.json) and no AR evaluator is trained; the temperature frontiers are read on ``H(X'|X)``; writes
+  docs/results-markov.md;
+* ``bytes``: Shakespeare with ``--tokenizer byte`` and an AR evaluator trained on the same bytes; writes
+  docs/results-bytes.md.
+
+Every invocation also writes its rows into docs/results.json (next to the Markdown) under ``"regimes"``, keeping the
+other regimes already there: each row's regime, model, sampler, NFE, temperature, metric means and stds, sampling
+seeds (and the distillation seeds of student rows). Runs of the ``markov`` and ``bytes`` regimes live in OUT/markov
+and OUT/bytes. With ``Scale.distill_seeds`` the student is distilled once per seed (OUT/student-s0, ...), each one
+evaluated alike; a student row is then the mean ± std over the distillation seeds of each student's own mean over
+the sampling seeds.
 
 Stages (each skipped when its run directory is complete, so an interrupted benchmark resumes):
 teacher MDLM -> AR baseline/evaluator -> DiDi-Instruct student -> evaluation of the teacher at
@@ -28,6 +49,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,11 +61,15 @@ import torch
 from didi.data.corpora import DataConfig
 from didi.diffusion.rgas import RGASConfig
 from didi.recipes.distill import DistillConfig, distill
+from didi.recipes.evaluate.metrics import MARKOV_METRICS, mean_std
 from didi.recipes.evaluate.report import (
+    COND_ENTROPY,
     EvalReport,
     EvalRow,
+    chain_rates,
     compute_frontiers,
     fmt_spread,
+    frontier_axis,
     frontier_of,
     plot_report,
 )
@@ -84,7 +110,31 @@ class Scale:
     temperatures: list[float] = field(default_factory=lambda: [0.7, 0.8, 0.9, 1.0])  # frontier sweep (first seed)
     mauve: bool = True  # MAUVE against held-out text (needs >= 16 samples per side)
     prefix_tokens: int = 32  # conditional rows: held-out prefix length (--prefix-tokens overrides, 0 = none)
+    tokenizer: str = "auto"  # DataConfig.tokenizer ("auto": the corpus' default, or a BPE of vocab_size)
+    data_extra: dict = field(default_factory=dict)  # more DataConfig fields (e.g. max_documents)
+    ar: bool = True  # train an AR baseline/evaluator here (when no `evaluator` is given)
+    rgas: bool = True  # also sample the student with RGAS
+    distill_seeds: list[int] = field(default_factory=list)  # one student per seed (OUT/student-sN); [] = one
+    # student distilled with --seed in OUT/student
+    frontier_entropy: str = "sample"  # didi eval --frontier-entropy: sample or conditional (Markov metrics)
 
+    @property
+    def distill_iterations(self) -> int:
+        """DiDi-Instruct iterations: ``distill["steps"]`` when the settings name them, else ``distill_steps``."""
+        return int(self.distill.get("steps", self.distill_steps))
+
+
+MARKOV_DISTILL = dict(batch_size=4, group_size=4, lr=1e-4, disc_lr=1e-3, disc_blocks=2, warmup_steps=20,
+                      tau_per="group", rollout_dropout=False, disc_positions="all", student_steps=8, ema_decay=0.99,
+                      disc_normalize=True, disc_window=1, steps=500)
+"""DiDi-Instruct settings of the markov regime (placeholders while the research on them goes on): every scale of
+the regime distils with these, only the smoke scale shrinks them."""
+
+BYTES_DISTILL = dict(TINY_DISTILL)
+"""DiDi-Instruct settings of the bytes regime: the quickstart's (placeholders, as for the markov regime)."""
+
+GPU_MODEL = dict(hidden_size=512, n_blocks=8, n_heads=8)  # the bpe and bytes models of --scale gpu (~30M)
+SMOKE_MODEL = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)
 
 # "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL).
 SCALES = {
@@ -102,7 +152,62 @@ SCALES = {
                    teacher_nfe=[4, 8], student_nfe=[4], num_samples=16, vocab_size=300, eval_blocks=2, repeats=1,
                    ablation_nfe=[4], seeds=[0, 1], temperatures=[0.5, 1.0], prefix_tokens=8,
                    train_extra=dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)),
+    # one H200: teacher 3000 x 128 x 256 tokens and AR 3000 steps of a ~30M model in bf16 (~2 min each, estimated),
+    # 500 distillation iterations (~2 min), evaluation with MAUVE and RGAS (~3 min): ~9 min in all, an estimate
+    # (never measured). The embedded corpus is small for this model: the validation likelihood tells overfitting.
+    "gpu": Scale(data="shakespeare", seq_len=256, preset="small", teacher_steps=3000, ar_steps=3000,
+                 distill_steps=500, global_batch_size=128, teacher_lr=6e-4,
+                 distill=dict(TINY_DISTILL, batch_size=32, disc_warmup_steps=100),
+                 teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32, 64, 128], num_samples=128,
+                 batch_size=128, eval_blocks=256, train_extra={"warmup_steps": 200, **GPU_MODEL}),
 }
+
+# The synthetic Markov language: the exact metrics are the evaluator (no AR stage, no gen-PPL, no MAUVE).
+MARKOV_SCALES = {
+    "cpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=2000, ar_steps=0, distill_steps=500,
+                 global_batch_size=32, teacher_lr=1e-3, distill=MARKOV_DISTILL, teacher_nfe=[8, 16, 32, 128],
+                 student_nfe=[8, 16], num_samples=128, batch_size=64, train_extra=dict(hidden_size=128), ar=False,
+                 mauve=False, prefix_tokens=0, distill_seeds=[0, 1, 2], temperatures=[0.8, 0.9, 1.0, 1.1, 1.2],
+                 frontier_entropy="conditional"),
+    # one H200: teacher 5000 x 128 x 64 tokens of a ~6M model (~2 min, launch-bound), three distillations of 500
+    # iterations (~2 min each), evaluation (~1 min): ~9 min, an estimate (never measured)
+    "gpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=5000, ar_steps=0, distill_steps=500,
+                 global_batch_size=128, teacher_lr=1e-3, distill=MARKOV_DISTILL, teacher_nfe=[8, 16, 32, 128],
+                 student_nfe=[8, 16], num_samples=256, batch_size=256, eval_blocks=256,
+                 train_extra=dict(hidden_size=256, n_blocks=6, n_heads=4), ar=False, mauve=False, prefix_tokens=0,
+                 distill_seeds=[0, 1, 2], temperatures=[0.8, 0.9, 1.0, 1.1, 1.2], frontier_entropy="conditional"),
+    "smoke": Scale(data="markov", seq_len=32, preset="tiny", teacher_steps=4, ar_steps=0, distill_steps=3,
+                   global_batch_size=8, teacher_lr=3e-3,
+                   distill=dict(MARKOV_DISTILL, batch_size=2, group_size=2, student_steps=2, warmup_steps=1, steps=3),
+                   teacher_nfe=[4, 8], student_nfe=[4], num_samples=16, eval_blocks=2, repeats=1, ablation_nfe=[4],
+                   seeds=[0, 1], temperatures=[0.5, 1.0], prefix_tokens=0, train_extra=SMOKE_MODEL, ar=False,
+                   mauve=False, distill_seeds=[0, 1], data_extra=dict(max_documents=20),
+                   frontier_entropy="conditional"),
+}
+
+# Shakespeare as UTF-8 bytes (257 tokens), gen-PPL under an AR model trained on the same bytes.
+BYTES_SCALES = {
+    "cpu": Scale(data="shakespeare", tokenizer="byte", seq_len=128, preset="tiny", teacher_steps=600, ar_steps=400,
+                 distill_steps=300, global_batch_size=32, teacher_lr=1e-3, distill=BYTES_DISTILL,
+                 teacher_nfe=[8, 16, 32, 128], student_nfe=[8, 16], num_samples=128, batch_size=64,
+                 distill_seeds=[0, 1, 2]),
+    # one H200: as the bpe regime's gpu scale (the byte vocabulary makes the output layer cheaper): ~9 min, an
+    # estimate (never measured)
+    "gpu": Scale(data="shakespeare", tokenizer="byte", seq_len=256, preset="small", teacher_steps=3000,
+                 ar_steps=3000, distill_steps=500, global_batch_size=128, teacher_lr=6e-4,
+                 distill=dict(BYTES_DISTILL, batch_size=32, disc_warmup_steps=100), teacher_nfe=[8, 16, 32, 128],
+                 student_nfe=[8, 16], num_samples=128, batch_size=128, eval_blocks=256, distill_seeds=[0, 1, 2],
+                 train_extra={"warmup_steps": 200, **GPU_MODEL}),
+    "smoke": Scale(data="", tokenizer="byte", seq_len=32, preset="tiny", teacher_steps=4, ar_steps=4,
+                   distill_steps=3, global_batch_size=8, teacher_lr=3e-3,
+                   distill=dict(batch_size=2, group_size=2, lr=1e-4, disc_lr=1e-3, warmup_steps=1),
+                   teacher_nfe=[4, 8], student_nfe=[4], num_samples=16, eval_blocks=2, repeats=1, ablation_nfe=[4],
+                   seeds=[0, 1], temperatures=[0.5, 1.0], prefix_tokens=8, train_extra=SMOKE_MODEL,
+                   distill_seeds=[0, 1]),
+}
+
+REGIMES = {"bpe": SCALES, "markov": MARKOV_SCALES, "bytes": BYTES_SCALES}
+"""The Scale of every regime at every scale (``--regime``, ``--scale``; ``--smoke`` = the "smoke" scale)."""
 
 # The paper's cumulative ablation (notes §6.3) as distillation switches, each row adding one technique. The
 # "+ π(t) weighting" row is absent: with the default proposal Beta(1, 1) it is the identity (see --tau-a/--tau-b).
@@ -133,22 +238,36 @@ def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, 
                       global_batch_size=scale.global_batch_size, eval_every=max(1, steps // 3),
                       save_every=max(1, steps // 3), seed=seed, device=device,
                       **{"warmup_steps": min(50, steps), **scale.train_extra})
+    tokenizer = "gpt2" if scale.vocab_size == 50257 else scale.tokenizer
     data_cfg = DataConfig(data=data, seq_len=scale.seq_len, vocab_size=scale.vocab_size, seed=seed,
-                          tokenizer="gpt2" if scale.vocab_size == 50257 else "auto")
+                          tokenizer=tokenizer, **scale.data_extra)
     return _timed(lambda: train(cfg, data_cfg, kind=kind))
 
 
 def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> float | None:
-    if completed_steps(out) >= scale.distill_steps:
+    steps = scale.distill_iterations
+    if completed_steps(out) >= steps:
         return None
-    cfg = DistillConfig(teacher=str(teacher), out=str(out), steps=scale.distill_steps, seed=seed, device=device,
-                        save_every=max(1, scale.distill_steps // 3), **{**scale.distill, **switches})
+    cfg = DistillConfig(teacher=str(teacher), out=str(out), seed=seed, device=device,
+                        save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
     resume = latest_snapshot(out) is not None
     return _timed(lambda: distill(cfg, resume=resume))
 
 
-def eval_report(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Scale, evaluator: str, device: str,
-                seed: int, sampler: str = "ancestral", num_samples: int = 0, **options) -> EvalReport:
+NEW_EVAL_FIELDS = {"frontier_entropy": "sample"}
+"""EvalConfig fields added after evaluations were first saved: left out of the reuse key at their default, so that
+the evaluations saved before them stay valid."""
+
+
+def _config_key(config: EvalConfig) -> str:
+    text = repr(config)
+    for name, default in NEW_EVAL_FIELDS.items():
+        text = text.replace(f", {name}={default!r}", "")
+    return text
+
+
+def eval_report(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Scale, evaluator: str | None,
+                device: str, seed: int, sampler: str = "ancestral", num_samples: int = 0, **options) -> EvalReport:
     """Evaluate ``models`` at ``nfe`` (``options``: more :class:`EvalConfig` fields, e.g. ``seeds``), saved as
     OUT/eval/TAG.json and reused while the models' weights and the settings are unchanged (a re-run only adds what
     is new; a retrained model is evaluated again)."""
@@ -157,8 +276,10 @@ def eval_report(tag: str, out: Path, models: list[Path], nfe: list[int], scale: 
     config = EvalConfig(models=[str(m) for m in models], nfe=nfe, evaluator=evaluator, num_samples=n,
                         batch_size=min(n, scale.batch_size or n), warmup=0, repeats=scale.repeats, seed=seed,
                         sampler=sampler, eval_blocks=scale.eval_blocks, device=device,
-                        rgas=RGASConfig() if sampler == "rgas" else None, **{"references": False, **options})
-    key = {"weights": [os.stat(Path(m) / "model.safetensors").st_mtime_ns for m in models], "config": repr(config)}
+                        rgas=RGASConfig() if sampler == "rgas" else None, frontier_entropy=scale.frontier_entropy,
+                        **{"references": False, **options})
+    key = {"weights": [os.stat(Path(m) / "model.safetensors").st_mtime_ns for m in models],
+           "config": _config_key(config)}
     if saved.exists():
         cached = json.loads(saved.read_text())
         if isinstance(cached, dict) and cached.get("key") == key and "report" in cached:
@@ -178,8 +299,8 @@ def _cell(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _spread_cell(row: EvalRow | None, metric: str, spec: str) -> str:
-    return "—" if row is None or row.value(metric) is None else fmt_spread(row, metric, spec)
+def _spread_cell(row: EvalRow | None, metric: str, spec: str, scale: float = 1.0) -> str:
+    return "—" if row is None or row.value(metric) is None else fmt_spread(row, metric, spec, scale)
 
 
 def _per_sample(row: EvalRow) -> float | None:
@@ -191,6 +312,7 @@ def results_table(rows: list[EvalRow], names: dict[str, str], report: EvalReport
     entropy, MAUVE, and speed-ups from per-sample latencies relative to the teacher at its largest budget and to
     the AR baseline (every row's batch size is stated in the header)."""
     main = [r for r in rows if r.temperature in (1.0, None)]
+    main = [r for r in main if r.kind != "data"] + [r for r in main if r.kind == "data"]  # the reference row last
     timed = [r for r in main if r.latency_s]
     teacher = [r for r in timed if names.get(r.source) == "teacher"]
     top = max(teacher, key=lambda r: r.nfe) if teacher else None
@@ -198,44 +320,84 @@ def results_table(rows: list[EvalRow], names: dict[str, str], report: EvalReport
     batches = sorted({max(r.batch_sizes) for r in timed})
     batch = f"batch {batches[0]}" if len(batches) == 1 else f"batch sizes differ: {', '.join(map(str, batches))}"
     target = report.target_entropy
-    matched_header = f"gen-PPL @ entropy {target['value']:.3f} ↓" if target else "gen-PPL @ matched entropy ↓"
-    header = ["model", "sampler", "NFE", "calls made", "disc. calls", "gen-PPL (T = 1) ↓", "entropy (T = 1)",
-              matched_header, "MAUVE ↑", "latency / sample (ms)", "tokens/s",
+    markov = any(r.markov for r in main)
+    if markov:  # the exact metrics of the Markov regime (gen-PPL only if an evaluator scored the rows)
+        at = f"{_axis_label(report)} {target['value']:.3f}" if target else "matched entropy"
+        ppl = any(r.value("gen_ppl") is not None for r in main)
+        quality = ["invalid % (T = 1) ↓", "NLL/transition (T = 1)", f"{COND_ENTROPY} (T = 1)", "entropy (T = 1)",
+                   f"invalid % @ {at} ↓", *(["gen-PPL (T = 1) ↓"] if ppl else [])]
+    else:
+        matched_header = f"gen-PPL @ entropy {target['value']:.3f} ↓" if target else "gen-PPL @ matched entropy ↓"
+        quality = ["gen-PPL (T = 1) ↓", "entropy (T = 1)", matched_header, "MAUVE ↑"]
+    vs_ar = ar is not None or not markov
+    header = ["model", "sampler", "NFE", "calls made", "disc. calls", *quality, "latency / sample (ms)", "tokens/s",
               f"speed-up vs teacher@{top.nfe if top else 'max'} (per-sample latency, {batch})",
-              f"speed-up vs AR (per-sample latency, {batch})"]
+              *([f"speed-up vs AR (per-sample latency, {batch})"] if vs_ar else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in main:
         disc = r.extra_calls.get("discriminator")
         frontier = frontier_of(report, r)
-        matched = "—" if frontier is None else "not reached" if frontier["gen_ppl"] is None else \
-            f"{frontier['gen_ppl']:.1f} (T {frontier['bracket'][0]:g}–{frontier['bracket'][1]:g})"
+        if markov:
+            cells = [_spread_cell(r, "invalid_rate", ".2f", 100.0), _spread_cell(r, "nll_per_transition", ".4f"),
+                     _spread_cell(r, "conditional_entropy", ".4f"), _spread_cell(r, "entropy", ".3f"),
+                     _matched(frontier, "invalid_rate", ".2f", 100.0),
+                     *([_spread_cell(r, "gen_ppl", ".1f")] if ppl else [])]
+        else:
+            matched = "—" if frontier is None else "not reached" if frontier["gen_ppl"] is None else \
+                f"{frontier['gen_ppl']:.1f} (T {frontier['bracket'][0]:g}–{frontier['bracket'][1]:g})"
+            cells = [_spread_cell(r, "gen_ppl", ".1f"), _spread_cell(r, "entropy", ".3f"), matched,
+                     _spread_cell(r, "mauve", ".3f")]
         per_sample = _per_sample(r)
         lines.append(" | ".join([
             f"| {names.get(r.source, 'data' if r.kind == 'data' else r.model)}", r.sampler,
             "—" if r.nfe is None else str(r.nfe), _cell(r.nfe_made, ".0f"),
-            "—" if not disc else f"{sum(disc) / len(disc):.0f}",
-            _spread_cell(r, "gen_ppl", ".1f"), _spread_cell(r, "entropy", ".3f"), matched,
-            _spread_cell(r, "mauve", ".3f"), _cell(per_sample * 1000 if per_sample else None, ".1f"),
-            _cell(r.tokens_per_s, ".0f"),
+            "—" if not disc else f"{sum(disc) / len(disc):.0f}", *cells,
+            _cell(per_sample * 1000 if per_sample else None, ".1f"), _cell(r.tokens_per_s, ".0f"),
             _cell(_per_sample(top) / per_sample if top and per_sample else None, ".1f") + ("×" if per_sample else ""),
-            _cell(_per_sample(ar) / per_sample if ar and per_sample else None, ".2f") + ("×" if per_sample else "")
-            + " |"]))
+            *([_cell(_per_sample(ar) / per_sample if ar and per_sample else None, ".2f") + ("×" if per_sample else "")]
+              if vs_ar else [])]) + " |")
     return "\n".join(lines)
 
 
+def _axis_label(report: EvalReport) -> str:
+    """The frontiers' entropy axis as a table header."""
+    return COND_ENTROPY if report.frontiers and frontier_axis(report.frontiers[0]) == "conditional_entropy" else \
+        "entropy"
+
+
+def _matched(frontier: dict | None, metric: str, spec: str, scale: float = 1.0) -> str:
+    """A frontier's value at the target entropy and the temperatures it lies between."""
+    if frontier is None:
+        return "—"
+    if frontier.get("bracket") is None or frontier.get(metric) is None:
+        return "not reached"
+    return f"{format(frontier[metric] * scale, spec)} (T {frontier['bracket'][0]:g}–{frontier['bracket'][1]:g})"
+
+
 def sweep_table(rows: list[EvalRow], names: dict[str, str], report: EvalReport) -> str:
-    """gen-PPL / entropy of every model x NFE at every temperature of the sweep, and the matched value."""
+    """gen-PPL / entropy (the Markov regime: invalid % / H(X'|X)) of every model x NFE at every temperature of the
+    sweep, and the matched value."""
     temps = sorted({p["temperature"] for f in report.frontiers for p in f["points"]})
-    lines = ["| model | sampler | NFE | " + " | ".join(f"T = {t:g}: gen-PPL / entropy" for t in temps)
-             + " | gen-PPL @ target |", "|" + "---|" * (len(temps) + 4)]
+    markov = any("invalid_rate" in f for f in report.frontiers)
+    if markov:
+        axis = frontier_axis(report.frontiers[0])
+        what, last = f"invalid % / {COND_ENTROPY if axis == 'conditional_entropy' else 'entropy'}", "invalid % @ target"
+    else:
+        what, last = "gen-PPL / entropy", "gen-PPL @ target"
+    lines = ["| model | sampler | NFE | " + " | ".join(f"T = {t:g}: {what}" for t in temps)
+             + f" | {last} |", "|" + "---|" * (len(temps) + 4)]
     for f in report.frontiers:
         by_t = {p["temperature"]: p for p in f["points"]}
         source = next((r.source for r in rows if (r.model, r.kind, r.sampler, r.nfe) ==
                        (f["model"], f["kind"], f["sampler"], f["nfe"])), f["model"])
-        cells = [f"{by_t[t]['gen_ppl']:.1f} / {by_t[t]['entropy']:.3f}" if t in by_t else "—" for t in temps]
+        if markov:
+            cells = [f"{100 * by_t[t]['invalid_rate']:.2f} / {by_t[t][axis]:.3f}" if t in by_t else "—" for t in temps]
+            matched = "not reached" if f.get("bracket") is None else f"{100 * f['invalid_rate']:.2f}"
+        else:
+            cells = [f"{by_t[t]['gen_ppl']:.1f} / {by_t[t]['entropy']:.3f}" if t in by_t else "—" for t in temps]
+            matched = "not reached" if f["gen_ppl"] is None else f"{f['gen_ppl']:.1f}"
         lines.append(f"| {names.get(source, f['model'])} | {f['sampler']} | {'—' if f['nfe'] is None else f['nfe']} | "
-                     + " | ".join(cells) + " | " + ("not reached" if f["gen_ppl"] is None else f"{f['gen_ppl']:.1f}")
-                     + " |")
+                     + " | ".join(cells) + f" | {matched} |")
     return "\n".join(lines)
 
 
@@ -252,83 +414,117 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu", help="experiment size (default cpu)")
+    parser.add_argument("--regime", choices=list(REGIMES), default="bpe", help="corpus and tokenizer: bpe "
+                        "(Shakespeare, BPE; docs/results.md), markov (the synthetic Markov language, exact metrics; "
+                        "docs/results-markov.md) or bytes (Shakespeare as bytes; docs/results-bytes.md); default bpe")
+    parser.add_argument("--scale", choices=["cpu", "gpu", "paper"], default="cpu", help="experiment size: cpu "
+                        "(2 cores), gpu (one H200, < 10 min estimated) or paper (bpe only); default cpu")
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run on a synthetic corpus (tests)")
     parser.add_argument("--ablation", action="store_true", help="also distill and evaluate the ablation rows")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce", help="run directories")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce", help="run directories (the markov "
+                        "and bytes regimes: OUT/markov, OUT/bytes)")
     parser.add_argument("--teacher", type=Path, default=None, help="use this teacher run instead of training one")
-    parser.add_argument("--results", type=Path, default=None, help="Markdown output (default docs/results.md; "
-                        "with --smoke: OUT/results.md)")
+    parser.add_argument("--results", type=Path, default=None, help="Markdown output (default docs/results.md, "
+                        "docs/results-REGIME.md for markov and bytes; with --smoke: in OUT); results.json is "
+                        "written beside it")
     parser.add_argument("--data", default=None, help="override the corpus of the scale")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefix-tokens", type=int, default=None, help="conditional rows: teacher, student and AR "
-                        "continue held-out prefixes of this many tokens (default: 32, 8 with --smoke; 0: none)")
+                        "continue held-out prefixes of this many tokens (default: the scale's, 32; 8 with --smoke; "
+                        "none for markov; 0: none)")
     args = parser.parse_args(argv)
 
-    scale = SCALES["smoke" if args.smoke else args.scale]
-    out: Path = args.out
+    regime = args.regime
+    scale_name = "smoke" if args.smoke else args.scale
+    if scale_name not in REGIMES[regime]:
+        parser.error(f"--scale {scale_name}: the {regime} regime has the scales {', '.join(REGIMES[regime])}")
+    scale = REGIMES[regime][scale_name]
+    out: Path = args.out if regime == "bpe" else args.out / regime
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or scale.data
     if args.smoke and not data:
-        data = str(out / "corpus.txt")
+        data = str(args.out / "corpus.txt")
         if not Path(data).exists():
             words = "the king queen lord night day love sword crown heart fair sweet good speak come go".split()
             Path(data).write_text("\n".join(f"KING. {' '.join(words[(i * 7 + j) % len(words)] for j in range(9))}."
                                             for i in range(600)) + "\n")
-    results = args.results or (out / "results.md" if args.smoke else ROOT / "docs" / "results.md")
+    page = "results.md" if regime == "bpe" else f"results-{regime}.md"
+    results = args.results or (args.out / page if args.smoke else ROOT / "docs" / page)
     teacher = args.teacher or out / "teacher"
-    ar, student = out / "ar", out / "student"
+    ar = out / "ar"
+    has_ar = scale.ar and not scale.evaluator  # an AR baseline trained here is the evaluator
+    distill_seeds = scale.distill_seeds or [args.seed]
+    students = [out / f"student-s{s}" for s in scale.distill_seeds] or [out / "student"]
     started = time.perf_counter()
 
     wall_file = out / "wall_clock.json"
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
-    for stage, run in (("teacher", lambda: None if args.teacher else train_stage("mdlm", teacher, scale, data,
-                                                                                 args.device, args.seed)),
-                       ("ar", lambda: None if scale.evaluator else train_stage("ar", ar, scale, data, args.device,
-                                                                               args.seed)),
-                       ("student", lambda: distill_stage(teacher, student, scale, args.device, args.seed))):
+    stages = [("teacher", lambda: None if args.teacher else train_stage("mdlm", teacher, scale, data, args.device,
+                                                                       args.seed))]
+    if has_ar:
+        stages.append(("ar", lambda: train_stage("ar", ar, scale, data, args.device, args.seed)))
+    for seed, student in zip(distill_seeds, students):
+        stages.append((student.name, lambda seed=seed, student=student: distill_stage(teacher, student, scale,
+                                                                                      args.device, seed)))
+    for stage, run in stages:
         seconds = run()
         if seconds is not None or stage not in wall:
             wall[stage] = seconds
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
-    evaluator = scale.evaluator or str(ar)
-    names = {str(teacher): "teacher", str(student): "student", str(ar): "AR"}
+    evaluator = scale.evaluator or (str(ar) if has_ar else None)
+    names = {str(teacher): "teacher", **{str(s): "student" for s in students}, str(ar): "AR"}
     ev = dict(out=out, scale=scale, evaluator=evaluator, device=args.device, seed=args.seed)
+
+    def student_report(tag: str, **options) -> EvalReport:
+        """One evaluation of every student (tag-sN per distillation seed), as one report of rows averaged over the
+        distillation seeds (:func:`mean_over_students`)."""
+        if len(students) == 1:
+            return eval_report(tag, models=students, **ev, **options)
+        parts = [eval_report(f"{tag}-s{seed}", models=[student], **ev, **options)
+                 for seed, student in zip(distill_seeds, students)]
+        return EvalReport(rows=mean_over_students([p.rows for p in parts], distill_seeds), meta=parts[0].meta)
+
     # temperature 1 with every seed; the rest of the sweep with the first seed; the largest teacher budget and RGAS
     # at temperature 1 with one seed (CPU time); the data reference row comes with the AR (else the teacher) rows
     t1 = dict(seeds=scale.seeds, mauve=scale.mauve)
     sweep = dict(temperatures=[t for t in scale.temperatures if t != 1.0], mauve=scale.mauve)
     references = dict(references=True)
     reports = [eval_report("teacher", models=[teacher], nfe=scale.teacher_nfe[:-1], **ev, **t1,
-                           **({} if not scale.evaluator else references))]
+                           **({} if has_ar else references))]
     reports.append(eval_report("teacher-top", models=[teacher], nfe=scale.teacher_nfe[-1:],
                                num_samples=scale.top_nfe_samples, mauve=scale.mauve, **ev))
-    reports.append(eval_report("student", models=[student], nfe=scale.student_nfe, **ev, **t1))
-    reports.append(eval_report("student-rgas", models=[student], nfe=scale.student_nfe, sampler="rgas",
-                               num_samples=scale.rgas_samples, mauve=scale.mauve, **ev))
-    if not scale.evaluator:
+    reports.append(student_report("student", nfe=scale.student_nfe, **t1))
+    if scale.rgas:
+        reports.append(student_report("student-rgas", nfe=scale.student_nfe, sampler="rgas",
+                                      num_samples=scale.rgas_samples, mauve=scale.mauve))
+    if has_ar:
         reports.append(eval_report("ar", models=[ar], nfe=scale.student_nfe[:1], **ev, **t1, **references))
     if sweep["temperatures"]:
-        for tag, model, nfe in (("teacher", teacher, scale.teacher_nfe[:-1]), ("student", student, scale.student_nfe),
-                                *((("ar", ar, scale.student_nfe[:1]),) if not scale.evaluator else ())):
-            reports.append(eval_report(f"{tag}-sweep", models=[model], nfe=nfe, **ev, **sweep))
+        reports.append(eval_report("teacher-sweep", models=[teacher], nfe=scale.teacher_nfe[:-1], **ev, **sweep))
+        reports.append(student_report("student-sweep", nfe=scale.student_nfe, **sweep))
+        if has_ar:
+            reports.append(eval_report("ar-sweep", models=[ar], nfe=scale.student_nfe[:1], **ev, **sweep))
     rows = [r for rep in reports for r in rep.rows]
-    report = combined_report(reports, args, evaluator)
+    report = combined_report(reports, args, evaluator, scale)
 
     prefix_tokens = scale.prefix_tokens if args.prefix_tokens is None else args.prefix_tokens
     conditional = []  # one evaluation per model, so that a retrained model does not re-evaluate the others
-    for name, run in [("teacher", teacher), ("student", student)] + ([] if scale.evaluator else [("ar", ar)]):
-        conditional += [] if not prefix_tokens else eval_rows(
-            f"conditional-{name}", models=[run], nfe=scale.student_nfe, prefix_tokens=prefix_tokens,
-            unconditional=False, **ev)
+    if prefix_tokens:
+        conditional += eval_rows("conditional-teacher", models=[teacher], nfe=scale.student_nfe,
+                                 prefix_tokens=prefix_tokens, unconditional=False, **ev)
+        conditional += student_report("conditional-student", nfe=scale.student_nfe, prefix_tokens=prefix_tokens,
+                                      unconditional=False).rows
+        if has_ar:
+            conditional += eval_rows("conditional-ar", models=[ar], nfe=scale.student_nfe,
+                                     prefix_tokens=prefix_tokens, unconditional=False, **ev)
 
     ablation_rows = []
     if args.ablation:
         for i, (label, switches) in enumerate(ABLATION):
             run = out / f"ablation-{i}"
-            if not switches:  # the full method is the main student
-                run = student
+            if not switches:  # the full method is the main student (of the first distillation seed)
+                run = students[0]
             else:
                 distill_stage(teacher, run, scale, args.device, args.seed, **switches)
             ablation_rows += [dataclasses.replace(r, model=label) for r in eval_rows(
@@ -336,62 +532,191 @@ def main(argv: list[str] | None = None) -> int:
 
     plot_path = results.with_suffix(".png")
     plot_report(dataclasses.replace(report, rows=[r for r in rows if r.temperature in (1.0, None)]), plot_path)
-    (out / "results.json").write_text(json.dumps({**report.to_json(), "ablation_rows": [r.to_json() for r in
-                                                                                      ablation_rows],
-                                                  "conditional_rows": [r.to_json() for r in conditional],
-                                                  "wall_clock_s": wall}, indent=2, default=str))
-    command = "python benchmarks/reproduce.py" + (" --smoke" if args.smoke else f" --scale {args.scale}") + (
-        " --ablation" if args.ablation else "") + (
+    full = {**report.to_json(), "ablation_rows": [r.to_json() for r in ablation_rows],
+            "conditional_rows": [r.to_json() for r in conditional], "wall_clock_s": wall}
+    command = "python benchmarks/reproduce.py" + ("" if regime == "bpe" else f" --regime {regime}") + (
+        " --smoke" if args.smoke else f" --scale {args.scale}") + (" --ablation" if args.ablation else "") + (
         "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}")
-    proteins = None if args.smoke else protein_table(ROOT / "docs" / "results_proteins.md")
+    proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
-                  data, proteins, report)
+                  data, proteins, report, regime=regime, distill_seeds=distill_seeds)
     text += conditional_section(conditional, names, prefix_tokens)
+    if regime == "bpe":
+        text += other_regimes_section()
     results.write_text(text)
+    summary = {"regime": regime, "scale": scale_name, "command": command, "date": date.today().isoformat(),
+               "machine": machine(), "page": results.name, "settings": dataclasses.asdict(scale),
+               "frontier_axis": frontier_axis(report.frontiers[0]) if report.frontiers else None,
+               "target_entropy": report.target_entropy,
+               "rows": regime_rows(regime, rows, names, report, distill_seeds),
+               "conditional_rows": regime_rows(regime, conditional, names, report, distill_seeds),
+               "wall_clock_s": wall}
+    write_results_json(out / "results.json", results.with_name("results.json"), regime, summary, full)
     print(text)
     return 0
 
 
-def combined_report(reports: list[EvalReport], args, evaluator: str) -> EvalReport:
-    """One report over every evaluation: the target entropy of the data row, the frontiers over all rows (the
-    temperature 1 rows of one evaluation and the rest of the sweep of another make one curve)."""
+def write_results_json(run_json: Path, page_json: Path, regime: str, summary: dict, full: dict) -> None:
+    """The whole report into OUT/results.json (run_json) and the regime's rows into page_json's ``"regimes"``, both
+    keeping the other regimes already there (with --smoke both are OUT/results.json for the bpe regime)."""
+    def read(path: Path) -> dict:
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    kept = read(run_json).get("regimes", {})
+    run_json.write_text(json.dumps({**full, **({"regimes": kept} if kept else {})}, indent=2, default=str))
+    page = read(page_json)
+    page["regimes"] = {**page.get("regimes", {}), regime: summary}
+    page_json.parent.mkdir(parents=True, exist_ok=True)
+    page_json.write_text(json.dumps(page, indent=2, default=str))
+
+
+def mean_over_students(per_student: list[list[EvalRow]], seeds: list[int]) -> list[EvalRow]:
+    """The rows of the students distilled with ``seeds`` (the same evaluation of each, so the same rows in the same
+    order) as one row each: every metric the mean ± std over the students of each student's own value (its mean
+    over the sampling seeds); ``per_seed`` holds every student's sampling seeds, marked with ``distill_seed``."""
+    out = []
+    for group in zip(*per_student):
+        base = group[0]
+        keys = {(r.sampler, r.nfe, r.temperature, r.prefix_tokens) for r in group}
+        assert len(keys) == 1, f"the students' evaluations differ: {keys}"
+        spread = {}
+        for metric in ("gen_ppl", "entropy", "mauve", *MARKOV_METRICS):
+            values = [r.value(metric) for r in group]
+            if any(v is None for v in values):
+                continue
+            mean, std = mean_std(values)
+            spread[metric] = {"mean": mean, "std": std, "n_seeds": len(values), "distill_seeds": list(seeds),
+                              "method": f"std over the students of distillation seeds {', '.join(map(str, seeds))}, "
+                                        "each its mean over the sampling seeds"}
+        markov = None
+        if all(r.markov for r in group):
+            markov = {**{m: spread.get(m, {}).get("mean") for m in MARKOV_METRICS},
+                      "chain_entropy_rate": base.markov["chain_entropy_rate"],
+                      "transitions": float(sum(r.markov["transitions"] for r in group))}
+        out.append(dataclasses.replace(
+            base, model=re.sub(r"-s\d+$", "", base.model), spread=spread, markov=markov,
+            entropy=spread.get("entropy", {}).get("mean", base.entropy),
+            mauve=spread.get("mauve", {}).get("mean"), sample_entropy=[e for r in group for e in r.sample_entropy],
+            per_seed=[{**p, "distill_seed": s} for s, r in zip(seeds, group) for p in r.per_seed]))
+    return out
+
+
+def regime_rows(regime: str, rows: list[EvalRow], names: dict[str, str], report: EvalReport,
+                distill_seeds: list[int]) -> list[dict]:
+    """The rows of docs/results.json's ``regimes``: regime, model, sampler, NFE, temperature, sampling seeds (and the
+    distillation seeds of student rows), every metric's mean and std (``_interval``: the bootstrap 95% interval of a
+    single seed), the entropy, speed and the values at the matched entropy."""
+    out = []
+    for r in rows:
+        name = names.get(r.source, "data" if r.kind == "data" else r.model)
+        entry = {"regime": regime, "model": name, "kind": r.kind, "sampler": r.sampler, "nfe": r.nfe,
+                 "temperature": r.temperature, "prefix_tokens": r.prefix_tokens, "num_samples": r.num_samples,
+                 "seeds": r.seeds, "distill_seeds": list(distill_seeds) if name == "student" else None,
+                 "entropy": r.value("entropy")}
+        for metric in ("gen_ppl", "entropy", "mauve", *MARKOV_METRICS):
+            value = r.value(metric)
+            if value is None:
+                continue
+            spread = r.spread.get(metric, {})
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = value, spread.get("std")
+            if spread.get("low") is not None:
+                entry[f"{metric}_interval"] = [spread["low"], spread["high"]]
+        if r.markov:
+            entry["chain_entropy_rate"] = r.markov["chain_entropy_rate"]
+        frontier = frontier_of(report, r) if r.prefix_tokens is None else None
+        if frontier is not None:
+            entry["matched"] = {k: frontier.get(k) for k in ("axis", "target_entropy", "bracket", "gen_ppl",
+                                                               "invalid_rate", "nll_per_transition") if k in frontier}
+        entry.update(nfe_made=r.nfe_made, latency_per_sample_s=r.latency_per_sample_s, tokens_per_s=r.tokens_per_s)
+        out.append(entry)
+    return out
+
+
+def other_regimes_section() -> str:
+    """Links from docs/results.md to the pages of the other regimes."""
+    return "\n".join([
+        "", "## Other regimes", "",
+        "The same pipeline on other corpora and tokenizers (`--regime`); every invocation also stores its rows in "
+        "results.json under `regimes`:", "",
+        "- [markov](results-markov.md): the synthetic Markov language of `--data markov` (byte tokenizer), scored "
+        "exactly against the chain (invalid-transition rate, NLL per transition, H(X'|X)); "
+        "`python benchmarks/reproduce.py --regime markov`.",
+        "- [bytes](results-bytes.md): the embedded Shakespeare as UTF-8 bytes, gen-PPL under an AR model trained on "
+        "the same bytes; `python benchmarks/reproduce.py --regime bytes`.", ""])
+
+
+def combined_report(reports: list[EvalReport], args, evaluator: str | None, scale: Scale | None = None
+                    ) -> EvalReport:
+    """One report over every evaluation: the target entropy of the data row (on the scale's frontier axis: the
+    sample entropy, or H(X'|X) of the Markov regime), the frontiers over all rows (the temperature 1 rows of one
+    evaluation and the rest of the sweep of another make one curve)."""
     rows = [r for rep in reports for r in rep.rows]
+    axis = "conditional_entropy" if scale is not None and scale.frontier_entropy == "conditional" else "entropy"
     data = next((r for r in rows if r.kind == "data"), None)
-    target = None if data is None else {"value": data.value("entropy"),
-                                        "source": f"the entropy of the {data.model} row"}
+    target = None
+    if data is not None and data.value(axis) is not None:
+        what = "entropy" if axis == "entropy" else "H(X'|X)"
+        target = {"value": data.value(axis), "source": f"the {what} of the {data.model} row"}
+    elif axis == "conditional_entropy" and chain_rates(rows):
+        target = {"value": chain_rates(rows)[0], "source": "the Markov chain's entropy rate"}
     meta = next((rep.meta for rep in reports if rep.meta.get("heldout")), reports[0].meta)
-    meta = {**meta, "scale": args.scale, "smoke": args.smoke,
+    meta = {**meta, "scale": args.scale, "smoke": args.smoke, "regime": getattr(args, "regime", "bpe"),
             "evaluations": [rep.meta.get("config") for rep in reports]}
-    frontiers = compute_frontiers(rows, None if target is None else target["value"])
+    frontiers = compute_frontiers(rows, None if target is None else target["value"], axis=axis)
     return EvalReport(rows=rows, meta=meta, target_entropy=target if frontiers else None, frontiers=frontiers)
 
 
 def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds, data, proteins=None,
-           report=None) -> str:
+           report=None, regime: str = "bpe", distill_seeds: list[int] | None = None) -> str:
     report = report or EvalReport(rows=rows, meta={})
     rows_all, rows = rows, [r for r in rows if r.temperature in (1.0, None)]
     student_rows = [r for r in rows if names.get(r.source) == "student"]
     teacher_rows = {r.nfe: r for r in rows if names.get(r.source) == "teacher"}
+    markov = any(r.markov for r in rows_all)
+    distill_seeds = distill_seeds or []
+    corpus = f"corpus `{Path(data).name if Path(data).exists() else data}`"
+    if scale.tokenizer != "auto" or markov:
+        corpus += f" ({'byte' if markov and scale.tokenizer == 'auto' else scale.tokenizer} tokenizer)"
+    if markov:
+        scored = (f"samples scored exactly against the Markov chain (entropy rate "
+                  f"{' / '.join(f'{x:.4f}' for x in chain_rates(rows_all))} nats), no AR evaluator")
+        model = f"{scale.preset} DiT" + (f" ({_model_overrides(scale)})" if _model_overrides(scale) else "")
+        stages = f"teacher {scale.teacher_steps} steps"
+    else:
+        scored = f"gen-PPL under {scale.evaluator or 'the AR model trained here on the same corpus'}"
+        model = f"{scale.preset} DiT/GPT" + (f" ({_model_overrides(scale)})" if regime != "bpe" and
+                                            _model_overrides(scale) else "")
+        stages = f"teacher {scale.teacher_steps} steps, AR {scale.ar_steps} steps"
+    seeds_text = "" if len(distill_seeds) < 2 else \
+        f" per student, one student per distillation seed ({', '.join(map(str, distill_seeds))})"
+    title = "# Reproduced results" + ("" if regime == "bpe" else f": the {regime} regime")
+    figure = ("invalid-transition rate and entropy against NFE at T = 1; the invalid rate against H(X'|X) over the "
+              "temperature sweeps" if markov else
+              "gen-PPL and entropy against NFE at T = 1; gen-PPL against entropy over the temperature sweeps")
     lines = [
-        "# Reproduced results", "",
+        title, "",
         f"Command: `{command}` — {date.today().isoformat()}; this invocation took {seconds / 60:.1f} min (stages "
         "finished by an earlier, interrupted invocation are reused; their training times are below).  ",
         f"Machine: {machine()}.  ",
-        f"Scale: {scale.preset} DiT/GPT, sequence length {scale.seq_len}, "
-        f"corpus `{Path(data).name if Path(data).exists() else data}`, "
-        f"teacher {scale.teacher_steps} steps, AR {scale.ar_steps} steps, DiDi-Instruct {scale.distill_steps} "
-        f"iterations ({json.dumps(scale.distill)}); gen-PPL under "
-        f"{scale.evaluator or 'the AR model trained here on the same corpus'}.", "",
+        f"Scale: {model}, sequence length {scale.seq_len}, {corpus}, {stages}, DiDi-Instruct "
+        f"{scale.distill_iterations} iterations{seeds_text} ({json.dumps(scale.distill)}); {scored}.", "",
         "## Generation quality and speed", "",
         results_table(rows, names, report), "",
-        *_table_notes(rows, names, scale, report), "",
-        f"![gen-PPL and entropy against NFE at T = 1; gen-PPL against entropy over the temperature sweeps]"
-        f"({plot_name})", "",
+        *_table_notes(rows, names, scale, report, distill_seeds), "",
+        f"![{figure}]({plot_name})", "",
     ]
     if report.frontiers:
+        axis = frontier_axis(report.frontiers[0])
+        what = "log gen-PPL linearly in entropy" if not markov else \
+            f"the invalid rate (and {'log gen-PPL, ' if any(f.get('gen_ppl') for f in report.frontiers) else ''}" \
+            f"NLL/transition) linearly in {'entropy' if axis == 'entropy' else COND_ENTROPY}"
         lines += ["## Temperature sweeps", "",
                   "Every model x NFE sampled at each temperature (the first seed away from T = 1, the mean over seeds "
-                  "at T = 1); the matched value interpolates log gen-PPL linearly in entropy between the two "
+                  f"at T = 1); the matched value interpolates {what} between the two "
                   "temperatures that bracket the target entropy" + (f" ({report.target_entropy['value']:.3f} nats, "
                                                                     f"{report.target_entropy['source']})"
                                                                     if report.target_entropy else "") +
@@ -405,8 +730,13 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         lines.append(f"| {stage} | {'given' if secs is None else f'{secs / 60:.1f} min'} |")
     if wall.get("teacher") and wall.get("student"):
         lines += ["", f"Distillation took {wall['student'] / wall['teacher']:.2f}× the teacher's training time."]
+    distillations = [v for k, v in wall.items() if k.startswith("student-s") and v]
+    if wall.get("teacher") and distillations:
+        lines += ["", f"A distillation took {sum(distillations) / len(distillations) / wall['teacher']:.2f}× the "
+                      f"teacher's training time (mean over {len(distillations)} distillation seeds)."]
+    ablation_metric, ablation_title = ("invalid_rate", "invalid % by NFE") if markov else ("gen_ppl", "gen-PPL by NFE")
     if ablation_rows:
-        lines += ["", "## Cumulative ablation (gen-PPL by NFE, ancestral sampler)", "",
+        lines += ["", f"## Cumulative ablation ({ablation_title}, ancestral sampler)", "",
                   "Each row adds one technique to the row above (paper notes §6.3), same iterations and seed; the "
                   "last row samples the full student with RGAS.", "",
                   "| configuration | " + " | ".join(str(n) for n in scale.ablation_nfe) + " |",
@@ -418,10 +748,10 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         by_run["+ Guided inference (RGAS)"] = rgas
         for label, cells in by_run.items():
             lines.append(f"| {label} | " + " | ".join(
-                _cell(cells[n].value("gen_ppl") if n in cells else None, ".1f")
-                for n in scale.ablation_nfe) + " |")
+                _ablation_cell(cells.get(n), ablation_metric) for n in scale.ablation_nfe) + " |")
     if student_rows and teacher_rows:
-        lines += ["", "## Reading", "", _reading(student_rows, teacher_rows, rows, names, report)]
+        reading = _markov_reading if markov else _reading
+        lines += ["", "## Reading", "", reading(student_rows, teacher_rows, rows, names, report)]
     if proteins is not None:
         lines += ["", "## Proteins", "", "From the separate benchmark `python benchmarks/proteins.py` (teacher vs "
                   "DiDi-Instruct student at 8/16/32 NFE on the built-in UniProt corpus); its command lines, "
@@ -429,16 +759,47 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
     return "\n".join(lines) + "\n"
 
 
-def _table_notes(rows: list[EvalRow], names: dict[str, str], scale: Scale, report: EvalReport) -> list[str]:
+def _model_overrides(scale: Scale) -> str:
+    """The model sizes a scale sets beyond its preset (e.g. ``hidden 128``)."""
+    keys = (("hidden_size", "hidden"), ("n_blocks", "blocks"), ("n_heads", "heads"))
+    return ", ".join(f"{label} {scale.train_extra[k]}" for k, label in keys if k in scale.train_extra)
+
+
+def _ablation_cell(row: EvalRow | None, metric: str) -> str:
+    value = None if row is None else row.value(metric)
+    return _cell(None if value is None else value * (100 if metric == "invalid_rate" else 1),
+                 ".2f" if metric == "invalid_rate" else ".1f")
+
+
+def _table_notes(rows: list[EvalRow], names: dict[str, str], scale: Scale, report: EvalReport,
+                 distill_seeds: list[int] | None = None) -> list[str]:
     """What every column of the results table measures, and the sample counts of every row."""
     meta = report.meta
     seeds = ", ".join(map(str, scale.seeds))
     top = max((r for r in rows if names.get(r.source) == "teacher"), key=lambda r: r.nfe or 0, default=None)
-    notes = [
-        f"- gen-PPL and entropy (T = 1, no truncation): mean ± standard deviation over seeds {seeds}, "
-        f"{scale.num_samples} samples per seed; rows with one seed show a bootstrap 95% interval over samples in "
-        "brackets. entropy: mean unigram entropy (nats) of each sample's token ids.",
-    ]
+    if any(r.markov for r in rows):
+        rates = " / ".join(f"{x:.4f}" for x in chain_rates(rows))
+        notes = [
+            f"- invalid %, NLL/transition, {COND_ENTROPY} and entropy (T = 1, no truncation): mean ± standard "
+            f"deviation over seeds {seeds}, {scale.num_samples} samples per seed; rows with one seed show a bootstrap "
+            "95% interval over samples in brackets (none for H(X'|X): a plug-in entropy is biased under "
+            "resampling). They are exact: the letter-to-letter transitions of the decoded samples (end-of-text and "
+            "other non-letters break a sample into runs) under the chain of markov.json. invalid %: transitions "
+            "of probability 0; NLL/transition: mean -log T(a, b) over the valid ones (nats); H(X'|X): the empirical "
+            f"conditional entropy of a seed's pooled transition counts (nats). The chain's entropy rate is {rates} "
+            "nats; entropy: mean unigram entropy (nats) of each sample's token ids.",
+        ]
+    else:
+        notes = [
+            f"- gen-PPL and entropy (T = 1, no truncation): mean ± standard deviation over seeds {seeds}, "
+            f"{scale.num_samples} samples per seed; rows with one seed show a bootstrap 95% interval over samples in "
+            "brackets. entropy: mean unigram entropy (nats) of each sample's token ids.",
+        ]
+    if distill_seeds and len(distill_seeds) > 1:
+        notes.append(f"- student rows: the mean ± standard deviation over {len(distill_seeds)} students, distilled "
+                     f"from the same teacher with seeds {', '.join(map(str, distill_seeds))}, of each student's own "
+                     "value (its mean over the sampling seeds, or its single seed's value); speed is that of the "
+                     "first student.")
     if top is not None and top.seeds and len(top.seeds) < len(scale.seeds):
         why = f"one batch of {max(top.batch_sizes)} takes {top.latency_s:.3g} s here" if top.latency_s else "CPU time"
         notes.append(f"- teacher @ {top.nfe} NFE: {top.num_samples} samples, seed {top.seeds[0]} only, T = 1 only "
@@ -449,8 +810,10 @@ def _table_notes(rows: list[EvalRow], names: dict[str, str], scale: Scale, repor
                      " only, T = 1 only (RGAS also runs the discriminator).")
     data = next((r for r in rows if r.kind == "data"), None)
     if data is not None:
+        axis = frontier_axis(report.frontiers[0]) if report.frontiers else "entropy"
         notes.append(f"- data: {data.source}, decoded and scored like samples (what a perfect model would reach); "
-                     "its entropy is the target of the matched-entropy column.")
+                     f"its {'entropy' if axis == 'entropy' else COND_ENTROPY} is the target of the matched-entropy "
+                     "column.")
     if meta.get("mauve"):
         notes.append(f"- MAUVE (mauve-text defaults) against {meta['mauve']['reference']}, on features of "
                      f"{meta['mauve']['features']}.")
@@ -477,8 +840,8 @@ def conditional_section(rows: list[EvalRow], names: dict[str, str], prefix_token
              "|" + "---|" * 7]
     for r in rows:
         lines.append(" | ".join([f"| {names.get(r.source, r.model)}", r.sampler, "—" if r.nfe is None else str(r.nfe),
-                                 _cell(r.nfe_made, ".0f"), _cell(r.gen_ppl.ppl if r.gen_ppl else None, ".1f"),
-                                 _cell(r.entropy, ".3f"), _cell(r.latency_s, ".3f") + " |"]))
+                                 _cell(r.nfe_made, ".0f"), _spread_cell(r, "gen_ppl", ".1f"),
+                                 _spread_cell(r, "entropy", ".3f"), _cell(r.latency_s, ".3f") + " |"]))
     return "\n".join(lines) + "\n"
 
 
@@ -495,6 +858,42 @@ def protein_table(page: Path) -> str | None:
         return None
     end = next((i for i in range(start, len(body)) if not body[i].startswith("|")), len(body))
     return "\n".join(body[start:end])
+
+
+def _markov_reading(student_rows, teacher_rows, rows, names, report=None) -> str:
+    """The Markov regime's reading: one factual sentence per student budget, its invalid rate against the teacher
+    at the same NFE (a difference smaller than the two spreads together is a tie), at the matched H(X'|X) and
+    against the teacher at max NFE, and its NLL/transition and H(X'|X) against the chain's rate and the data."""
+    report = report or EvalReport(rows=rows, meta={})
+    top = teacher_rows[max(teacher_rows)]
+    data = next((r for r in rows if r.kind == "data"), None)
+    out = []
+    for r in student_rows:
+        teacher = teacher_rows.get(r.nfe)
+        if r.value("invalid_rate") is None or teacher is None or teacher.value("invalid_rate") is None:
+            continue
+        mine, same = r.value("invalid_rate"), teacher.value("invalid_rate")
+        if abs(mine - same) <= _halfwidth(r, "invalid_rate") + _halfwidth(teacher, "invalid_rate"):
+            verdict = "is within the spreads of"
+        else:
+            verdict = "beats" if mine < same else "trails"
+        text = (f"- student ({r.sampler}) @ {r.nfe}: invalid {100 * mine:.2f} % {verdict} the teacher @ {r.nfe} "
+                f"({100 * same:.2f} %)")
+        matched, matched_teacher = frontier_of(report, r), frontier_of(report, teacher)
+        if matched and matched_teacher and matched.get("bracket") and matched_teacher.get("bracket"):
+            text += (f"; at {frontier_axis(matched).replace('conditional_entropy', COND_ENTROPY)} "
+                     f"{matched['target_entropy']:.3f}: {100 * matched['invalid_rate']:.2f} % vs "
+                     f"{100 * matched_teacher['invalid_rate']:.2f} %")
+        if top.value("invalid_rate") is not None:
+            text += f"; teacher @ {top.nfe}: {100 * top.value('invalid_rate'):.2f} %"
+        text += (f"; NLL/transition {r.value('nll_per_transition'):.3f} vs teacher "
+                 f"{teacher.value('nll_per_transition'):.3f} (chain rate {r.markov['chain_entropy_rate']:.3f})")
+        text += (f"; {COND_ENTROPY} {r.value('conditional_entropy'):.3f} vs teacher "
+                 f"{teacher.value('conditional_entropy'):.3f}" +
+                 (f", data {data.value('conditional_entropy'):.3f}" if data is not None and
+                  data.value("conditional_entropy") is not None else ""))
+        out.append(text + ".")
+    return "\n".join(out)
 
 
 def _halfwidth(row: EvalRow, metric: str) -> float:

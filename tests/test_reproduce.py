@@ -1,6 +1,6 @@
 """benchmarks/reproduce.py --smoke: the whole reproduction pipeline (teacher, AR evaluator, DiDi-Instruct student,
 evaluation with both samplers, conditional rows, ablation, results page and plot) end to end on a synthetic corpus,
-in seconds."""
+in seconds; then the markov regime (exact metrics, two distillation seeds) beside it."""
 from __future__ import annotations
 
 import json
@@ -63,3 +63,26 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0
     assert "[didi eval] student:" in third.stderr and "[didi eval] teacher:" not in third.stderr
+    saved = json.loads((tmp_path / "results.json").read_text())
+    bpe_rows = saved["rows"]
+    assert [r["model"] for r in saved["regimes"]["bpe"]["rows"]][:2] == ["teacher", "teacher"]
+    assert "## Other regimes" in (tmp_path / "results.md").read_text()
+
+    # the markov regime beside it: its own runs (OUT/markov), page (results-markov.md) and rows in results.json
+    markov = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--regime", "markov",
+                             "--smoke", "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert markov.returncode == 0, markov.stderr[-3000:]
+    assert (tmp_path / "markov" / "student-s0").is_dir() and (tmp_path / "markov" / "student-s1").is_dir()
+    assert not (tmp_path / "markov" / "ar").exists()  # the exact metrics are the evaluator
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == bpe_rows and set(saved["regimes"]) == {"bpe", "markov"}  # the bpe rows are kept
+    rows = saved["regimes"]["markov"]["rows"]
+    assert all(r["regime"] == "markov" and "invalid_rate_mean" in r and "invalid_rate_std" in r for r in rows)
+    students = [r for r in rows if r["model"] == "student" and r["temperature"] == 1.0 and r["sampler"] == "ancestral"]
+    assert students and all(r["distill_seeds"] == [0, 1] and r["seeds"] == [0, 1] for r in students)
+    assert all(r["invalid_rate_std"] is not None for r in students)  # over the distillation seeds
+    [data] = [r for r in rows if r["model"] == "data"]
+    assert data["invalid_rate_mean"] == 0.0 and "gen_ppl_mean" not in data
+    assert saved["regimes"]["markov"]["frontier_axis"] == "conditional_entropy"
+    page = (tmp_path / "results-markov.md").read_text()
+    assert page.startswith("# Reproduced results: the markov regime") and "| invalid % (T = 1) ↓ |" in page

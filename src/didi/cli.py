@@ -389,6 +389,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "held-out text; each model's validation likelihood; time the sampling. Reference "
                                    "rows score held-out data and the AR evaluator's own samples alike. A temperature "
                                    "sweep (--temperatures) adds each model x NFE's gen-PPL at a matched entropy. "
+                                   "Runs trained on --data markov (markov.json in the run directory) also get the "
+                                   "exact metrics of that language: invalid-transition rate, NLL per transition and "
+                                   "the conditional entropy H(X'|X), which --frontier-entropy conditional makes the "
+                                   "entropy axis of the sweeps. "
                                    "Prints Markdown tables; --json and --plot save them.")
     p.add_argument("--model", dest="models", action="append", default=None, metavar="RUN",
                    help="run directory of a model to evaluate (repeat for several)")

@@ -136,13 +136,25 @@ def transition_counts(language: MarkovLanguage, rows: Iterable[bytes | str | Seq
     return counts
 
 
+def sample_transition_counts(language: MarkovLanguage, rows: Iterable[bytes | str | Sequence[int]]) -> np.ndarray:
+    """(N, S, S): the :func:`transition_counts` of each row on its own (their sum is the pooled counts)."""
+    out = [transition_counts(language, [row]) for row in rows]
+    return np.stack(out) if out else np.zeros((0, language.num_states, language.num_states), dtype=np.int64)
+
+
 def markov_metrics(language: MarkovLanguage, rows: Iterable[bytes | str | Sequence[int]]) -> dict[str, float]:
     """Invalid-transition rate, NLL per valid transition, empirical ``H(X_{i+1}|X_i)`` and the chain's rate.
 
     ``H(X_{i+1}|X_i) = -Σ_ab c(a,b)/N · log(c(a,b)/c(a,·))`` over the pooled counts ``c`` of all rows. Invalid
     transitions raise it (they are extra outcomes); a sampler that collapses onto few paths lowers it.
     """
-    counts = transition_counts(language, rows).astype(np.float64)
+    return metrics_from_counts(language, transition_counts(language, rows))
+
+
+def metrics_from_counts(language: MarkovLanguage, counts: np.ndarray) -> dict[str, float]:
+    """:func:`markov_metrics` of pooled (S, S) transition counts (e.g. the sum of per-sample
+    :func:`transition_counts`)."""
+    counts = np.asarray(counts).astype(np.float64)
     total = counts.sum()
     t = language.transitions
     valid = t > 0

@@ -1,5 +1,6 @@
 """The report of ``didi eval``: its rows (:class:`EvalRow`, one model or sample file at one budget and temperature,
-or a reference: held-out data), the gen-PPL/entropy frontiers of temperature sweeps (:func:`compute_frontiers`),
+or a reference: held-out data), the gen-PPL/entropy frontiers of temperature sweeps (:func:`compute_frontiers`; on
+the sample entropy, or on the conditional entropy ``H(X'|X)`` of Markov-language runs),
 the Markdown tables with notes saying what every column measures (:func:`format_table`), the JSON
 (:func:`write_report`, from which everything else can be regenerated) and the plots of gen-PPL and entropy against
 NFE and of gen-PPL against entropy (:func:`plot_report`).
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...runtime.checkpoint import atomic_write, write_json
-from .metrics import Likelihood, Perplexity, interpolate_at
+from .metrics import MARKOV_METRICS, Likelihood, Perplexity, interpolate_at
 
 
 @dataclass
@@ -43,19 +44,24 @@ class EvalRow:
     peak_memory_mib: float | None = None
     speedup: float | None = None
     protein: dict[str, float] | None = None  # didi.data.protein.protein_metrics (+ plddt) of protein rows
+    markov: dict[str, float] | None = None  # Markov-language runs: MARKOV_METRICS (means over seeds), the chain's
+    # entropy rate and the transitions counted (all seeds)
     temperature: float | None = 1.0  # sampling temperature (None: not sampled, e.g. held-out data)
     seeds: list[int] = field(default_factory=list)  # sampling seeds (one set of samples each)
-    per_seed: list[dict[str, Any]] = field(default_factory=list)  # {seed, gen_ppl, entropy, mauve} of each seed
+    per_seed: list[dict[str, Any]] = field(default_factory=list)  # {seed, gen_ppl, entropy, mauve (+ markov)}
     spread: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> {mean, std | low, high, method}
     mauve: float | None = None  # mean over seeds of MAUVE against held-out text
     sample_entropy: list[float] = field(default_factory=list)  # per sample, all seeds (bootstrap intervals)
 
     def value(self, metric: str) -> float | None:
-        """The row's number for ``gen_ppl``, ``entropy`` or ``mauve``: the mean over seeds (one seed: its value)."""
+        """The row's number for ``gen_ppl``, ``entropy``, ``mauve`` or one of :data:`~.metrics.MARKOV_METRICS`: the
+        mean over seeds (one seed: its value)."""
         if metric in self.spread:
             return self.spread[metric]["mean"]
         if metric == "gen_ppl":
             return self.gen_ppl.ppl if self.gen_ppl else None
+        if metric in MARKOV_METRICS:
+            return None if self.markov is None else self.markov.get(metric)
         return getattr(self, metric)
 
     @property
@@ -123,29 +129,63 @@ def curve_key(row: EvalRow) -> tuple[str, str, str, int | None]:
     return row.model, row.kind, row.sampler, row.nfe
 
 
-def compute_frontiers(rows: Sequence[EvalRow], target: float | None) -> list[dict[str, Any]]:
-    """Per model x NFE with rows at two or more temperatures: its points (temperature, entropy, gen-PPL) by
-    temperature and its gen-PPL at the ``target`` entropy (:func:`~.metrics.interpolate_at`: ``log gen-PPL``
-    linear in entropy between the two bracketing temperatures; ``None`` when not reached). Entropy and gen-PPL
-    are the rows' means over seeds. Unconditional rows only (conditional rows, ``prefix_tokens``, are not swept)."""
+COND_ENTROPY = "H(X'\\|X)"
+"""``H(X'|X)`` in a Markdown table cell (an unescaped ``|`` would end the cell)."""
+
+FRONTIER_AXES = {"entropy": "entropy", "conditional_entropy": COND_ENTROPY}
+"""The entropy axes of the frontiers (as table headers): the sample entropy, or (Markov-language runs) the
+empirical ``H(X'|X)``."""
+
+FRONTIER_METRICS = (("gen_ppl", True), ("invalid_rate", False), ("nll_per_transition", False))
+"""What the frontiers read at the target entropy, and whether on a log scale (gen-PPL) or a linear one."""
+
+
+def frontier_axis(frontier: dict[str, Any]) -> str:
+    """The entropy axis of a frontier (``entropy`` in reports written before there was a choice)."""
+    return frontier.get("axis", "entropy")
+
+
+def compute_frontiers(rows: Sequence[EvalRow], target: float | None, axis: str = "entropy") -> list[dict[str, Any]]:
+    """Per model x NFE with rows at two or more temperatures: its points (temperature, entropy, gen-PPL, and for
+    Markov-language runs ``H(X'|X)``, invalid rate and NLL/transition) by temperature and its values at the
+    ``target`` on the entropy ``axis`` (:data:`FRONTIER_AXES`; :func:`~.metrics.interpolate_at` between the two
+    bracketing temperatures: ``log gen-PPL`` linear in entropy, the Markov metrics linear; ``None`` when not
+    reached, or not measured). Every value is the rows' mean over seeds. Unconditional rows only (conditional rows,
+    ``prefix_tokens``, are not swept)."""
+    if axis not in FRONTIER_AXES:
+        raise ValueError(f"axis must be one of {', '.join(FRONTIER_AXES)} (got {axis!r})")
     curves: dict[tuple, list[EvalRow]] = {}
     for row in rows:
-        if (row.prefix_tokens is None and row.temperature is not None and row.value("gen_ppl") is not None
-                and row.value("entropy") is not None):
+        if (row.prefix_tokens is None and row.temperature is not None and row.value(axis) is not None
+                and any(row.value(m) is not None for m, _ in FRONTIER_METRICS)):
             curves.setdefault(curve_key(row), []).append(row)
     out = []
     for (model, kind, sampler, nfe), members in curves.items():
         members = sorted(members, key=lambda r: r.temperature)
         if len({r.temperature for r in members}) < 2:
             continue
-        points = [{"temperature": r.temperature, "entropy": r.value("entropy"), "gen_ppl": r.value("gen_ppl")}
-                  for r in members]
-        matched = None if target is None else interpolate_at([p["entropy"] for p in points],
-                                                             [p["gen_ppl"] for p in points], target)
-        out.append({"model": model, "kind": kind, "sampler": sampler, "nfe": nfe, "points": points,
-                    "target_entropy": target, "gen_ppl": None if matched is None else matched[0],
-                    "bracket": None if matched is None else
-                    [points[matched[1]]["temperature"], points[matched[1] + 1]["temperature"]]})
+        measured = [m for m, _ in FRONTIER_METRICS if all(r.value(m) is not None for r in members)]
+        if not measured:
+            continue
+        keys = ["entropy", *(["conditional_entropy"] if axis == "conditional_entropy" or
+                             any(r.markov for r in members) else []), *measured]
+        points = [{"temperature": r.temperature, **{k: r.value(k) for k in keys}} for r in members]
+        xs = [p[axis] for p in points]
+        frontier: dict[str, Any] = {"model": model, "kind": kind, "sampler": sampler, "nfe": nfe, "axis": axis,
+                                    "points": points, "target_entropy": target}
+        bracket = None
+        for metric, log_y in FRONTIER_METRICS:
+            if metric not in measured:
+                if metric == "gen_ppl":
+                    frontier[metric] = None
+                continue
+            matched = None if target is None else interpolate_at(xs, [p[metric] for p in points], target,
+                                                                 log_y=log_y)
+            frontier[metric] = None if matched is None else matched[0]
+            if matched is not None:
+                bracket = [points[matched[1]]["temperature"], points[matched[1] + 1]["temperature"]]
+        frontier["bracket"] = bracket
+        out.append(frontier)
     return out
 
 
@@ -178,19 +218,47 @@ def _protein_cells(row: EvalRow, plddt: bool) -> list[str]:
     return cells + ([_fmt(m.get("plddt"), ".1f")] if plddt else [])
 
 
-def fmt_spread(row: EvalRow, metric: str, spec: str) -> str:
+def fmt_spread(row: EvalRow, metric: str, spec: str, scale: float = 1.0) -> str:
     """``mean ± std`` over seeds, ``value [low, high]`` (bootstrap 95% interval over samples, one seed), or the
-    bare value."""
+    bare value; every number times ``scale`` (100: a rate in percent)."""
     value = row.value(metric)
     if value is None:
         return "n/a"
     spread = row.spread.get(metric, {})
-    text = format(value, spec)
+    text = format(value * scale, spec)
     if spread.get("std") is not None:
-        return f"{text} ± {format(spread['std'], spec)}"
+        return f"{text} ± {format(spread['std'] * scale, spec)}"
     if spread.get("low") is not None:
-        return f"{text} [{format(spread['low'], spec)}, {format(spread['high'], spec)}]"
+        return f"{text} [{format(spread['low'] * scale, spec)}, {format(spread['high'] * scale, spec)}]"
     return text
+
+
+MARKOV_COLUMNS = (("invalid %", "invalid_rate", ".3f", 100.0), ("NLL/transition", "nll_per_transition", ".4f", 1.0),
+                  (COND_ENTROPY, "conditional_entropy", ".4f", 1.0))
+"""The table columns of the exact Markov-language metrics: header, metric, format, scale."""
+
+
+def markov_cells(row: EvalRow) -> list[str]:
+    """invalid %, NLL/transition and H(X'|X) of a row, with their spreads (n/a for rows of other corpora)."""
+    return [fmt_spread(row, metric, spec, scale) for _, metric, spec, scale in MARKOV_COLUMNS]
+
+
+def chain_rates(rows: Sequence[EvalRow]) -> list[float]:
+    """The distinct entropy rates of the Markov chains the rows were scored against."""
+    return sorted({r.markov["chain_entropy_rate"] for r in rows if r.markov})
+
+
+def markov_note(rows: Sequence[EvalRow]) -> str:
+    """What the Markov columns measure, and the chain's entropy rate."""
+    rates = " / ".join(f"{rate:.4f}" for rate in chain_rates(rows))
+    return ("- invalid %, NLL/transition, H(X'|X): exact metrics of the Markov language the model was trained on "
+            "(markov.json in its run directory), over the letter-to-letter transitions of the decoded samples (the "
+            "end-of-text token, [MASK] and any other non-letter break a sample into runs): the share of transitions "
+            "the chain gives probability 0; the mean -log T(a, b) over the valid ones (nats); the empirical "
+            "conditional entropy H(X'|X) of the transition counts pooled over a seed's samples (nats). The chain's "
+            f"entropy rate is {rates} nats: a perfect sampler has 0 invalid transitions and approaches it in both "
+            "NLL/transition and H(X'|X). A single seed's H(X'|X) has no bootstrap interval (a plug-in entropy is "
+            "biased low under resampling).")
 
 
 def _fmt_temperature(t: float | None) -> str:
@@ -207,18 +275,34 @@ def _row_label(row: EvalRow) -> str:
     return row.model if row.nfe is None else f"{row.model} @ {row.nfe} NFE"
 
 
+def _matched_cell(frontier: dict[str, Any], metric: str, spec: str, scale: float = 1.0) -> str:
+    """A frontier's value at the target: "not reached" when no two temperatures bracket it, n/a if not measured."""
+    if frontier.get("bracket") is None:
+        return "not reached"
+    value = frontier.get(metric)
+    return "n/a" if value is None else format(value * scale, spec)
+
+
 def frontier_table(report: EvalReport) -> list[str]:
-    """The matched-entropy table: per model x NFE, gen-PPL at the target entropy and where it was read."""
+    """The matched-entropy table: per model x NFE, gen-PPL (and for Markov-language runs the invalid rate and NLL
+    per transition) at the target entropy, and where it was read."""
     target = report.target_entropy
     if not report.frontiers or target is None:
         return []
-    lines = [f"| model | kind | sampler | NFE | gen-PPL @ entropy {target['value']:.3f} | between T | "
-             "entropy over the sweep |", "|---|---|---|---:|---:|---:|---|"]
+    axis = frontier_axis(report.frontiers[0])
+    at = f"{FRONTIER_AXES[axis]} {target['value']:.3f}"
+    ppl = axis == "entropy" or any(p.get("gen_ppl") is not None for f in report.frontiers for p in f["points"])
+    markov = any("invalid_rate" in f for f in report.frontiers)
+    columns = [*([(f"gen-PPL @ {at}", "gen_ppl", ".2f", 1.0)] if ppl else []),
+               *([(f"invalid % @ {at}", "invalid_rate", ".3f", 100.0),
+                  (f"NLL/transition @ {at}", "nll_per_transition", ".4f", 1.0)] if markov else [])]
+    lines = ["| model | kind | sampler | NFE | " + " | ".join(c[0] for c in columns) + " | between T | "
+             f"{FRONTIER_AXES[axis]} over the sweep |", "|---|---|---|---:|" + "---:|" * len(columns) + "---:|---|"]
     for f in report.frontiers:
         points = f["points"]
-        matched = "not reached" if f["gen_ppl"] is None else f"{f['gen_ppl']:.2f}"
+        matched = " | ".join(_matched_cell(f, metric, spec, scale) for _, metric, spec, scale in columns)
         bracket = "—" if f["bracket"] is None else f"{f['bracket'][0]:g}–{f['bracket'][1]:g}"
-        sweep = ", ".join(f"{p['entropy']:.3f} (T {p['temperature']:g})" for p in points)
+        sweep = ", ".join(f"{p[axis]:.3f} (T {p['temperature']:g})" for p in points)
         lines.append(f"| {f['model']} | {f['kind']} | {f['sampler']} | {'—' if f['nfe'] is None else f['nfe']} | "
                      f"{matched} | {bracket} | {sweep} |")
     return lines
@@ -235,11 +319,13 @@ def format_table(report: EvalReport) -> str:
     plddt = any(r.protein and "plddt" in r.protein for r in rows)
     show_t = any(r.temperature not in (None, 1.0) for r in rows)
     show_mauve = any(r.mauve is not None for r in rows)
+    markov = any(r.markov for r in rows)
     batch = speed_batch(report)
     protein_header = ["length", "AA-comp JS", "distinct", "low-complexity", *(["pLDDT"] if plddt else [])]
     header = ["model", "kind", "sampler", "NFE", "NFE made", *(f"{k} calls" for k in extra_keys),
               *(["T"] if show_t else []), "gen-PPL", "entropy", *(["MAUVE"] if show_mauve else []),
-              *(protein_header if protein else []), "likelihood", "latency/batch (s)", "tokens/s",
+              *([c[0] for c in MARKOV_COLUMNS] if markov else []), *(protein_header if protein else []),
+              "likelihood", "latency/batch (s)", "tokens/s",
               f"speed-up (tokens/s, batch {batch})" if batch else "speed-up", "peak mem (MiB)"]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
@@ -251,7 +337,7 @@ def format_table(report: EvalReport) -> str:
                  *([_fmt_temperature(r.temperature)] if show_t else []),
                  fmt_spread(r, "gen_ppl", ".2f"), fmt_spread(r, "entropy", ".3f"),
                  *([fmt_spread(r, "mauve", ".3f")] if show_mauve else []),
-                 *(_protein_cells(r, plddt) if protein else []), likelihood,
+                 *(markov_cells(r) if markov else []), *(_protein_cells(r, plddt) if protein else []), likelihood,
                  _fmt(r.latency_s, ".3f"), _fmt(r.tokens_per_s, ",.1f"),
                  _fmt(r.speedup, ".2f") + ("×" if r.speedup is not None else ""), _fmt(r.peak_memory_mib, ",.0f")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -285,6 +371,8 @@ def format_table(report: EvalReport) -> str:
         lines.append("- T: sampling temperature, draws from softmax(logits / T)" +
                      (f"; every draw also uses {', '.join(controls)}." if controls else
                       " (no truncation)." if show_t else "; every row at T = 1, no truncation."))
+    if markov:
+        lines.append(markov_note(rows))
     if show_mauve:
         mauve = meta.get("mauve") or {}
         lines.append(f"- MAUVE (mauve-text, its defaults) of each row's samples against {mauve.get('reference', '?')}, "
@@ -297,10 +385,20 @@ def format_table(report: EvalReport) -> str:
                                              "disjoint reference set."))
     if report.frontiers and report.target_entropy:
         t = report.target_entropy
-        lines.append(f"- gen-PPL @ entropy {t['value']:.3f}: the target is {t['source']}; log gen-PPL is interpolated "
-                     "linearly in entropy between the two temperatures whose rows bracket it (first such pair by "
-                     "temperature; row means over seeds); 'not reached': no two temperatures bracket it, nothing is "
-                     "extrapolated.")
+        axis = frontier_axis(report.frontiers[0])
+        if axis == "entropy":
+            lines.append(f"- gen-PPL @ entropy {t['value']:.3f}: the target is {t['source']}; log gen-PPL is "
+                         "interpolated linearly in entropy between the two temperatures whose rows bracket it (first "
+                         "such pair by temperature; row means over seeds); 'not reached': no two temperatures "
+                         "bracket it, nothing is extrapolated.")
+        else:
+            lines.append(f"- @ H(X'|X) {t['value']:.3f}: the target is {t['source']}; between the two temperatures "
+                         "whose rows bracket it on the conditional-entropy axis (first such pair by temperature; row "
+                         "means over seeds) log gen-PPL, the invalid rate and NLL/transition are interpolated "
+                         "linearly; 'not reached': no two temperatures bracket it, nothing is extrapolated.")
+        if axis == "entropy" and any("invalid_rate" in f for f in report.frontiers):
+            lines.append("- invalid % and NLL/transition @ entropy: interpolated linearly in entropy between the same "
+                         "two temperatures.")
     if protein:
         natural = meta["protein_reference"]
         lines.append("- protein rows score the decoded sequences: the first run of residues of each sample (a sample "
@@ -389,8 +487,11 @@ def write_report(report: EvalReport, path: Path) -> None:
 def plot_report(report: EvalReport, path: Path) -> None:
     """gen-PPL (log scale) and entropy against the NFE budget (log2 axis): one curve per diffusion model (and
     sampler, and temperature when several), each AR model and the held-out data a dashed horizontal reference line.
-    With temperature sweeps a third panel draws the frontiers: gen-PPL (log) against entropy, one curve per
-    model x NFE, the target (data) entropy a vertical line and the matched gen-PPLs open circles."""
+    Markov-language rows add a panel of the invalid-transition rate against NFE (and drop the gen-PPL panel when no
+    row has a gen-PPL). With temperature sweeps a last
+    panel draws the frontiers: gen-PPL (log; without gen-PPL: the invalid rate) against the frontiers' entropy
+    axis, one curve per model x NFE, the target (data) entropy a vertical line and the matched values open
+    circles."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogFormatter, NullFormatter, ScalarFormatter
 
@@ -408,11 +509,19 @@ def plot_report(report: EvalReport, path: Path) -> None:
         if r.nfe is not None:
             curves.setdefault(label(r), []).append(r)
     frontiers = report.frontiers
-    fig = Figure(figsize=(16.5 if frontiers else 11, 4.6), layout="constrained")
-    axes = fig.subplots(1, 3 if frontiers else 2)
-    ax_ppl, ax_ent = axes[0], axes[1]
+    markov = any(r.markov for r in unconditional)
+    ppl = not markov or any(r.value("gen_ppl") is not None for r in unconditional)
+    panels = int(ppl) + 1 + int(markov) + int(bool(frontiers))
+    fig = Figure(figsize=(5.5 * panels, 4.6), layout="constrained")
+    axes = list(fig.subplots(1, panels))
+    ax_ppl = axes.pop(0) if ppl else None
+    ax_ent = axes.pop(0)
+    ax_invalid = axes.pop(0) if markov else None
     colors = iter(f"C{i % 10}" for i in range(len(curves) + len(references)))
-    metrics = ((ax_ppl, lambda r: r.value("gen_ppl")), (ax_ent, lambda r: r.value("entropy")))
+    metrics = [*([(ax_ppl, lambda r: r.value("gen_ppl"))] if ppl else []), (ax_ent, lambda r: r.value("entropy"))]
+    if markov:
+        invalid = lambda r: None if r.value("invalid_rate") is None else 100 * r.value("invalid_rate")  # noqa: E731
+        metrics.append((ax_invalid, invalid))
     for name, rows in curves.items():
         color, rows = next(colors), sorted(rows, key=lambda r: r.nfe)
         for ax, metric in metrics:
@@ -428,7 +537,11 @@ def plot_report(report: EvalReport, path: Path) -> None:
     budgets = sorted({r.nfe for rows in curves.values() for r in rows})
     evaluator = report.meta.get("evaluator")
     ppl_label = f"gen-PPL ({Path(evaluator['name']).name if evaluator else 'no evaluator'})"
-    for ax, ylabel in ((ax_ppl, ppl_label), (ax_ent, "sample entropy (nats)")):
+    value_axes = [*([(ax_ppl, ppl_label)] if ppl else []), (ax_ent, "sample entropy (nats)")]
+    if markov:
+        value_axes.append((ax_invalid, "invalid transitions (%)"))
+        ax_invalid.set_ylim(bottom=0.0)
+    for ax, ylabel in value_axes:
         ax.set_xscale("log", base=2)
         if budgets:
             ax.set_xticks(budgets)
@@ -441,8 +554,12 @@ def plot_report(report: EvalReport, path: Path) -> None:
             ax.legend(fontsize=7)
     log_axes = []  # the frontier panel (the NFE panels: scale_value_axes)
     if frontiers:
-        ax = axes[2]
-        log_axes.append(ax)
+        ax = axes[0]
+        axis = frontier_axis(frontiers[0])
+        y_metric = "gen_ppl" if all(f["points"][0].get("gen_ppl") is not None for f in frontiers) else "invalid_rate"
+        y_scale = 1.0 if y_metric == "gen_ppl" else 100.0
+        if y_metric == "gen_ppl":
+            log_axes.append(ax)
         maps = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
         models = list(dict.fromkeys((f["model"], f["sampler"]) for f in frontiers))
         from matplotlib import colormaps
@@ -454,19 +571,20 @@ def plot_report(report: EvalReport, path: Path) -> None:
             color = cmap(0.45 + 0.5 * rank / max(1, len(members) - 1))
             name = f["model"] if len(samplers) <= 1 else f"{f['model']} ({f['sampler']})"
             name += "" if f["nfe"] is None else f" @ {f['nfe']}"
-            xs, ys = [p["entropy"] for p in f["points"]], [p["gen_ppl"] for p in f["points"]]
+            points = [p for p in f["points"] if p.get(y_metric) is not None]
+            xs, ys = [p[axis] for p in points], [p[y_metric] * y_scale for p in points]
             ax.plot(xs, ys, "o-" if f["kind"] != "ar" else "s--", color=color, label=name, markersize=4)
-            if f["gen_ppl"] is not None:
-                ax.plot([f["target_entropy"]], [f["gen_ppl"]], "o", markerfacecolor="none", color=color,
+            if f.get(y_metric) is not None:
+                ax.plot([f["target_entropy"]], [f[y_metric] * y_scale], "o", markerfacecolor="none", color=color,
                         markersize=9)
         target = report.target_entropy
         if target is not None:
             ax.axvline(target["value"], color="k", linestyle=":", label=f"target entropy {target['value']:.3f}")
         for r in report.rows:
-            if r.kind == "data" and r.value("entropy") is not None and r.value("gen_ppl") is not None:
-                ax.plot([r.value("entropy")], [r.value("gen_ppl")], "k*", markersize=11, label=r.model)
-        ax.set_xlabel("sample entropy (nats)")
-        ax.set_ylabel(ppl_label)
+            if r.kind == "data" and r.value(axis) is not None and r.value(y_metric) is not None:
+                ax.plot([r.value(axis)], [r.value(y_metric) * y_scale], "k*", markersize=11, label=r.model)
+        ax.set_xlabel("sample entropy (nats)" if axis == "entropy" else "H(X'|X) of the samples (nats)")
+        ax.set_ylabel(ppl_label if y_metric == "gen_ppl" else "invalid transitions (%)")
         ax.set_title("temperature sweeps (T rises along each curve)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -483,25 +601,26 @@ PPL_MIN_SPAN = 2.0
 """The gen-PPL axis spans at least this factor, so a change of a few percent does not fill the panel."""
 
 
-def scale_value_axes(ax_ppl: Any, ax_ent: Any) -> None:
+def scale_value_axes(ax_ppl: Any | None, ax_ent: Any) -> None:
     """Scales that do not exaggerate small differences: gen-PPL on a log axis spanning at least
     :data:`PPL_MIN_SPAN` (centred on the data), entropy on a linear axis from 0 with its data range written in the
-    panel (a 0.03 % change in entropy would otherwise look like a cliff)."""
+    panel (a 0.03 % change in entropy would otherwise look like a cliff). ``ax_ppl`` None: no gen-PPL panel."""
     from matplotlib.ticker import LogFormatter
 
     def values(ax: Any) -> list[float]:
         return [float(y) for line in ax.get_lines() for y in line.get_ydata() if np.isfinite(float(y))]
 
-    ax_ppl.set_yscale("log")
-    ax_ppl.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax_ppl.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
-    ppl = [v for v in values(ax_ppl) if v > 0]
-    if ppl:
-        lo, hi = min(ppl), max(ppl)
-        if hi / lo < PPL_MIN_SPAN:
-            centre = float(np.sqrt(lo * hi))
-            lo, hi = centre / float(np.sqrt(PPL_MIN_SPAN)), centre * float(np.sqrt(PPL_MIN_SPAN))
-        ax_ppl.set_ylim(lo / 1.05, hi * 1.05)
+    if ax_ppl is not None:
+        ax_ppl.set_yscale("log")
+        ax_ppl.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax_ppl.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+        ppl = [v for v in values(ax_ppl) if v > 0]
+        if ppl:
+            lo, hi = min(ppl), max(ppl)
+            if hi / lo < PPL_MIN_SPAN:
+                centre = float(np.sqrt(lo * hi))
+                lo, hi = centre / float(np.sqrt(PPL_MIN_SPAN)), centre * float(np.sqrt(PPL_MIN_SPAN))
+            ax_ppl.set_ylim(lo / 1.05, hi * 1.05)
     entropy = values(ax_ent)
     if entropy:
         lo, hi = min(entropy), max(entropy)

@@ -6,7 +6,10 @@ Per model: its validation likelihood (:func:`model_likelihood` on :func:`validat
 timed sampling, entropy and gen-PPL. Proteins (models with the amino-acid tokenizer):
 :func:`didi.data.protein.protein_metrics` of the decoded sequences (residue entropy, composition divergence from
 the natural sequences of :func:`protein_reference`, distinct and low-complexity fractions, lengths), optionally
-ESMFold pLDDT, and a row scoring those natural sequences alike.
+ESMFold pLDDT, and a row scoring those natural sequences alike. Markov-language runs (``markov.json`` in the run
+directory, written by ``--data markov``): the exact metrics of :func:`~.metrics.markov_scores` for every row of the
+run, for sample files it wrote and for the held-out data row of its corpus; ``--frontier-entropy conditional`` reads
+the temperature frontiers on their conditional entropy ``H(X'|X)``.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 
 from ...ar import ARPipeline
 from ...config import helpfield, parse_int_list
+from ...data.markov import MarkovLanguage
 from ...data.protein import (
     SWISSPROT_COMPOSITION,
     amino_acid_composition,
@@ -44,6 +48,7 @@ from ...samples import read_samples
 from ...version import __version__
 from .conditional import check_prefix_tokens, conditional_rows
 from .metrics import (
+    MARKOV_METRICS,
     MIN_MAUVE_SAMPLES,
     Evaluator,
     Featurizer,
@@ -57,15 +62,20 @@ from .metrics import (
     is_didi_run,
     load_evaluator,
     load_mauve_features,
+    markov_bootstrap,
+    markov_language,
+    markov_rows,
+    markov_scores,
     mauve_score,
     mean_sample_entropy,
     mean_std,
     sample_entropy,
     timed_sampling,
 )
-from .report import EvalReport, EvalRow, compute_frontiers
+from .report import EvalReport, EvalRow, compute_frontiers, frontier_axis
 
 SAMPLERS = ("ancestral", "rgas")
+FRONTIER_ENTROPIES = {"sample": "entropy", "conditional": "conditional_entropy"}  # --frontier-entropy -> row metric
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
@@ -99,6 +109,10 @@ class EvalConfig:
                                               "plot (replaces --temperature)")
     target_entropy: float | None = helpfield(None, "entropy (nats) at which the sweeps are compared (default: the "
                                                    "held-out data's, measured like the samples')")
+    frontier_entropy: str = helpfield("sample", "the entropy axis of the sweeps: sample (each sample's unigram "
+                                                "entropy) or conditional (Markov-language runs: the samples' "
+                                                "empirical H(X'|X); the invalid rate is read there too)",
+                                      choices=tuple(FRONTIER_ENTROPIES))
     greedy_tail: bool = helpfield(False, "the samplers' last step takes the argmax (DUO's greedy tail; AR: the "
                                          "last token)")
     seeds: list[int] = helpfield([], "repeat sampling with each seed, e.g. 0,1,2: the table shows mean ± std over "
@@ -164,6 +178,8 @@ class EvalConfig:
         require(t is None or (math.isfinite(t) and t > 0), "target_entropy", f"must be a finite number > 0 (got {t})")
         require(t is None or len(self.temperatures) >= 2, "target_entropy",
                 "needs a sweep of at least two --temperatures to interpolate in")
+        require(self.frontier_entropy in FRONTIER_ENTROPIES, "frontier_entropy",
+                f"must be one of {', '.join(FRONTIER_ENTROPIES)} (got {self.frontier_entropy!r})")
         if isinstance(self.seeds, str):
             self.seeds = _parse_list("seeds", self.seeds, int)
         require(all(isinstance(s, int) and s >= 0 for s in self.seeds), "seeds",
@@ -338,7 +354,8 @@ def _protein_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Seque
 class HeldOut:
     """Held-out text the samples are compared with: ``texts`` (and their ``tokens``, ``None`` for proteins, whose
     entropy is over residues) make the data reference row; ``reference`` is the MAUVE reference set, disjoint from
-    ``texts`` when the split holds enough sequences (``disjoint``)."""
+    ``texts`` when the split holds enough sequences (``disjoint``); ``markov``: the language of a Markov corpus and
+    ``texts`` decoded for it (:func:`~.metrics.markov_rows`)."""
 
     name: str
     source: str
@@ -346,6 +363,7 @@ class HeldOut:
     tokens: list[list[int]] | None
     reference: list[str]
     disjoint: bool
+    markov: tuple[MarkovLanguage, list[str]] | None = None
 
 
 def _split_heldout(name: str, source: str, texts: list[str], tokens: list[list[int]] | None, n: int) -> HeldOut:
@@ -383,9 +401,13 @@ def heldout_data(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[
         order = np.random.default_rng(config.seed).permutation(len(blocks))[:2 * n]
         tokens = np.asarray(blocks.array)[order].tolist()
         texts = [tokenizer.decode(row) for row in tokens]
-        return _split_heldout(f"data ({Path(corpus).name} validation)",
-                              f"the {len(blocks)} validation blocks ({seq_len} tokens) of {corpus}, in a seeded "
-                              "random order", texts, tokens, n)
+        heldout = _split_heldout(f"data ({Path(corpus).name} validation)",
+                                 f"the {len(blocks)} validation blocks ({seq_len} tokens) of {corpus}, in a seeded "
+                                 "random order", texts, tokens, n)
+        language = markov_language(path) if config.data in (None, run.data.get("data")) else None
+        if language is not None:  # the run's own corpus: the language of its markov.json
+            heldout.markov = (language, markov_rows(tokenizer, heldout.tokens))
+        return heldout
     _log("no run records a corpus with validation data (pass --data): no held-out reference row")
     return None
 
@@ -406,9 +428,13 @@ class Scoring:
     seed: int
 
     def seed_metrics(self, texts: Sequence[str], tokens: Sequence[Sequence[int]] | None, seed: int | None, *,
-                     protein: bool, mauve: bool = True) -> dict[str, Any]:
-        """Metrics of one seed's samples: ``perplexity`` (:class:`Perplexity`), per-sample ``entropies``, ``mauve``."""
-        out: dict[str, Any] = {"seed": seed, "texts": list(texts), "perplexity": None, "mauve": None}
+                     protein: bool, mauve: bool = True, markov: tuple[MarkovLanguage, Sequence[str]] | None = None
+                     ) -> dict[str, Any]:
+        """Metrics of one seed's samples: ``perplexity`` (:class:`Perplexity`), per-sample ``entropies``, ``mauve``,
+        and with ``markov`` = (language, the samples decoded by :func:`~.metrics.markov_rows`) the exact metrics
+        (:class:`~.metrics.MarkovScores`)."""
+        out: dict[str, Any] = {"seed": seed, "texts": list(texts), "perplexity": None, "mauve": None,
+                               "markov": None if markov is None else markov_scores(*markov)}
         if self.evaluator is not None:
             out["perplexity"] = generative_perplexity(texts, self.evaluator, batch_size=self.eval_batch_size)
         if protein:
@@ -422,7 +448,8 @@ class Scoring:
         return out
 
     def fill(self, row: EvalRow, per_seed: list[dict[str, Any]], *, protein: bool) -> None:
-        """Set the row's metrics from its seeds: pooled gen-PPL, mean entropy, MAUVE, and their spreads."""
+        """Set the row's metrics from its seeds: pooled gen-PPL, mean entropy, MAUVE, the Markov metrics (means over
+        seeds), and their spreads."""
         row.seeds = [m["seed"] for m in per_seed if m["seed"] is not None]
         ppls = [m["perplexity"] for m in per_seed if m["perplexity"] is not None]
         if ppls:
@@ -434,25 +461,46 @@ class Scoring:
             row.entropy = float(np.mean(row.sample_entropy))
         row.per_seed = [{"seed": m["seed"], "gen_ppl": m["perplexity"].ppl if m["perplexity"] else None,
                          "entropy": float(np.mean(m["entropies"])) if m["entropies"] else None,
-                         "mauve": m["mauve"]} for m in per_seed]
+                         "mauve": m["mauve"], **_markov_fields(m.get("markov"))} for m in per_seed]
+        markov = [m["markov"] for m in per_seed if m.get("markov") is not None]
         row.spread = {}
-        for metric in ("gen_ppl", "entropy", "mauve"):
-            values = [m[metric] for m in row.per_seed if m[metric] is not None]
+        for metric in ("gen_ppl", "entropy", "mauve", *MARKOV_METRICS):
+            values = [m[metric] for m in row.per_seed if m.get(metric) is not None]
             if not values:
                 continue
             mean, std = mean_std(values)
             spread: dict[str, Any] = {"mean": mean, "std": std, "n_seeds": len(values)}
-            if len(values) == 1 and metric != "mauve":
+            if len(values) == 1 and metric not in ("mauve", "conditional_entropy"):
                 if metric == "gen_ppl":
                     low, high = bootstrap_interval(row.gen_ppl.sample_nll, row.gen_ppl.sample_tokens,
                                                    transform=np.exp, resamples=self.bootstrap, seed=self.seed)
+                elif metric in MARKOV_METRICS:
+                    scores = next(m for m in markov if m.metrics["transitions"] > 0)
+                    low, high = markov_bootstrap(scores.language, scores.counts, resamples=self.bootstrap,
+                                                 seed=self.seed)[metric]
                 else:
                     low, high = bootstrap_interval(row.sample_entropy, resamples=self.bootstrap, seed=self.seed)
                 spread.update(low=low, high=high, method=f"bootstrap 95% over samples ({self.bootstrap} resamples)")
             else:
                 spread["method"] = f"std over {len(values)} seeds" if len(values) > 1 else "one seed"
+                if len(values) == 1 and metric == "conditional_entropy":
+                    spread["method"] += " (no bootstrap interval: a plug-in entropy is biased under resampling)"
             row.spread[metric] = spread
         row.mauve = row.spread.get("mauve", {}).get("mean")
+        if markov:
+            row.markov = {metric: row.spread.get(metric, {}).get("mean") for metric in MARKOV_METRICS}
+            row.markov.update(chain_entropy_rate=markov[0].metrics["chain_entropy_rate"],
+                              transitions=float(sum(m.metrics["transitions"] for m in markov)))
+
+
+def _markov_fields(scores: Any) -> dict[str, float | None]:
+    """The per-seed record of the exact Markov metrics (nothing for other corpora; ``None`` for samples without a
+    single letter-to-letter transition, which would otherwise score a perfect 0 % invalid)."""
+    if scores is None:
+        return {}
+    measured = scores.metrics["transitions"] > 0
+    return {**{k: scores.metrics[k] if measured else None for k in MARKOV_METRICS},
+            "transitions": scores.metrics["transitions"]}
 
 
 def _data_row(heldout: HeldOut, scoring: Scoring) -> EvalRow:
@@ -463,7 +511,7 @@ def _data_row(heldout: HeldOut, scoring: Scoring) -> EvalRow:
                   extra_calls={}, batch_sizes=[], latencies_s=[], timing="not sampled", temperature=None)
     protein = heldout.tokens is None
     scoring.fill(row, [scoring.seed_metrics(heldout.texts, heldout.tokens, None, protein=protein,
-                                            mauve=heldout.disjoint)], protein=protein)
+                                            mauve=heldout.disjoint, markov=heldout.markov)], protein=protein)
     return row
 
 
@@ -483,6 +531,7 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
                                       batch_size=config.eval_batch_size, seed=config.seed)
     is_ar = model.kind == "ar"
     protein = model.tokenizer.kind == "protein"
+    language = markov_language(path)
     seq_len = config.seq_len or model.seq_len
     batch_size = min(config.batch_size or config.num_samples, config.num_samples)
     sampler = "ancestral" if is_ar else config.sampler
@@ -507,7 +556,9 @@ def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.dev
                 latencies += timed.latencies
                 peaks.append(timed.peak_memory_mib)
                 tokens = timed.samples
-                per_seed.append(scoring.seed_metrics(model.decode(tokens), tokens.tolist(), seed, protein=protein))
+                markov = None if language is None else (language, markov_rows(model.tokenizer, tokens.tolist()))
+                per_seed.append(scoring.seed_metrics(model.decode(tokens), tokens.tolist(), seed, protein=protein,
+                                                     markov=markov))
             row = EvalRow(model=label, kind=model.kind, sampler=results[0].sampler, nfe=nfe, source=str(path),
                           num_samples=config.num_samples, seq_len=seq_len,
                           generated_tokens=seq_len - 1 if is_ar else seq_len,
@@ -558,8 +609,23 @@ def _evaluate_file(path: Path, records: list[dict[str, Any]], scoring: Scoring) 
         _log(f"{path}: records without 'text': generative perplexity and protein metrics are not computed")
         return row
     protein = first.get("tokenizer") == "protein"
-    scoring.fill(row, [scoring.seed_metrics(texts, tokens, first.get("seed"), protein=protein)], protein=protein)
+    scoring.fill(row, [scoring.seed_metrics(texts, tokens, first.get("seed"), protein=protein,
+                                            markov=_file_markov(first, tokens))], protein=protein)
     return row
+
+
+def _file_markov(first: dict[str, Any], tokens: list[list[int]] | None) -> tuple[MarkovLanguage, list[str]] | None:
+    """The Markov language of a sample file's model run (when it still exists and holds ``markov.json``) and the
+    file's token ids decoded for it; ``None`` otherwise (text alone would put the letters of ``<|endoftext|>``
+    between documents)."""
+    model = str(first.get("model") or "")
+    if not tokens or not model or not is_didi_run(model):
+        return None
+    language = markov_language(model)
+    if language is None:
+        return None
+    tokenizer = load_tokenizer(Path(model), read_run_config(Path(model)).tokenizer)
+    return language, markov_rows(tokenizer, tokens)
 
 
 def _row_name(row: EvalRow) -> str:
@@ -622,6 +688,11 @@ def evaluate(config: EvalConfig) -> EvalReport:
     kinds = [run.kind for run in runs]
     if config.prefix_tokens:
         check_prefix_tokens(config, runs)
+    if config.frontier_entropy == "conditional":
+        runs_with_files = [*config.models, *(str(records[0].get("model") or "") for _, records in files)]
+        require(any(p and is_didi_run(p) and markov_language(p) is not None for p in runs_with_files),
+                "frontier_entropy", "conditional needs a Markov-language run (markov.json in its directory, from "
+                "--data markov): no --model, and no model of a --samples file, has one")
     for path, kind in zip(config.models, kinds):
         if config.sampler == "rgas" and kind != "ar" and not (Path(path) / "discriminator.safetensors").is_file():
             raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; {path} has none")
@@ -671,12 +742,17 @@ def evaluate(config: EvalConfig) -> EvalReport:
     if data_row is not None:
         rows.append(data_row)
     reference = _set_speedups([r for r in rows if r.prefix_tokens is None])
+    axis = FRONTIER_ENTROPIES[config.frontier_entropy]
     target = None
     if config.target_entropy is not None:
         target = {"value": config.target_entropy, "source": "--target-entropy"}
-    elif data_row is not None and data_row.entropy is not None:
-        target = {"value": data_row.value("entropy"), "source": f"the entropy of the {data_row.model} row"}
-    frontiers = compute_frontiers(rows, None if target is None else target["value"])
+    elif data_row is not None and data_row.value(axis) is not None:
+        what = "entropy" if axis == "entropy" else "H(X'|X)"
+        target = {"value": data_row.value(axis), "source": f"the {what} of the {data_row.model} row"}
+    elif axis == "conditional_entropy" and any(r.markov for r in rows):
+        rate = next(r.markov["chain_entropy_rate"] for r in rows if r.markov)
+        target = {"value": rate, "source": "the Markov chain's entropy rate"}
+    frontiers = compute_frontiers(rows, None if target is None else target["value"], axis=axis)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "didi_version": __version__, "torch_version": torch.__version__, "device": _describe_device(device),
@@ -696,12 +772,14 @@ def check_frontiers(report: EvalReport) -> None:
     """Bad input after the fact: a sweep whose target entropy no model x NFE's temperatures bracket."""
     if not report.frontiers or report.target_entropy is None:
         return
-    if any(f["gen_ppl"] is not None for f in report.frontiers):
+    if any(f.get("bracket") is not None for f in report.frontiers):
         return
-    entropies = [p["entropy"] for f in report.frontiers for p in f["points"]]
+    axis = frontier_axis(report.frontiers[0])
+    entropies = [p[axis] for f in report.frontiers for p in f["points"]]
     target = report.target_entropy
+    what = "entropies" if axis == "entropy" else "H(X'|X)"
     raise option_error("target_entropy", f"{target['value']:.3f} nats ({target['source']}) is bracketed by no "
-                                         f"model x NFE: their entropies span {min(entropies):.3f}-{max(entropies):.3f} "
+                                         f"model x NFE: their {what} span {min(entropies):.3f}-{max(entropies):.3f} "
                                          "over --temperatures; widen the sweep")
 
 

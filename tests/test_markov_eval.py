@@ -1,0 +1,144 @@
+"""`didi eval` on a run trained with --data markov: the exact metrics of the language (invalid-transition rate, NLL
+per transition, H(X'|X)) for every sampled row, seed and temperature, the held-out data row and sample files, and
+the temperature frontiers read on H(X'|X)."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from didi.cli import main
+from didi.data.markov import MarkovLanguage, markov_metrics
+from didi.data.tokenizer import ByteTokenizer
+from didi.pipeline import load
+from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, markov_bootstrap, markov_rows, markov_scores
+from didi.recipes.evaluate.report import EvalReport, compute_frontiers, format_table
+from didi.recipes.evaluate.runner import EvalConfig, evaluate, heldout_data
+from didi.runtime.checkpoint import read_run_config
+from didi.samples import read_samples
+from test_ar import make_run, tiny_tokenizer
+
+SEQ_LEN, N = 32, 6
+FAST = ["--device", "cpu", "--warmup", "0", "--repeats", "1", "--no-likelihood"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny teacher trained for a few steps on 8 documents of the Markov corpus (it writes markov.json)."""
+    out = tmp_path_factory.mktemp("markov") / "teacher"
+    assert main(["train", "--data", "markov", "--max-documents", "8", "--seq-len", str(SEQ_LEN), "--preset", "tiny",
+                 "--hidden-size", "32", "--n-blocks", "2", "--n-heads", "2", "--cond-dim", "16", "--steps", "40",
+                 "--lr", "3e-3", "--global-batch-size", "8", "--eval-every", "40", "--device", "cpu", "--out",
+                 str(out), "--progress", "false"]) == 0
+    assert (out / "markov.json").is_file()
+    return out
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of the first table's lines (an escaped pipe, as in H(X'\\|X), stays inside its cell)."""
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip("|"))] for line in stdout.splitlines()
+            if line.startswith("| ")]
+
+
+def test_markov_rows_break_at_special_tokens():
+    tok = ByteTokenizer()
+    ids = [ord(c) for c in "ab"] + [tok.eos_id] + [ord(c) for c in "cd"] + [tok.diffusion_mask_id, ord("e")]
+    assert markov_rows(tok, [ids]) == ["ab\ncd\ne"]  # not "ab<|endoftext|>cd[MASK]e": no letters in between
+    language = MarkovLanguage.build(seed=0)
+    scores = markov_scores(language, markov_rows(tok, [ids, ids[:2]]))
+    assert scores.metrics == markov_metrics(language, [ids, ids[:2]]) and scores.counts.shape == (2, 48, 48)
+    (low, high) = markov_bootstrap(language, scores.counts, resamples=200)["invalid_rate"]
+    assert 0.0 <= low <= scores.metrics["invalid_rate"] <= high <= 1.0
+
+
+def test_eval_reports_the_exact_markov_metrics(run, tmp_path, capsys):
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    assert main(["eval", "--model", str(run), "--nfe", "4", "--num-samples", str(N), "--seeds", "0,1", *FAST,
+                 "--json", str(out_json), "--plot", str(out_png)]) == 0
+    stdout = capsys.readouterr().out
+    header, *rows = table_rows(stdout)
+    assert header[header.index("entropy") + 1:header.index("entropy") + 4] == ["invalid %", "NLL/transition",
+                                                                               "H(X'\\|X)"]
+    language = MarkovLanguage.load(run / "markov.json")
+    assert f"The chain's entropy rate is {language.entropy_rate():.4f} nats" in stdout
+    assert [r[0] for r in rows] == ["teacher", "data (markov validation)"]
+    assert " ± " in rows[0][header.index("invalid %")]  # two seeds: mean ± std
+    assert rows[1][header.index("invalid %")] == "0.000 [0.000, 0.000]"  # one set of held-out blocks: bootstrap
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = json.loads(out_json.read_text())
+    sampled, data = report["rows"]
+    # the data row: held-out text of the chain itself, the end-of-text token between documents breaks transitions
+    assert data["markov"]["invalid_rate"] == 0.0 and data["spread"]["invalid_rate"]["high"] == 0.0
+    assert data["markov"]["transitions"] > 0 and "low" not in data["spread"]["conditional_entropy"]
+    config = EvalConfig(models=[str(run)], num_samples=N)
+    heldout = heldout_data(config, [read_run_config(run)], [], None, N)
+    direct = markov_metrics(language, heldout.tokens)
+    assert {k: data["markov"][k] for k in direct} == direct
+
+    # every seed's numbers are markov_metrics of that seed's samples, drawn again here with the same seed
+    model = load(str(run), device="cpu")
+    for record in sampled["per_seed"]:
+        [result] = model.sample(N, 4, seed=record["seed"], batch_size=N)
+        direct = markov_metrics(language, result.tokens.tolist())
+        assert {k: record[k] for k in (*MARKOV_METRICS, "transitions")} == \
+            {k: direct[k] for k in (*MARKOV_METRICS, "transitions")}
+    for metric in MARKOV_METRICS:
+        values = [s[metric] for s in sampled["per_seed"]]
+        assert sampled["markov"][metric] == pytest.approx(np.mean(values))
+        assert sampled["spread"][metric]["std"] == pytest.approx(np.std(values, ddof=1))
+    assert sampled["markov"]["chain_entropy_rate"] == pytest.approx(language.entropy_rate())
+    again = EvalReport.from_json(report)  # the JSON regenerates the table
+    assert format_table(again).splitlines()[0] == stdout.splitlines()[0]
+
+
+def test_sample_files_of_a_markov_run_are_scored_exactly(run, tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    assert main(["sample", "--model", str(run), "--nfe", "4", "--num-samples", "4", "--device", "cpu", "--out",
+                 str(samples), "--quiet"]) == 0
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--samples", str(samples), "--device", "cpu", "--json", str(out_json),
+                 "--no-references"]) == 0
+    [row] = json.loads(out_json.read_text())["rows"]
+    language = MarkovLanguage.load(run / "markov.json")
+    direct = markov_metrics(language, [r["tokens"] for r in read_samples(samples)])
+    assert {k: row["markov"][k] for k in direct} == direct
+
+
+def test_frontier_on_the_conditional_entropy(run, tmp_path, capsys):
+    common = dict(models=[str(run)], nfe=[4], num_samples=N, likelihood=False, warmup=0, repeats=1, device="cpu",
+                  bootstrap=200)
+    report = evaluate(EvalConfig(**common, temperatures=[0.3, 3.0], frontier_entropy="conditional"))
+    cold, hot, data = report.rows
+    assert (cold.temperature, hot.temperature, data.kind) == (0.3, 3.0, "data")
+    assert all(r.markov is not None for r in report.rows)
+    assert report.target_entropy["source"] == "the H(X'|X) of the data (markov validation) row"
+    assert report.target_entropy["value"] == data.value("conditional_entropy")
+    xs = [cold.value("conditional_entropy"), hot.value("conditional_entropy")]
+    assert xs[0] != xs[1]
+    target = sum(xs) / 2
+    [frontier] = compute_frontiers(report.rows, target, axis="conditional_entropy")
+    assert frontier["axis"] == "conditional_entropy" and frontier["bracket"] == [0.3, 3.0]
+    assert frontier["gen_ppl"] is None  # no evaluator: the invalid rate is what is read at the target
+    expected = interpolate_at(xs, [cold.value("invalid_rate"), hot.value("invalid_rate")], target, log_y=False)
+    assert frontier["invalid_rate"] == pytest.approx(expected[0])
+    assert [p["conditional_entropy"] for p in frontier["points"]] == xs
+
+    # the command line: the target inside the sweep, the table and JSON read the invalid rate there
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run), "--nfe", "4", "--num-samples", str(N), *FAST, "--temperatures",
+                 "0.3,3", "--frontier-entropy", "conditional", "--target-entropy", str(target), "--bootstrap", "200",
+                 "--json", str(out_json)]) == 0
+    stdout = capsys.readouterr().out
+    assert f"| invalid % @ H(X'\\|X) {target:.3f} |" in stdout and "| H(X'\\|X) over the sweep |" in stdout
+    [saved] = json.loads(out_json.read_text())["frontiers"]
+    assert saved["axis"] == "conditional_entropy" and saved["invalid_rate"] == pytest.approx(expected[0])
+
+
+def test_conditional_frontier_needs_a_markov_run(tmp_path, capsys):
+    make_run(tmp_path / "bpe", "mdlm", tiny_tokenizer())
+    assert main(["eval", "--model", str(tmp_path / "bpe"), "--nfe", "4", "--num-samples", "2", *FAST,
+                 "--temperatures", "0.5,1", "--frontier-entropy", "conditional"]) == 2
+    assert "--frontier-entropy: conditional needs a Markov-language run" in capsys.readouterr().err
