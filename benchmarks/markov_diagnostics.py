@@ -7,7 +7,8 @@ countable, so the distillation can be watched without a learned evaluator:
 or several seeds, logging every ``--log-every`` iterations the exact invalid-transition share of the student's
 training rollouts, and, once the student updates, two diagnostics of the discriminator's per-token reward: its
 AUC at telling tokens that touch an invalid transition from the others, and the correlation of a row's mean
-reward with minus its invalid-transition count. ``--reward oracle`` replaces the discriminator's reward by the
+reward with minus its invalid-transition count (during a discriminator warm-up: its logits on the clean rollout
+at τ = tau_min, every ``--log-every`` iterations). ``--reward oracle`` replaces the discriminator's reward by the
 exact one (minus the invalid transitions each token takes part in, per token): does the policy gradient follow a
 reward that is right? The EMA and raw student weights of each seed are saved as safetensors.
 
@@ -171,6 +172,10 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
                                        reward_fn=oracle if args.reward == "oracle" else None)
                 x = seen["x"]
                 window["invalid"].append(table.rate(x))
+                if "r" not in seen and (step + 1) % args.log_every == 0:  # no reward yet: probe the clean rollout
+                    with torch.no_grad():
+                        sigma = models.schedule.sigma(torch.full((len(x),), cfg.tau_min, dtype=torch.float64))
+                        seen["r"] = models.disc_logits(x, sigma.float())
                 if "r" in seen:
                     window["auc"].append(token_auc(seen["r"], table.touching(x) > 0))
                     bad_rows = table.incoming(x).sum(-1)
