@@ -39,13 +39,11 @@ from didi.data.tokenizer import load_tokenizer
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample
 from didi.recipes import distill as recipe
 from didi.recipes.distill import DistillConfig, DistillModels, _load_teacher, distill_step
+from didi.recipes.quickstart import MARKOV_DISTILL
 from didi.runtime.utils import step_generator
 
-# The research settings that docs/method.md reports for this regime; --option KEY=VALUE overrides any of them.
-MARKOV_SETTINGS = dict(batch_size=4, group_size=4, lr=3e-5, disc_lr=1e-3, disc_blocks=2, warmup_steps=20,
-                       tau_per="group", rollout_dropout=False, disc_positions="all", student_steps=8, ema_decay=0.99,
-                       disc_normalize=True, disc_window=1, credit="local", credit_window=1, disc_warmup_steps=400,
-                       tau_a=1.0, tau_b=20.0, tau_max=0.3)
+# The regime's settings (steps is --steps here); --option KEY=VALUE overrides any of them.
+MARKOV_SETTINGS = {k: v for k, v in MARKOV_DISTILL.items() if k != "steps"}
 
 
 class TokenTransitions:

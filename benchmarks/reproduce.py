@@ -74,7 +74,7 @@ from didi.recipes.evaluate.report import (
     plot_report,
 )
 from didi.recipes.evaluate.runner import EvalConfig, evaluate
-from didi.recipes.quickstart import TINY_DISTILL
+from didi.recipes.quickstart import MARKOV_DISTILL, TINY_DISTILL
 from didi.recipes.train import TrainConfig, resume_config, train
 from didi.runtime.checkpoint import completed_steps, latest_snapshot
 
@@ -124,12 +124,6 @@ class Scale:
         return int(self.distill.get("steps", self.distill_steps))
 
 
-MARKOV_DISTILL = dict(batch_size=4, group_size=4, lr=1e-4, disc_lr=1e-3, disc_blocks=2, warmup_steps=20,
-                      tau_per="group", rollout_dropout=False, disc_positions="all", student_steps=8, ema_decay=0.99,
-                      disc_normalize=True, disc_window=1, steps=500)
-"""DiDi-Instruct settings of the markov regime (placeholders while the research on them goes on): every scale of
-the regime distils with these, only the smoke scale shrinks them."""
-
 BYTES_DISTILL = dict(TINY_DISTILL)
 """DiDi-Instruct settings of the bytes regime: the quickstart's (placeholders, as for the markov regime)."""
 
@@ -164,21 +158,23 @@ SCALES = {
 
 # The synthetic Markov language: the exact metrics are the evaluator (no AR stage, no gen-PPL, no MAUVE).
 MARKOV_SCALES = {
-    "cpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=2000, ar_steps=0, distill_steps=500,
+    "cpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=3000, ar_steps=0, distill_steps=800,
                  global_batch_size=32, teacher_lr=1e-3, distill=MARKOV_DISTILL, teacher_nfe=[8, 16, 32, 128],
                  student_nfe=[8, 16], num_samples=128, batch_size=64, train_extra=dict(hidden_size=128), ar=False,
-                 mauve=False, prefix_tokens=0, distill_seeds=[0, 1, 2], temperatures=[0.8, 0.9, 1.0, 1.1, 1.2],
-                 frontier_entropy="conditional"),
+                 mauve=False, prefix_tokens=0, distill_seeds=[0, 1, 2],
+                 temperatures=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], frontier_entropy="conditional"),
     # one H200: teacher 5000 x 128 x 64 tokens of a ~6M model (~2 min, launch-bound), three distillations of 500
     # iterations (~2 min each), evaluation (~1 min): ~9 min, an estimate (never measured)
     "gpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=5000, ar_steps=0, distill_steps=500,
-                 global_batch_size=128, teacher_lr=1e-3, distill=MARKOV_DISTILL, teacher_nfe=[8, 16, 32, 128],
-                 student_nfe=[8, 16], num_samples=256, batch_size=256, eval_blocks=256,
+                 global_batch_size=128, teacher_lr=1e-3, distill=dict(MARKOV_DISTILL, disc_blocks=6),
+                 teacher_nfe=[8, 16, 32, 128], student_nfe=[8, 16], num_samples=256, batch_size=256, eval_blocks=256,
                  train_extra=dict(hidden_size=256, n_blocks=6, n_heads=4), ar=False, mauve=False, prefix_tokens=0,
-                 distill_seeds=[0, 1, 2], temperatures=[0.8, 0.9, 1.0, 1.1, 1.2], frontier_entropy="conditional"),
+                 distill_seeds=[0, 1, 2], temperatures=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                 frontier_entropy="conditional"),
     "smoke": Scale(data="markov", seq_len=32, preset="tiny", teacher_steps=4, ar_steps=0, distill_steps=3,
                    global_batch_size=8, teacher_lr=3e-3,
-                   distill=dict(MARKOV_DISTILL, batch_size=2, group_size=2, student_steps=2, warmup_steps=1, steps=3),
+                   distill=dict(MARKOV_DISTILL, batch_size=2, group_size=2, student_steps=2, warmup_steps=1, steps=3,
+                                disc_blocks=2),
                    teacher_nfe=[4, 8], student_nfe=[4], num_samples=16, eval_blocks=2, repeats=1, ablation_nfe=[4],
                    seeds=[0, 1], temperatures=[0.5, 1.0], prefix_tokens=0, train_extra=SMOKE_MODEL, ar=False,
                    mauve=False, distill_seeds=[0, 1], data_extra=dict(max_documents=20),
