@@ -39,6 +39,7 @@ from didi.data.tokenizer import load_tokenizer
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample
 from didi.recipes import distill as recipe
 from didi.recipes.distill import DistillConfig, DistillModels, _load_teacher, distill_step
+from didi.recipes.evaluate.metrics import markov_rows
 from didi.recipes.quickstart import MARKOV_DISTILL
 from didi.runtime.utils import step_generator
 
@@ -111,10 +112,7 @@ def sample_metrics(net: torch.nn.Module, tokenizer, language: MarkovLanguage, *,
         out = ancestral_sample(lambda z, s: net(z, s) / temperature, batch_size=n, seq_len=seq_len,
                                mask_index=mask_index, schedule=schedule, config=AncestralConfig(num_steps=nfe),
                                generator=generator)
-    eot = getattr(tokenizer, "eot", None)
-    texts = [tokenizer.decode(row).replace(eot, " ") if isinstance(eot, str) else tokenizer.decode(row)
-             for row in out.tokens.tolist()]
-    return markov_metrics(language, texts)
+    return markov_metrics(language, markov_rows(tokenizer, out.tokens.tolist()))
 
 
 def token_auc(rewards: torch.Tensor, bad: torch.Tensor) -> float:
@@ -198,7 +196,7 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
 
 
 def run_frontier(args: argparse.Namespace) -> None:
-    cfg = DistillConfig(teacher=args.teacher, out="-", progress=False, **MARKOV_SETTINGS)
+    cfg = DistillConfig(teacher=args.teacher, out="-", progress=False)  # only the teacher and schedule are used
     teacher_config, tokenizer, language, _, models = load_setup(args.teacher, args.language, cfg)
     net, seq_len = models.teacher, teacher_config.model.max_seq_len
     seq_len = args.seq_len or seq_len
@@ -220,9 +218,9 @@ def run_frontier(args: argparse.Namespace) -> None:
 
     rows = []
     original = {k: v.clone() for k, v in net.state_dict().items()}
-    for nfe in [int(s) for s in args.teacher_nfe.split(",")]:
+    for nfe in [int(s) for s in args.teacher_nfe.split(",") if s]:
         rows.append(row("teacher", nfe, 1.0))
-    for temperature in [float(s) for s in args.temperatures.split(",")]:
+    for temperature in [float(s) for s in args.temperatures.split(",") if s]:
         rows.append(row("teacher", args.nfe, temperature))
     for directory in args.students:
         for weights in sorted(Path(directory).glob("seed*-*.safetensors")):
@@ -234,7 +232,7 @@ def run_frontier(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps({"rows": rows, "chain_entropy_rate": language.entropy_rate()}, indent=1))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="distil with exact monitoring (discriminator or oracle reward)")
@@ -252,14 +250,14 @@ def main() -> None:
     f.add_argument("--language", default=None)
     f.add_argument("--students", nargs="*", default=[])
     f.add_argument("--nfe", type=int, default=8)
-    f.add_argument("--teacher-nfe", default="8,16,32,128")
-    f.add_argument("--temperatures", default="0.9,0.8,0.7,0.6,0.5,0.4,0.3")
+    f.add_argument("--teacher-nfe", default="8,16,32,128", help="teacher rows at temperature 1 ('' for none)")
+    f.add_argument("--temperatures", default="0.9,0.8,0.7,0.6,0.5,0.4,0.3",
+                   help="teacher rows at --nfe ('' for none)")
     f.add_argument("--samples", type=int, default=256)
     f.add_argument("--sample-seeds", default="0,1")
     f.add_argument("--seq-len", type=int, default=0)
     f.add_argument("--json", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args = parser.parse_args(argv)
     run_distill(args) if args.command == "distill" else run_frontier(args)
 
 

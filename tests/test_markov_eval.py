@@ -142,3 +142,40 @@ def test_conditional_frontier_needs_a_markov_run(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "bpe"), "--nfe", "4", "--num-samples", "2", *FAST,
                  "--temperatures", "0.5,1", "--frontier-entropy", "conditional"]) == 2
     assert "--frontier-entropy: conditional needs a Markov-language run" in capsys.readouterr().err
+
+
+def _markov_diagnostics():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "markov_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("markov_diagnostics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_markov_diagnostics_counts_exactly_and_runs(run, tmp_path, capsys):
+    """benchmarks/markov_diagnostics.py: its per-token invalid counts agree with markov_metrics, the oracle reward
+    is minus those counts, and `distill` / `frontier` run end to end on a tiny teacher."""
+    import torch
+
+    md = _markov_diagnostics()
+    language = MarkovLanguage.load(run / "markov.json")
+    table = md.TokenTransitions(language, ByteTokenizer(), 258)
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(language.letters.encode(), dtype=np.uint8)
+    rows = torch.tensor(letters[rng.integers(0, len(letters), size=(5, 40))].astype(np.int64))
+    assert table.rate(rows) == pytest.approx(markov_metrics(language, rows.tolist())["invalid_rate"])
+    assert float(table.touching(rows).sum()) == pytest.approx(float(table.incoming(rows).sum()))
+    out = tmp_path / "diag"
+    md.main(["distill", "--teacher", str(run), "--out", str(out), "--steps", "2", "--log-every", "1",
+             "--reward", "oracle", "--option", "disc_blocks=2", "--option", "disc_warmup_steps=0",
+             "--option", "student_steps=2"])
+    logged = [json.loads(line) for line in (out / "seed0.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2] and 0.0 <= logged[-1]["rollout_invalid"] <= 1.0
+    assert (out / "seed0-ema.safetensors").is_file() and (out / "seed0-raw.safetensors").is_file()
+    md.main(["frontier", "--teacher", str(run), "--students", str(out), "--teacher-nfe", "4", "--temperatures",
+             "0.5", "--nfe", "4", "--samples", "4", "--sample-seeds", "0", "--json", str(tmp_path / "f.json")])
+    names = [row["model"] for row in json.loads((tmp_path / "f.json").read_text())["rows"]]
+    assert names == ["teacher", "teacher", "diag/seed0-ema", "diag/seed0-raw"]
