@@ -21,6 +21,9 @@ student is compared with the teacher at its own entropy.
     python benchmarks/markov_diagnostics.py distill --teacher runs/markov-teacher --out runs/markov-oracle \
         --reward oracle --steps 300 --option credit=local --option credit_window=0
     python benchmarks/markov_diagnostics.py frontier --teacher runs/markov-teacher --students runs/markov-diag
+    python benchmarks/markov_diagnostics.py compare --teacher-json T.json --students-json S.json --nfe 8
+
+``compare``: each student seed against the teacher's temperature curve at the seed's own H(X'|X).
 """
 from __future__ import annotations
 
@@ -232,6 +235,34 @@ def run_frontier(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps({"rows": rows, "chain_entropy_rate": language.entropy_rate()}, indent=1))
 
 
+def spread(values: np.ndarray) -> float:
+    """Sample standard deviation (ddof 1); 0 for a single value."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    """Students against the teacher's temperature curve at the same NFE: each seed's invalid share is compared with
+    the curve (linear in H(X'|X) between its points) at that seed's own conditional entropy; mean ± std (ddof 1)
+    over the seeds, for the EMA and the raw weights."""
+    teacher = [r for r in json.loads(Path(args.teacher_json).read_text())["rows"]
+               if r["nfe"] == args.nfe and r["model"] == "teacher"]
+    curve = sorted((r["conditional_entropy"], r["invalid_pct"]) for r in teacher)
+    entropies, invalid = [c[0] for c in curve], [c[1] for c in curve]
+    students = [r for r in json.loads(Path(args.students_json).read_text())["rows"] if r["nfe"] == args.nfe]
+    for weights in ("ema", "raw"):
+        rows = [r for r in students if r["model"].endswith(f"-{weights}")]
+        if not rows:
+            continue
+        inv = np.array([r["invalid_pct"] for r in rows])
+        ent = np.array([r["conditional_entropy"] for r in rows])
+        below = np.array([np.interp(h, entropies, invalid) - i for h, i in zip(ent, inv)])
+        outside = int(((ent < entropies[0]) | (ent > entropies[-1])).sum())
+        print(f"NFE {args.nfe} {weights}: {len(rows)} seeds, invalid {inv.mean():.2f} ± {spread(inv):.2f} %, "
+              f"H(X'|X) {ent.mean():.3f} ± {spread(ent):.3f}; below the teacher's temperature curve at the same "
+              f"H(X'|X) by {below.mean():.2f} ± {spread(below):.2f} points"
+              + (f" ({outside} seeds outside the curve's entropy range)" if outside else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,8 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--sample-seeds", default="0,1")
     f.add_argument("--seq-len", type=int, default=0)
     f.add_argument("--json", default=None)
+    c = sub.add_parser("compare", help="students against the teacher's temperature curve (frontier JSON files)")
+    c.add_argument("--teacher-json", required=True, help="frontier --json of the teacher's temperature sweep")
+    c.add_argument("--students-json", required=True, help="frontier --json of the students")
+    c.add_argument("--nfe", type=int, default=8)
     args = parser.parse_args(argv)
-    run_distill(args) if args.command == "distill" else run_frontier(args)
+    {"distill": run_distill, "frontier": run_frontier, "compare": run_compare}[args.command](args)
 
 
 if __name__ == "__main__":

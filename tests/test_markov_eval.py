@@ -179,3 +179,8 @@ def test_markov_diagnostics_counts_exactly_and_runs(run, tmp_path, capsys):
              "0.5", "--nfe", "4", "--samples", "4", "--sample-seeds", "0", "--json", str(tmp_path / "f.json")])
     names = [row["model"] for row in json.loads((tmp_path / "f.json").read_text())["rows"]]
     assert names == ["teacher", "teacher", "diag/seed0-ema", "diag/seed0-raw"]
+    capsys.readouterr()
+    md.main(["compare", "--teacher-json", str(tmp_path / "f.json"), "--students-json", str(tmp_path / "f.json"),
+             "--nfe", "4"])
+    printed = capsys.readouterr().out
+    assert "NFE 4 ema: 1 seeds" in printed and "NFE 4 raw: 1 seeds" in printed
