@@ -869,10 +869,7 @@ def _markov_reading(student_rows, teacher_rows, rows, names, report=None) -> str
         if r.value("invalid_rate") is None or teacher is None or teacher.value("invalid_rate") is None:
             continue
         mine, same = r.value("invalid_rate"), teacher.value("invalid_rate")
-        if abs(mine - same) <= _halfwidth(r, "invalid_rate") + _halfwidth(teacher, "invalid_rate"):
-            verdict = "is within the spreads of"
-        else:
-            verdict = "beats" if mine < same else "trails"
+        verdict = _verdict(r, teacher, "invalid_rate")
         text = (f"- student ({r.sampler}) @ {r.nfe}: invalid {100 * mine:.2f} % {verdict} the teacher @ {r.nfe} "
                 f"({100 * same:.2f} %)")
         matched, matched_teacher = frontier_of(report, r), frontier_of(report, teacher)
@@ -900,6 +897,15 @@ def _halfwidth(row: EvalRow, metric: str) -> float:
     return (spread["high"] - spread["low"]) / 2 if spread.get("low") is not None else 0.0
 
 
+def _verdict(student: EvalRow, teacher: EvalRow, metric: str) -> str:
+    """How a student's value of a lower-is-better ``metric`` compares with the teacher's: a difference no larger
+    than the two half-spreads together is a tie."""
+    mine, same = student.value(metric), teacher.value(metric)
+    if abs(mine - same) <= _halfwidth(student, metric) + _halfwidth(teacher, metric):
+        return "is within the spreads of"
+    return "beats" if mine < same else "trails"
+
+
 def _reading(student_rows, teacher_rows, rows, names, report=None) -> str:
     """One factual sentence per student budget: gen-PPL against the teacher at the same NFE (a difference smaller
     than the two spreads together is called a tie), at the matched entropy, and against the teacher at max NFE."""
@@ -912,10 +918,7 @@ def _reading(student_rows, teacher_rows, rows, names, report=None) -> str:
         if r.value("gen_ppl") is None or teacher is None or teacher.value("gen_ppl") is None:
             continue
         mine, same = r.value("gen_ppl"), teacher.value("gen_ppl")
-        if abs(mine - same) <= _halfwidth(r, "gen_ppl") + _halfwidth(teacher, "gen_ppl"):
-            verdict = "is within the spreads of"
-        else:
-            verdict = "beats" if mine < same else "trails"
+        verdict = _verdict(r, teacher, "gen_ppl")
         text = f"- student ({r.sampler}) @ {r.nfe}: gen-PPL {mine:.1f} {verdict} the teacher @ {r.nfe} ({same:.1f})"
         matched, matched_teacher = frontier_of(report, r), frontier_of(report, teacher)
         if matched and matched_teacher and matched["gen_ppl"] and matched_teacher["gen_ppl"]:

@@ -49,6 +49,15 @@ def make_run(path: Path, kind: str, tokenizer: Tokenizer, *, seq_len: int = 16, 
     return network.eval()
 
 
+def corpus_runs(root: Path, tokenizer: Tokenizer, *, seq_len: int = 16) -> dict[str, torch.nn.Module]:
+    """``root/corpus.txt`` (``CORPUS``) and a diffusion and an AR run with random weights on it (``root/mdlm``,
+    ``root/ar``); returns their networks by kind."""
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS) + "\n")
+    data = {"data": str(corpus), "seq_len": seq_len, "cache_dir": str(root / "cache")}
+    return {kind: make_run(root / kind, kind, tokenizer, seq_len=seq_len, data=data) for kind in ("mdlm", "ar")}
+
+
 class Counting(torch.nn.Module):
     """Forward to a network and count the calls."""
 

@@ -9,7 +9,7 @@ from didi.cli import main
 from didi.errors import ConfigError
 from didi.recipes.evaluate.conditional import continuation_perplexity, held_out_prefixes
 from didi.recipes.evaluate.metrics import load_evaluator
-from test_ar import CORPUS, make_run, tiny_tokenizer
+from test_ar import corpus_runs, tiny_tokenizer
 
 SEQ_LEN = 16
 
@@ -23,11 +23,7 @@ def tok():
 def runs(tmp_path_factory, tok):
     """Diffusion and AR runs with random weights on a local corpus (length 16)."""
     root = tmp_path_factory.mktemp("conditional-eval")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS) + "\n")
-    data = {"data": str(corpus), "seq_len": SEQ_LEN, "cache_dir": str(root / "cache")}
-    for kind in ("mdlm", "ar"):
-        make_run(root / kind, kind, tok, seq_len=SEQ_LEN, data=data)
+    corpus_runs(root, tok, seq_len=SEQ_LEN)
     return root
 
 

@@ -21,7 +21,7 @@ from didi.diffusion.sampling import AncestralConfig, ancestral_sample
 from didi.errors import ConfigError
 from didi.pipeline import load
 from didi.samples import read_samples, sample_records
-from test_ar import CORPUS, make_run, tiny_tokenizer
+from test_ar import CORPUS, corpus_runs, make_run, tiny_tokenizer
 from test_ar import Counting as CountingAR
 from test_distill import distill_args
 from test_sampling import Counting, chi_square_pvalue
@@ -39,11 +39,7 @@ def runs(tmp_path_factory, tok):
     """Diffusion, AR and protein runs with random weights, and a student distilled (2 iterations) from the
     diffusion run, all of length 16 on a local corpus."""
     root = tmp_path_factory.mktemp("conditioning")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS) + "\n")
-    data = {"data": str(corpus), "seq_len": SEQ_LEN, "cache_dir": str(root / "cache")}
-    for kind in ("mdlm", "ar"):
-        make_run(root / kind, kind, tok, seq_len=SEQ_LEN, data=data)
+    corpus_runs(root, tok, seq_len=SEQ_LEN)
     make_run(root / "protein", "mdlm", ProteinTokenizer(), seq_len=SEQ_LEN)
     assert main(distill_args(root / "mdlm", root / "student", 2)) == 0
     return root

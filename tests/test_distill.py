@@ -188,6 +188,14 @@ def test_k_step_rollout_is_the_deployed_sampler():
     assert torch.allclose(rollout.log_prob.double(), expected, atol=1e-4)
 
 
+def zero_share(models: DistillModels, cfg: DistillConfig, n: int = 4096) -> float:
+    """Share of 0 tokens in ``n`` student rollouts (τ = 0.5, a fixed generator)."""
+    tau = torch.full((n,), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        x = student_rollout(models, n, toy.L, tau, cfg, torch.Generator().manual_seed(5), zero_sigma).x_fake
+    return float((x == 0).double().mean())
+
+
 def test_policy_gradient_follows_a_given_reward():
     """With ``reward_fn`` in place of the discriminator, the loop must move the student towards the reward: here
     the number of 0 tokens in a sample, whose frequency in the student's 2-step samples must rise clearly."""
@@ -195,17 +203,11 @@ def test_policy_gradient_follows_a_given_reward():
     cfg = DistillConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
                         lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False)
     models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
-    tau = torch.full((4096,), 0.5, dtype=torch.float64)
-
-    def zero_share():
-        with torch.no_grad():
-            x = student_rollout(models, 4096, toy.L, tau, cfg, torch.Generator().manual_seed(5), zero_sigma).x_fake
-        return float((x == 0).double().mean())
-    before = zero_share()
+    before = zero_share(models, cfg)
     real = toy.CLEAN[torch.arange(16)]
     for step in range(40):
         distill_step(models, real, step, cfg, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).sum(-1))
-    after = zero_share()
+    after = zero_share(models, cfg)
     assert after > before + 0.25, (before, after)
 
 
@@ -423,17 +425,11 @@ def test_local_credit_follows_a_per_token_reward():
                         lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False, credit="local",
                         credit_window=0, student_steps=3, tau_per="group")
     models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
-    tau = torch.full((4096,), 0.5, dtype=torch.float64)
-
-    def zero_share():
-        with torch.no_grad():
-            x = student_rollout(models, 4096, toy.L, tau, cfg, torch.Generator().manual_seed(5), zero_sigma).x_fake
-        return float((x == 0).double().mean())
-    before = zero_share()
+    before = zero_share(models, cfg)
     real = toy.CLEAN[torch.arange(16)]
     for step in range(40):
         distill_step(models, real, step, cfg, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).float())
-    assert zero_share() > before + 0.25
+    assert zero_share(models, cfg) > before + 0.25
 
 
 def test_student_warm_up_and_ema_count_student_updates():

@@ -35,7 +35,7 @@ from didi.recipes.evaluate.metrics import (
 from didi.recipes.evaluate.report import EvalReport, EvalRow, compute_frontiers, format_table
 from didi.recipes.evaluate.runner import EvalConfig, _set_speedups, evaluate
 from didi.samples import read_samples
-from test_ar import CORPUS, Counting, make_run, tiny_tokenizer
+from test_ar import CORPUS, Counting, corpus_runs, make_run, tiny_tokenizer
 
 SEQ_LEN = 16
 EOT = "<|endoftext|>"
@@ -50,10 +50,7 @@ def tok():
 def runs(tmp_path_factory, tok):
     """A tiny diffusion run and a tiny AR run trained on nothing, with a local corpus for the likelihood."""
     root = tmp_path_factory.mktemp("runs")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS) + "\n")
-    data = {"data": str(corpus), "seq_len": SEQ_LEN, "cache_dir": str(root / "cache")}
-    networks = {kind: make_run(root / kind, kind, tok, seq_len=SEQ_LEN, data=data) for kind in ("mdlm", "ar")}
+    networks = corpus_runs(root, tok, seq_len=SEQ_LEN)
     protein = ProteinTokenizer()
     make_run(root / "protein-ar", "ar", protein, seq_len=SEQ_LEN)
     return root, networks

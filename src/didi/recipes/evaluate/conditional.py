@@ -16,7 +16,6 @@ own table (:func:`~.report.conditional_table`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import DataError, option_error, require
+from ...errors import option_error, require
 from ...runtime.checkpoint import RunConfig
 from ...runtime.utils import synchronize
 from .metrics import (
@@ -33,8 +32,8 @@ from .metrics import (
     Model,
     Perplexity,
     UnencodableText,
+    chunk_perplexity,
     mean_sample_entropy,
-    score_chunks,
     scored_positions,
 )
 from .report import EvalRow
@@ -75,13 +74,8 @@ def continuation_perplexity(prefixes: list[str], continuations: list[str], evalu
         scored = [False] * keep + scored_positions(c, evaluator.eos_id)
         for start in range(0, len(ids), context):
             chunks.append((ids[start:start + context], scored[start + 1:start + context], i))
-    sample_nll, sample_tokens = score_chunks(chunks, len(prefixes), evaluator, batch_size)
-    count = sum(sample_tokens)
-    if count == 0:
-        raise DataError("samples: no continuation token to score")
-    nll_sum = math.fsum(sample_nll)
-    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(prefixes),
-                      chunks=len(chunks), sample_nll=sample_nll, sample_tokens=sample_tokens)
+    return chunk_perplexity(chunks, len(prefixes), evaluator, batch_size,
+                            empty="samples: no continuation token to score")
 
 
 def check_prefix_tokens(config: Any, runs: Sequence[RunConfig]) -> None:

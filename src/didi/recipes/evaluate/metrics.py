@@ -230,12 +230,20 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
         for start in range(0, len(ids), evaluator.context_len):
             end = start + evaluator.context_len
             chunks.append((ids[start:end], scored[start + 1:end], i))
-    sample_nll, sample_tokens = score_chunks(chunks, len(texts), evaluator, batch_size)
+    return chunk_perplexity(chunks, len(texts), evaluator, batch_size,
+                            empty="samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
+
+
+def chunk_perplexity(chunks: Sequence[tuple[list[int], list[bool], int]], num_samples: int, evaluator: Evaluator,
+                     batch_size: int, *, empty: str) -> Perplexity:
+    """:class:`Perplexity` of the scored targets of ``chunks`` (see :func:`score_chunks`); ``empty`` is the
+    DataError message when no target is scored."""
+    sample_nll, sample_tokens = score_chunks(chunks, num_samples, evaluator, batch_size)
     count = sum(sample_tokens)
     if count == 0:
-        raise DataError("samples: no token to score (every re-tokenised sample is shorter than 2 tokens)")
+        raise DataError(empty)
     nll_sum = math.fsum(sample_nll)
-    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=len(texts),
+    return Perplexity(ppl=math.exp(nll_sum / count), nll=nll_sum / count, tokens=count, samples=num_samples,
                       chunks=len(chunks), sample_nll=sample_nll, sample_tokens=sample_tokens)
 
 
