@@ -29,14 +29,15 @@ evaluated alike; a student row is then the mean ± std over the distillation see
 the sampling seeds.
 
 Stages (each skipped when its run directory is complete, so an interrupted benchmark resumes):
-teacher MDLM -> AR baseline/evaluator -> DiDi-Instruct student -> evaluation of the teacher at
-8/16/32/64/128/1024 NFE, the student at 8..128 NFE with the ancestral sampler and with RGAS, and the AR baseline,
-all in one process so that every latency ratio is measured on the same machine in the same run; then the
-conditional rows (teacher and student at 8..128 NFE and the AR baseline continue held-out 32-token prefixes,
-`didi eval --prefix-tokens`; `--prefix-tokens 0` skips them).
+teacher MDLM -> AR baseline/evaluator -> DiDi-Instruct student -> evaluation of the teacher at its budgets
+(``Scale.teacher_nfe``; cpu: 8/16/32/64/128/1024 NFE), the student at ``Scale.student_nfe`` (cpu: 8/16/32) with the
+ancestral sampler and with RGAS, and the AR baseline, all in one process so that every latency ratio is measured on
+the same machine in the same run; then the conditional rows (teacher and student at the students' NFEs and the AR
+baseline continue held-out 32-token prefixes, `didi eval --prefix-tokens`; `--prefix-tokens 0` skips them).
 
 The evaluation (``Scale.seeds``, ``Scale.temperatures``, ``Scale.mauve``): every row at temperature 1 with each
-seed (mean ± std), the rest of the temperature sweep with the first seed, each model x NFE's gen-PPL at the
+seed (mean ± std), the rest of the temperature sweep with the first seed (the teacher's at the students' NFEs),
+each model x NFE's gen-PPL at the
 held-out data's entropy, MAUVE against held-out text, and the data and AR reference rows; the teacher's largest
 budget and RGAS at temperature 1 with one seed (bootstrap intervals), for CPU time. Speed-ups are ratios of
 per-sample latencies, every row timed at one batch size. results.json carries every row, seed and temperature,
@@ -47,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -61,13 +63,14 @@ import torch
 from didi.data.corpora import DataConfig
 from didi.diffusion.rgas import RGASConfig
 from didi.recipes.distill import DistillConfig, distill
-from didi.recipes.evaluate.metrics import MARKOV_METRICS, mean_std
+from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, mean_std
 from didi.recipes.evaluate.report import (
     COND_ENTROPY,
     EvalReport,
     EvalRow,
     chain_rates,
     compute_frontiers,
+    curve_key,
     fmt_spread,
     frontier_axis,
     frontier_of,
@@ -130,11 +133,14 @@ BYTES_DISTILL = dict(TINY_DISTILL)
 GPU_MODEL = dict(hidden_size=512, n_blocks=8, n_heads=8)  # the bpe and bytes models of --scale gpu (~30M)
 SMOKE_MODEL = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)
 
-# "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL).
+# "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL). Its
+# students (and the sweeps and conditional rows) stop at 32 NFE, the few-step regime the method is for: sampling
+# costs about 1.7 s per NFE per 128 samples here, and 3 seeds + 3 temperatures + conditional rows at 64 and 128 NFE
+# would add about an hour (measured 2026-12-01).
 SCALES = {
     "cpu": Scale(data="shakespeare", seq_len=128, preset="tiny", teacher_steps=600, ar_steps=400, distill_steps=300,
                  global_batch_size=32, teacher_lr=1e-3, distill=TINY_DISTILL,
-                 teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32, 64, 128], num_samples=128,
+                 teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32], num_samples=128,
                  batch_size=64, top_nfe_samples=64, rgas_samples=64),
     "paper": Scale(data="openwebtext", seq_len=1024, preset="small", teacher_steps=1_000_000, ar_steps=1_000_000,
                    distill_steps=10_000, global_batch_size=512, teacher_lr=3e-4, distill={},
@@ -456,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wall_file = out / "wall_clock.json"
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    if args.teacher:
+        wall["teacher"] = None  # a given teacher's training is not timed by this benchmark
     stages = [("teacher", lambda: None if args.teacher else train_stage("mdlm", teacher, scale, data, args.device,
                                                                        args.seed))]
     if has_ar:
@@ -497,7 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     if has_ar:
         reports.append(eval_report("ar", models=[ar], nfe=scale.student_nfe[:1], **ev, **t1, **references))
     if sweep["temperatures"]:
-        reports.append(eval_report("teacher-sweep", models=[teacher], nfe=scale.teacher_nfe[:-1], **ev, **sweep))
+        # the teacher's sweep at the students' budgets: the matched-entropy comparison is at equal NFE
+        sweep_nfe = [n for n in scale.teacher_nfe[:-1] if n in scale.student_nfe]
+        reports.append(eval_report("teacher-sweep", models=[teacher], nfe=sweep_nfe, **ev, **sweep))
         reports.append(student_report("student-sweep", nfe=scale.student_nfe, **sweep))
         if has_ar:
             reports.append(eval_report("ar-sweep", models=[ar], nfe=scale.student_nfe[:1], **ev, **sweep))
@@ -532,13 +542,15 @@ def main(argv: list[str] | None = None) -> int:
             "conditional_rows": [r.to_json() for r in conditional], "wall_clock_s": wall}
     command = "python benchmarks/reproduce.py" + ("" if regime == "bpe" else f" --regime {regime}") + (
         " --smoke" if args.smoke else f" --scale {args.scale}") + (" --ablation" if args.ablation else "") + (
-        "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}")
+        "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}") + (
+        f" --teacher {args.teacher}" if args.teacher else "")
     proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
-                  data, proteins, report, regime=regime, distill_seeds=distill_seeds)
+                  data, proteins, report, regime=regime, distill_seeds=distill_seeds,
+                  given_teacher=str(args.teacher) if args.teacher else None)
     text += conditional_section(conditional, names, prefix_tokens)
     if regime == "bpe":
-        text += other_regimes_section()
+        text += other_regimes_section(results.parent)
     results.write_text(text)
     summary = {"regime": regime, "scale": scale_name, "command": command, "date": date.today().isoformat(),
                "machine": machine(), "page": results.name, "settings": dataclasses.asdict(scale),
@@ -632,16 +644,20 @@ def regime_rows(regime: str, rows: list[EvalRow], names: dict[str, str], report:
     return out
 
 
-def other_regimes_section() -> str:
-    """Links from docs/results.md to the pages of the other regimes."""
+def other_regimes_section(page_dir: Path) -> str:
+    """Links from docs/results.md to the pages of the other regimes (said plainly where one was not generated)."""
+    def link(regime: str) -> str:
+        page = f"results-{regime}.md"
+        return f"[{regime}]({page})" if (page_dir / page).exists() else \
+            f"{regime} (no {page} yet when this page was written)"
     return "\n".join([
         "", "## Other regimes", "",
         "The same pipeline on other corpora and tokenizers (`--regime`); every invocation also stores its rows in "
         "results.json under `regimes`:", "",
-        "- [markov](results-markov.md): the synthetic Markov language of `--data markov` (byte tokenizer), scored "
+        f"- {link('markov')}: the synthetic Markov language of `--data markov` (byte tokenizer), scored "
         "exactly against the chain (invalid-transition rate, NLL per transition, H(X'|X)); "
         "`python benchmarks/reproduce.py --regime markov`.",
-        "- [bytes](results-bytes.md): the embedded Shakespeare as UTF-8 bytes, gen-PPL under an AR model trained on "
+        f"- {link('bytes')}: the embedded Shakespeare as UTF-8 bytes, gen-PPL under an AR model trained on "
         "the same bytes; `python benchmarks/reproduce.py --regime bytes`.", ""])
 
 
@@ -667,7 +683,8 @@ def combined_report(reports: list[EvalReport], args, evaluator: str | None, scal
 
 
 def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds, data, proteins=None,
-           report=None, regime: str = "bpe", distill_seeds: list[int] | None = None) -> str:
+           report=None, regime: str = "bpe", distill_seeds: list[int] | None = None,
+           given_teacher: str | None = None) -> str:
     report = report or EvalReport(rows=rows, meta={})
     rows_all, rows = rows, [r for r in rows if r.temperature in (1.0, None)]
     student_rows = [r for r in rows if names.get(r.source) == "student"]
@@ -687,6 +704,9 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         model = f"{scale.preset} DiT/GPT" + (f" ({_model_overrides(scale)})" if regime != "bpe" and
                                             _model_overrides(scale) else "")
         stages = f"teacher {scale.teacher_steps} steps, AR {scale.ar_steps} steps"
+    if given_teacher:  # trained elsewhere: its config.json, not this scale, says how
+        stages = stages.replace(f"teacher {scale.teacher_steps} steps", f"teacher given (`{given_teacher}`, trained "
+                                "as its config.json says)")
     seeds_text = "" if len(distill_seeds) < 2 else \
         f" per student, one student per distillation seed ({', '.join(map(str, distill_seeds))})"
     title = "# Reproduced results" + ("" if regime == "bpe" else f": the {regime} regime")
@@ -695,8 +715,8 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
               "gen-PPL and entropy against NFE at T = 1; gen-PPL against entropy over the temperature sweeps")
     lines = [
         title, "",
-        f"Command: `{command}` — {date.today().isoformat()}; this invocation took {seconds / 60:.1f} min (stages "
-        "finished by an earlier, interrupted invocation are reused; their training times are below).  ",
+        f"Command: `{command}` — {date.today().isoformat()}; this invocation took {seconds / 60:.1f} min (trained "
+        "models and evaluations saved by an earlier invocation are reused; the training times are below).  ",
         f"Machine: {machine()}.  ",
         f"Scale: {model}, sequence length {scale.seq_len}, {corpus}, {stages}, DiDi-Instruct "
         f"{scale.distill_iterations} iterations{seeds_text} ({json.dumps(scale.distill)}); {scored}.", "",
@@ -723,7 +743,8 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         "| stage | wall-clock |", "|---|---|",
     ]
     for stage, secs in wall.items():
-        lines.append(f"| {stage} | {'given' if secs is None else f'{secs / 60:.1f} min'} |")
+        untimed = "not timed here (given, or run outside this benchmark)"
+        lines.append(f"| {stage} | {untimed if secs is None else f'{secs / 60:.1f} min'} |")
     if wall.get("teacher") and wall.get("student"):
         lines += ["", f"Distillation took {wall['student'] / wall['teacher']:.2f}× the teacher's training time."]
     distillations = [v for k, v in wall.items() if k.startswith("student-s") and v]
@@ -856,10 +877,43 @@ def protein_table(page: Path) -> str | None:
     return "\n".join(body[start:end])
 
 
+def _against_curve(student: EvalRow, teacher: EvalRow, report: EvalReport, metric: str, percent: bool = False
+                   ) -> str:
+    """Where a student lies against the teacher's temperature curve at the same NFE, read at the student's *own*
+    entropy (the frontiers' axis): a gain that cooling the teacher would also give is no gain (issue 14). The curve
+    is interpolated between its two bracketing temperatures (log scale for gen-PPL); its spread is the larger of the
+    two bracketing rows' (one standard deviation), added in quadrature to the student's spread over seeds."""
+    curve = frontier_of(report, teacher)
+    if not curve or student.value(metric) is None:
+        return ""
+    axis = frontier_axis(curve)
+    label = COND_ENTROPY if axis == "conditional_entropy" else "entropy"
+    own, points = student.value(axis), curve["points"]
+    xs = [p[axis] for p in points]
+    at = interpolate_at(xs, [p[metric] for p in points], own, log_y=metric == "gen_ppl")
+    if at is None:
+        return (f"; its own {label} {own:.3f} lies outside the teacher's @ {teacher.nfe} temperature curve "
+                f"({min(xs):.3f}-{max(xs):.3f}): not compared")
+    value, i = at
+    bracket = {points[i]["temperature"], points[i + 1]["temperature"]}
+    curve_rows = [r for r in report.rows if curve_key(r) == curve_key(teacher) and r.temperature in bracket]
+    spread = math.hypot(_sigma(student, metric), max((_sigma(r, metric) for r in curve_rows), default=0.0))
+    diff = student.value(metric) - value
+    k, unit, spec = (100, " points", ".2f") if percent else (1, "", ".1f")
+    head = (f"; at its own {label} {own:.3f} the teacher's @ {teacher.nfe} temperature curve reads "
+            f"{format(k * value, spec)}: the student is ")
+    if abs(diff) <= 3 * spread:
+        return head + (f"no different from it ({format(k * abs(diff), spec)}{unit} apart, within 3× the spread "
+                       f"{format(k * spread, spec)})")
+    return head + (f"{format(k * abs(diff), spec)}{unit} {'below' if diff < 0 else 'above'} it (spread "
+                   f"{format(k * spread, spec)})")
+
+
 def _markov_reading(student_rows, teacher_rows, rows, names, report=None) -> str:
     """The Markov regime's reading: one factual sentence per student budget, its invalid rate against the teacher
-    at the same NFE (a difference smaller than the two spreads together is a tie), at the matched H(X'|X) and
-    against the teacher at max NFE, and its NLL/transition and H(X'|X) against the chain's rate and the data."""
+    at the same NFE (within 3x the spread: no difference), at the matched H(X'|X), against the teacher's
+    temperature curve at its own H(X'|X), against the teacher at max NFE (the share of the gap closed), and its
+    NLL/transition and H(X'|X) against the chain's rate and the data."""
     report = report or EvalReport(rows=rows, meta={})
     top = teacher_rows[max(teacher_rows)]
     data = next((r for r in rows if r.kind == "data"), None)
@@ -877,8 +931,12 @@ def _markov_reading(student_rows, teacher_rows, rows, names, report=None) -> str
             text += (f"; at {frontier_axis(matched).replace('conditional_entropy', COND_ENTROPY)} "
                      f"{matched['target_entropy']:.3f}: {100 * matched['invalid_rate']:.2f} % vs "
                      f"{100 * matched_teacher['invalid_rate']:.2f} %")
+        text += _against_curve(r, teacher, report, "invalid_rate", percent=True)
         if top.value("invalid_rate") is not None:
             text += f"; teacher @ {top.nfe}: {100 * top.value('invalid_rate'):.2f} %"
+            if top is not teacher and same > top.value("invalid_rate"):
+                text += f" (the student closes {100 * (same - mine) / (same - top.value('invalid_rate')):.1f} % of " \
+                        f"the gap between the teacher @ {r.nfe} and @ {top.nfe})"
         text += (f"; NLL/transition {r.value('nll_per_transition'):.3f} vs teacher "
                  f"{teacher.value('nll_per_transition'):.3f} (chain rate {r.markov['chain_entropy_rate']:.3f})")
         text += (f"; {COND_ENTROPY} {r.value('conditional_entropy'):.3f} vs teacher "
@@ -889,26 +947,29 @@ def _markov_reading(student_rows, teacher_rows, rows, names, report=None) -> str
     return "\n".join(out)
 
 
-def _halfwidth(row: EvalRow, metric: str) -> float:
-    """Half the spread of a row's value: its std over seeds, else half its bootstrap interval, else 0."""
+def _sigma(row: EvalRow, metric: str) -> float:
+    """The spread of a row's value as one standard deviation: its std over seeds, else its bootstrap 95% interval's
+    half-width / 1.96, else 0."""
     spread = row.spread.get(metric, {})
     if spread.get("std") is not None:
         return spread["std"]
-    return (spread["high"] - spread["low"]) / 2 if spread.get("low") is not None else 0.0
+    return (spread["high"] - spread["low"]) / (2 * 1.96) if spread.get("low") is not None else 0.0
 
 
 def _verdict(student: EvalRow, teacher: EvalRow, metric: str) -> str:
-    """How a student's value of a lower-is-better ``metric`` compares with the teacher's: a difference no larger
-    than the two half-spreads together is a tie."""
+    """How a student's value of a lower-is-better ``metric`` compares with the teacher's. A difference within 3x its
+    spread (the two rows' standard deviations added in quadrature) is no difference."""
     mine, same = student.value(metric), teacher.value(metric)
-    if abs(mine - same) <= _halfwidth(student, metric) + _halfwidth(teacher, metric):
-        return "is within the spreads of"
+    spread = math.hypot(_sigma(student, metric), _sigma(teacher, metric))
+    if abs(mine - same) <= 3 * spread:
+        return "is no different (within 3× the spread) from"
     return "beats" if mine < same else "trails"
 
 
 def _reading(student_rows, teacher_rows, rows, names, report=None) -> str:
-    """One factual sentence per student budget: gen-PPL against the teacher at the same NFE (a difference smaller
-    than the two spreads together is called a tie), at the matched entropy, and against the teacher at max NFE."""
+    """One factual sentence per student budget: gen-PPL against the teacher at the same NFE (within 3x the spread:
+    no difference), at the matched entropy, against the teacher's temperature curve at its own entropy, and against
+    the teacher at max NFE."""
     report = report or EvalReport(rows=rows, meta={})
     top = teacher_rows[max(teacher_rows)]
     ar = next((r for r in rows if r.kind == "ar"), None)
@@ -924,6 +985,7 @@ def _reading(student_rows, teacher_rows, rows, names, report=None) -> str:
         if matched and matched_teacher and matched["gen_ppl"] and matched_teacher["gen_ppl"]:
             text += (f"; at entropy {matched['target_entropy']:.3f}: {matched['gen_ppl']:.1f} vs "
                      f"{matched_teacher['gen_ppl']:.1f}")
+        text += _against_curve(r, teacher, report, "gen_ppl")
         if top.value("gen_ppl") is not None:
             text += f"; teacher @ {top.nfe}: {top.value('gen_ppl'):.1f}"
         if ar is not None and ar.value("gen_ppl") is not None:

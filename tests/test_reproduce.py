@@ -3,13 +3,56 @@ evaluation with both samplers, conditional rows, ablation, results page and plot
 in seconds; then the markov regime (exact metrics, two distillation seeds) beside it."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def reproduce_module():
+    spec = importlib.util.spec_from_file_location("reproduce_under_test", ROOT / "benchmarks" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def curve_row(model: str, temperature: float, entropy: float, ppl: float, std: float):
+    from didi.recipes.evaluate.report import EvalRow
+    return EvalRow(model=model, kind="mdlm", sampler="ancestral", nfe=8, source=model, num_samples=4, seq_len=8,
+                   generated_tokens=8, nfe_per_batch=[8], extra_calls={}, batch_sizes=[4], latencies_s=[0.5],
+                   timing="", temperature=temperature, seeds=[0, 1, 2],
+                   spread={"gen_ppl": {"mean": ppl, "std": std}, "entropy": {"mean": entropy, "std": 0.01}})
+
+
+def test_a_student_is_read_against_the_teachers_temperature_curve_at_its_own_entropy():
+    """The issue-14 reading: the teacher's curve (log gen-PPL linear in entropy between the bracketing temperatures)
+    at the student's entropy, and a verdict that needs more than 3x the spread (in quadrature) to call a difference."""
+    from didi.recipes.evaluate.report import EvalReport, compute_frontiers
+    reproduce = reproduce_module()
+    teacher = [curve_row("teacher", 1.0, 4.0, 200.0, 5.0), curve_row("teacher", 0.8, 3.0, 50.0, 1.0)]
+
+    def read(entropy: float, ppl: float) -> str:
+        student = curve_row("student", 1.0, entropy, ppl, 2.0)
+        rows = teacher + [student]
+        report = EvalReport(rows=rows, meta={}, frontiers=compute_frontiers(rows, None))
+        return reproduce._against_curve(student, teacher[0], report, "gen_ppl")
+
+    spread = math.hypot(2.0, 5.0)  # the student's and the larger of the two bracketing rows'
+    assert read(3.5, 80.0) == (f"; at its own entropy 3.500 the teacher's @ 8 temperature curve reads 100.0: the "
+                               f"student is 20.0 below it (spread {spread:.1f})")
+    assert read(3.5, 95.0).endswith(f"the student is no different from it (5.0 apart, within 3× the spread "
+                                    f"{spread:.1f})")
+    assert "is 20.0 above it" in read(3.5, 120.0)
+    assert "lies outside the teacher's @ 8 temperature curve (3.000-4.000): not compared" in read(4.5, 80.0)
+    # the same rule for the student against the teacher at the same NFE
+    assert reproduce._verdict(curve_row("s", 1.0, 4.0, 180.0, 2.0), teacher[0], "gen_ppl") == "beats"
+    assert reproduce._verdict(curve_row("s", 1.0, 4.0, 185.0, 2.0), teacher[0], "gen_ppl").startswith("is no diff")
 
 
 def test_reproduce_smoke_writes_results_and_plot(tmp_path):
@@ -66,7 +109,8 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     bpe_rows = saved["rows"]
     assert [r["model"] for r in saved["regimes"]["bpe"]["rows"]][:2] == ["teacher", "teacher"]
-    assert "## Other regimes" in (tmp_path / "results.md").read_text()
+    page = (tmp_path / "results.md").read_text()
+    assert "## Other regimes" in page and "- markov (no results-markov.md yet when this page was written)" in page
 
     # the markov regime beside it: its own runs (OUT/markov), page (results-markov.md) and rows in results.json
     markov = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--regime", "markov",
@@ -86,3 +130,14 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert saved["regimes"]["markov"]["frontier_axis"] == "conditional_entropy"
     page = (tmp_path / "results-markov.md").read_text()
     assert page.startswith("# Reproduced results: the markov regime") and "| invalid % (T = 1) ↓ |" in page
+
+    # a teacher trained elsewhere (--teacher): the page's command names it and the scale's teacher steps are not
+    # claimed for it
+    teacher = tmp_path / "markov" / "teacher"
+    given = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--regime", "markov",
+                            "--smoke", "--out", str(tmp_path), "--teacher", str(teacher)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert given.returncode == 0, given.stderr[-3000:]
+    page = (tmp_path / "results-markov.md").read_text()
+    assert f"--smoke --teacher {teacher}`" in page and f"teacher given (`{teacher}`" in page
+    assert "| teacher | not timed here" in page
