@@ -164,14 +164,14 @@ SCALES = {
 
 # The synthetic Markov language: the exact metrics are the evaluator (no AR stage, no gen-PPL, no MAUVE).
 MARKOV_SCALES = {
-    "cpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=3000, ar_steps=0, distill_steps=800,
+    "cpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=3000, ar_steps=0, distill_steps=1200,
                  global_batch_size=32, teacher_lr=1e-3, distill=MARKOV_DISTILL, teacher_nfe=[8, 16, 32, 128],
                  student_nfe=[8, 16], num_samples=128, batch_size=64, train_extra=dict(hidden_size=128), ar=False,
                  mauve=False, prefix_tokens=0, distill_seeds=[0, 1, 2],
                  temperatures=[0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], frontier_entropy="conditional"),
-    # one H200: teacher 5000 x 128 x 64 tokens of a ~6M model (~2 min, launch-bound), three distillations of 500
-    # iterations (~2 min each), evaluation (~1 min): ~9 min, an estimate (never measured)
-    "gpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=5000, ar_steps=0, distill_steps=500,
+    # one H200, run with --jobs 3: teacher 5000 x 128 x 64 tokens of a ~6M model (~2 min, launch-bound), three
+    # distillations of 1200 iterations side by side (~5 min), evaluation (~1 min): ~8 min, an estimate (never measured)
+    "gpu": Scale(data="markov", seq_len=64, preset="tiny", teacher_steps=5000, ar_steps=0, distill_steps=1200,
                  global_batch_size=128, teacher_lr=1e-3, distill=dict(MARKOV_DISTILL, disc_blocks=6),
                  teacher_nfe=[8, 16, 32, 128], student_nfe=[8, 16], num_samples=256, batch_size=256, eval_blocks=256,
                  train_extra=dict(hidden_size=256, n_blocks=6, n_heads=4), ar=False, mauve=False, prefix_tokens=0,
@@ -254,6 +254,50 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
                         save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
     resume = latest_snapshot(out) is not None
     return _timed(lambda: distill(cfg, resume=resume))
+
+
+def parallel_distill_stages(argv: list[str] | None, seeds: list[int], students: list[Path], scale: Scale, jobs: int,
+                            wall: dict) -> None:
+    """Run the distillation of each seed as a child process (``--distill-seed``), ``jobs`` at a time, each with
+    ``cores // jobs`` threads (at least 1) and its log in STUDENT.log; records each seed's own wall-clock seconds
+    (they overlap: the page says they ran in parallel) under ``wall["student-sN"]`` and ``wall["parallel_jobs"]``."""
+    import subprocess
+
+    todo = [(s, d) for s, d in zip(seeds, students) if completed_steps(d) < scale.distill_iterations]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    base = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
+    running: list[tuple[str, subprocess.Popen, Path]] = []
+    failed = []
+
+    def reap(block: bool) -> None:
+        for item in list(running):
+            name, proc, log = item
+            if block or proc.poll() is not None:
+                code = proc.wait()
+                running.remove(item)
+                lines = log.read_text().strip().splitlines()
+                if code != 0 or not lines:
+                    failed.append(f"{name} (exit {code}; see {log})")
+                    continue
+                wall[name] = json.loads(lines[-1])["seconds"]
+                return
+
+    for seed, student in todo:
+        while len(running) >= jobs:
+            reap(block=False)
+            time.sleep(1)
+        student.mkdir(parents=True, exist_ok=True)
+        log = student.with_suffix(".log")
+        with open(log, "w") as stdout, open(log.with_suffix(".err"), "w") as stderr:
+            proc = subprocess.Popen([*base, "--distill-seed", str(seed)], env=env, stdout=stdout, stderr=stderr)
+        running.append((student.name, proc, log))
+        print(f"distilling seed {seed} in the background (log: {log.with_suffix('.err')})", flush=True)
+    while running:
+        reap(block=True)
+    if failed:
+        raise SystemExit("distillation failed: " + "; ".join(failed))
+    wall["parallel_jobs"] = jobs if todo else wall.get("parallel_jobs")
 
 
 NEW_EVAL_FIELDS = {"frontier_entropy": "sample"}
@@ -432,11 +476,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="override the corpus of the scale")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="distil the seeds of Scale.distill_seeds in this many "
+                        "processes at once, each with cores/jobs threads (on 2 cores, 3 single-thread tiny "
+                        "distillations finish sooner than 3 two-thread ones in a row); default 1")
+    parser.add_argument("--distill-seed", type=int, default=None, help=argparse.SUPPRESS)  # one seed (a --jobs child)
     parser.add_argument("--prefix-tokens", type=int, default=None, help="conditional rows: teacher, student and AR "
                         "continue held-out prefixes of this many tokens (default: the scale's, 32; 8 with --smoke; "
                         "none for markov; 0: none)")
     args = parser.parse_args(argv)
 
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1 (got {args.jobs})")
     regime = args.regime
     scale_name = "smoke" if args.smoke else args.scale
     if scale_name not in REGIMES[regime]:
@@ -471,8 +521,18 @@ def main(argv: list[str] | None = None) -> int:
     for seed, student in zip(distill_seeds, students):
         stages.append((student.name, lambda seed=seed, student=student: distill_stage(teacher, student, scale,
                                                                                       args.device, seed)))
+    if args.distill_seed is not None:  # a child of --jobs: this seed's distillation only, its seconds on stdout
+        seconds = distill_stage(teacher, out / f"student-s{args.distill_seed}", scale, args.device, args.distill_seed)
+        print(json.dumps({"seconds": seconds}))
+        return 0
+    if args.jobs > 1 and len(students) > 1:
+        stages = stages[:-len(students)] + [("distillations", lambda: parallel_distill_stages(
+            argv, distill_seeds, students, scale, args.jobs, wall))]
     for stage, run in stages:
         seconds = run()
+        if stage == "distillations":  # the seeds' own times are already in wall
+            wall_file.write_text(json.dumps(wall))
+            continue
         if seconds is not None or stage not in wall:
             wall[stage] = seconds
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
@@ -543,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/reproduce.py" + ("" if regime == "bpe" else f" --regime {regime}") + (
         " --smoke" if args.smoke else f" --scale {args.scale}") + (" --ablation" if args.ablation else "") + (
         "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}") + (
-        f" --teacher {args.teacher}" if args.teacher else "")
+        f" --teacher {args.teacher}" if args.teacher else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
     proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
                   data, proteins, report, regime=regime, distill_seeds=distill_seeds,
@@ -742,7 +802,10 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         "## Training cost", "",
         "| stage | wall-clock |", "|---|---|",
     ]
+    jobs = wall.get("parallel_jobs")
     for stage, secs in wall.items():
+        if stage == "parallel_jobs":
+            continue
         untimed = "not timed here (given, or run outside this benchmark)"
         lines.append(f"| {stage} | {untimed if secs is None else f'{secs / 60:.1f} min'} |")
     if wall.get("teacher") and wall.get("student"):
@@ -751,6 +814,10 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
     if wall.get("teacher") and distillations:
         lines += ["", f"A distillation took {sum(distillations) / len(distillations) / wall['teacher']:.2f}× the "
                       f"teacher's training time (mean over {len(distillations)} distillation seeds)."]
+    if jobs:
+        lines += ["", f"The distillations ran {jobs} at a time (`--jobs {jobs}`), each process with "
+                      f"{max(1, (os.cpu_count() or 1) // jobs)} thread(s) sharing the machine's cores: each one's "
+                      "wall-clock is its own, the stages overlap."]
     ablation_metric, ablation_title = ("invalid_rate", "invalid % by NFE") if markov else ("gen_ppl", "gen-PPL by NFE")
     if ablation_rows:
         lines += ["", f"## Cumulative ablation ({ablation_title}, ancestral sampler)", "",

@@ -27,3 +27,26 @@ def test_quickstart_runs_every_stage_and_resumes(tmp_path, corpus_file, capsys):
     assert main(argv) == 0  # a second run reuses the three finished runs
     again = capsys.readouterr().out
     assert again.count("is complete, reusing it") == 3
+
+
+def test_quickstart_markov_regime_scores_against_the_chain(tmp_path, capsys):
+    """--regime markov: the byte teacher of the synthetic Markov language, a student distilled with the markov
+    settings, samples at 128 and 8 NFE and the table of exact metrics (no AR evaluator)."""
+    out = tmp_path / "qm"
+    argv = ["quickstart", "--regime", "markov", "--out", str(out), "--seq-len", "16", "--teacher-steps", "3",
+            "--distill-steps", "2", "--num-samples", "1", "--eval-samples", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for header in ("teacher @ 128 NFE", "teacher @ 8 NFE", "student @ 8 NFE", "evaluating against the chain"):
+        assert header in printed
+    assert "invalid" in printed  # the exact metrics' columns
+    assert not (out / "ar").exists()
+    report = json.loads((out / "eval.json").read_text())
+    rows = [r for r in report["rows"] if r["model"] in ("teacher", "student")]
+    assert {(r["model"], r["nfe"]) for r in rows} == {("teacher", 8), ("teacher", 128), ("student", 8),
+                                                       ("student", 128)}
+    assert all(0.0 <= r["markov"]["invalid_rate"] <= 1.0 for r in rows)
+    teacher = json.loads((out / "teacher" / "config.json").read_text())
+    student = json.loads((out / "student" / "config.json").read_text())
+    assert teacher["model"]["hidden_size"] == 128
+    assert student["extra"]["distill"]["disc_window"] == 1 and student["extra"]["distill"]["steps"] == 2

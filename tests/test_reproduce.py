@@ -114,8 +114,13 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
 
     # the markov regime beside it: its own runs (OUT/markov), page (results-markov.md) and rows in results.json
     markov = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--regime", "markov",
-                             "--smoke", "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+                             "--smoke", "--out", str(tmp_path), "--jobs", "2"], env=env, capture_output=True,
+                            text=True, timeout=300)
     assert markov.returncode == 0, markov.stderr[-3000:]
+    # --jobs 2: the two distillation seeds ran as child processes, each with its own log and its own time
+    assert all((tmp_path / "markov" / f"student-s{s}.err").read_text() for s in (0, 1))
+    wall = json.loads((tmp_path / "markov" / "wall_clock.json").read_text())
+    assert wall["parallel_jobs"] == 2 and wall["student-s0"] > 0 and wall["student-s1"] > 0
     assert (tmp_path / "markov" / "student-s0").is_dir() and (tmp_path / "markov" / "student-s1").is_dir()
     assert not (tmp_path / "markov" / "ar").exists()  # the exact metrics are the evaluator
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -130,6 +135,7 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert saved["regimes"]["markov"]["frontier_axis"] == "conditional_entropy"
     page = (tmp_path / "results-markov.md").read_text()
     assert page.startswith("# Reproduced results: the markov regime") and "| invalid % (T = 1) ↓ |" in page
+    assert "--smoke --jobs 2`" in page and "ran 2 at a time (`--jobs 2`)" in page
 
     # a teacher trained elsewhere (--teacher): the page's command names it and the scale's teacher steps are not
     # claimed for it

@@ -479,7 +479,9 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
                        description="The whole pipeline on the embedded Gutenberg Shakespeare: a tiny MDLM teacher, "
                                    "its samples at 1024 and 16 NFE, a DiDi-Instruct student at 16 NFE, and an "
                                    "evaluation table under an AR model trained on the same text. Finished stages "
-                                   "are reused when run again.")
+                                   "are reused when run again. --regime markov: the same on the synthetic Markov "
+                                   "language (samples at 128 and 8 NFE, invalid transitions counted exactly "
+                                   "against the chain instead of an AR evaluator).")
     add_config_arguments(p, QuickstartConfig)
 
 
