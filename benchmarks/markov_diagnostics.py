@@ -44,6 +44,7 @@ from didi.recipes import distill as recipe
 from didi.recipes.distill import DistillConfig, DistillModels, _load_teacher, distill_step
 from didi.recipes.evaluate.metrics import markov_rows
 from didi.recipes.quickstart import MARKOV_DISTILL
+from didi.runtime.distributed import rank_seed
 from didi.runtime.utils import step_generator
 
 # The regime's settings (steps is --steps here); --option KEY=VALUE overrides any of them.
@@ -92,6 +93,7 @@ def load_setup(teacher_dir: str, language_path: str | None, cfg: DistillConfig):
     tokenizer = load_tokenizer(Path(teacher_dir), teacher_config.tokenizer)
     language = MarkovLanguage.load(Path(language_path or Path(teacher_dir) / "markov.json"))
     data = prepare_data(DataConfig(**teacher_config.data), tokenizer=tokenizer, progress=False)
+    torch.manual_seed(cfg.seed)  # as didi distill: the discriminator's head is drawn right after this
     models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
                                         teacher_config.diffusion.eps, device)
     return teacher_config, tokenizer, language, data, models
@@ -166,8 +168,11 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
         with (out / f"seed{seed}.jsonl").open("w") as log:
             for step in range(cfg.steps):
                 seen.clear()
-                metrics = distill_step(models, data.train.batch(batches.indices(step)), step, cfg,
-                                       step_generator(seed, step, 2),
+                if args.reseed_global or args.streams == "distill":  # the global RNG (dropout) reseeded every
+                    torch.manual_seed(rank_seed(seed, step, 0, 3))  # step from (seed, step), as didi distill does
+                generator = step_generator(seed, step, 2) if args.streams == "loop" else \
+                    torch.Generator().manual_seed(rank_seed(seed, step, 0, 2))  # didi distill's step generator
+                metrics = distill_step(models, data.train.batch(batches.indices(step)), step, cfg, generator,
                                        reward_fn=oracle if args.reward == "oracle" else None)
                 x = seen["x"]
                 window["invalid"].append(table.rate(x))
@@ -193,6 +198,9 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
                           flush=True)
     finally:
         recipe.student_rollout, recipe.token_rewards = rollout, rewards_of
+    disc = recipe.dist.unwrap(models.discriminator)  # not a student: kept out of frontier's seed*-* files
+    save_file({k: v.contiguous() for k, v in disc.state_dict().items()},
+              str(out / f"discriminator-seed{seed}.safetensors"))
     for name, net in (("ema", models.ema), ("raw", recipe.dist.unwrap(models.student))):
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"seed{seed}-{name}.safetensors"))
     return last
@@ -274,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--seeds", default="0")
     d.add_argument("--steps", type=int, default=700)
     d.add_argument("--log-every", type=int, default=50)
+    d.add_argument("--reseed-global", action="store_true", help="reseed the global RNG (dropout) every step from "
+                   "(seed, step) as didi distill does")
+    d.add_argument("--streams", choices=["loop", "distill"], default="loop", help="random streams: this loop's "
+                   "(step_generator) or exactly those of didi distill (its step generator and global reseed), so "
+                   "that both runs can be compared weight for weight")
     d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of MARKOV_SETTINGS / any DistillConfig field")
     f = sub.add_parser("frontier", help="teacher NFE and temperature sweep against saved students")

@@ -184,3 +184,31 @@ def test_markov_diagnostics_counts_exactly_and_runs(run, tmp_path, capsys):
              "--nfe", "4"])
     printed = capsys.readouterr().out
     assert "NFE 4 ema: 1 seeds" in printed and "NFE 4 raw: 1 seeds" in printed
+
+
+def test_markov_diagnostics_loop_with_distill_streams_is_didi_distill(run, tmp_path):
+    """`markov_diagnostics.py distill --streams distill` runs the very updates of `didi distill` (same step
+    generator, same global reseed, same initialisation): weight for weight equal after 3 iterations without
+    warm-ups (the loop's probe of the discriminator during a warm-up runs its spectral-norm power iteration, so
+    with warm-ups the two differ)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from didi.recipes.distill import DistillConfig, distill
+    from didi.recipes.quickstart import MARKOV_DISTILL
+
+    settings = {**MARKOV_DISTILL, "disc_blocks": 2, "student_steps": 2, "disc_warmup_steps": 0, "warmup_steps": 0}
+    distill(DistillConfig(teacher=str(run), out=str(tmp_path / "a"), seed=1, progress=False,
+                          **{**settings, "steps": 3}))
+    md = _markov_diagnostics()
+    md.main(["distill", "--teacher", str(run), "--out", str(tmp_path / "b"), "--steps", "3", "--seeds", "1",
+             "--streams", "distill", "--option", "disc_blocks=2", "--option", "student_steps=2",
+             "--option", "disc_warmup_steps=0", "--option", "warmup_steps=0"])
+    for mine, theirs in (("model", "seed1-raw"), ("ema", "seed1-ema"), ("discriminator", "discriminator-seed1")):
+        a = load_file(str(tmp_path / "a" / f"{mine}.safetensors"))
+        b = load_file(str(tmp_path / "b" / f"{theirs}.safetensors"))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), mine
+    start = load_file(str(run / "ema.safetensors"))
+    moved = load_file(str(tmp_path / "a" / "model.safetensors"))
+    assert any(not torch.equal(start[k], moved[k]) for k in start)  # the student did update
