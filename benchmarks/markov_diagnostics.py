@@ -168,9 +168,9 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
         with (out / f"seed{seed}.jsonl").open("w") as log:
             for step in range(cfg.steps):
                 seen.clear()
-                if args.reseed_global or args.streams == "distill":  # the global RNG (dropout) reseeded every
-                    torch.manual_seed(rank_seed(seed, step, 0, 3))  # step from (seed, step), as didi distill does
-                generator = step_generator(seed, step, 2) if args.streams == "loop" else \
+                if args.streams != "loop":  # the global RNG (dropout) reseeded every step, as didi distill does
+                    torch.manual_seed(rank_seed(seed, step, 0, 3))
+                generator = step_generator(seed, step, 2) if args.streams != "distill" else \
                     torch.Generator().manual_seed(rank_seed(seed, step, 0, 2))  # didi distill's step generator
                 metrics = distill_step(models, data.train.batch(batches.indices(step)), step, cfg, generator,
                                        reward_fn=oracle if args.reward == "oracle" else None)
@@ -282,11 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--seeds", default="0")
     d.add_argument("--steps", type=int, default=700)
     d.add_argument("--log-every", type=int, default=50)
-    d.add_argument("--reseed-global", action="store_true", help="reseed the global RNG (dropout) every step from "
-                   "(seed, step) as didi distill does")
-    d.add_argument("--streams", choices=["loop", "distill"], default="loop", help="random streams: this loop's "
-                   "(step_generator) or exactly those of didi distill (its step generator and global reseed), so "
-                   "that both runs can be compared weight for weight")
+    d.add_argument("--streams", choices=["loop", "loop-reseeded", "distill"], default="loop", help="random "
+                   "streams: this loop's (step_generator, one global stream); loop-reseeded: the same step generator "
+                   "with the global RNG (dropout) reseeded every step from (seed, step) as didi distill does; "
+                   "distill: exactly didi distill's (its step generator too), so that both runs can be compared "
+                   "weight for weight")
     d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of MARKOV_SETTINGS / any DistillConfig field")
     f = sub.add_parser("frontier", help="teacher NFE and temperature sweep against saved students")

@@ -256,45 +256,42 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
     return _timed(lambda: distill(cfg, resume=resume))
 
 
+def threads_per_job(jobs: int) -> int:
+    """CPU threads of each of ``jobs`` parallel distillations (``--jobs``): the machine's cores shared out, at
+    least 1."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def parallel_distill_stages(argv: list[str] | None, seeds: list[int], students: list[Path], scale: Scale, jobs: int,
                             wall: dict) -> None:
-    """Run the distillation of each seed as a child process (``--distill-seed``), ``jobs`` at a time, each with
-    ``cores // jobs`` threads (at least 1) and its log in STUDENT.log; records each seed's own wall-clock seconds
-    (they overlap: the page says they ran in parallel) under ``wall["student-sN"]`` and ``wall["parallel_jobs"]``."""
+    """Run the distillation of each unfinished seed as a child process (``--distill-seed``), ``jobs`` at a time,
+    each with :func:`threads_per_job` threads, its stdout in STUDENT.log and its progress in STUDENT.err; records
+    each seed's own wall-clock seconds (they overlap: the page says they ran in parallel) under
+    ``wall["student-sN"]`` and ``wall["parallel_jobs"]``."""
     import subprocess
+    from concurrent.futures import ThreadPoolExecutor
 
     todo = [(s, d) for s, d in zip(seeds, students) if completed_steps(d) < scale.distill_iterations]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    threads = str(threads_per_job(jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     base = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
-    running: list[tuple[str, subprocess.Popen, Path]] = []
-    failed = []
 
-    def reap(block: bool) -> None:
-        for item in list(running):
-            name, proc, log = item
-            if block or proc.poll() is not None:
-                code = proc.wait()
-                running.remove(item)
-                lines = log.read_text().strip().splitlines()
-                if code != 0 or not lines:
-                    failed.append(f"{name} (exit {code}; see {log})")
-                    continue
-                wall[name] = json.loads(lines[-1])["seconds"]
-                return
-
-    for seed, student in todo:
-        while len(running) >= jobs:
-            reap(block=False)
-            time.sleep(1)
+    def run(seed: int, student: Path) -> str | None:
+        """One seed's child; its seconds into ``wall``, or why it failed."""
         student.mkdir(parents=True, exist_ok=True)
         log = student.with_suffix(".log")
-        with open(log, "w") as stdout, open(log.with_suffix(".err"), "w") as stderr:
-            proc = subprocess.Popen([*base, "--distill-seed", str(seed)], env=env, stdout=stdout, stderr=stderr)
-        running.append((student.name, proc, log))
         print(f"distilling seed {seed} in the background (log: {log.with_suffix('.err')})", flush=True)
-    while running:
-        reap(block=True)
+        with open(log, "w") as stdout, open(log.with_suffix(".err"), "w") as stderr:
+            code = subprocess.run([*base, "--distill-seed", str(seed)], env=env, stdout=stdout,
+                                  stderr=stderr).returncode
+        lines = log.read_text().strip().splitlines()
+        if code != 0 or not lines:
+            return f"{student.name} (exit {code}; see {log.with_suffix('.err')})"
+        wall[student.name] = json.loads(lines[-1])["seconds"]
+        return None
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        failed = [f for f in pool.map(lambda item: run(*item), todo) if f]
     if failed:
         raise SystemExit("distillation failed: " + "; ".join(failed))
     wall["parallel_jobs"] = jobs if todo else wall.get("parallel_jobs")
@@ -525,17 +522,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds = distill_stage(teacher, out / f"student-s{args.distill_seed}", scale, args.device, args.distill_seed)
         print(json.dumps({"seconds": seconds}))
         return 0
-    if args.jobs > 1 and len(students) > 1:
-        stages = stages[:-len(students)] + [("distillations", lambda: parallel_distill_stages(
-            argv, distill_seeds, students, scale, args.jobs, wall))]
+    parallel = args.jobs > 1 and len(students) > 1
+    if parallel:  # the distillation stages run side by side below
+        stages = stages[:-len(students)]
     for stage, run in stages:
         seconds = run()
-        if stage == "distillations":  # the seeds' own times are already in wall
-            wall_file.write_text(json.dumps(wall))
-            continue
         if seconds is not None or stage not in wall:
             wall[stage] = seconds
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
+    if parallel:
+        parallel_distill_stages(argv, distill_seeds, students, scale, args.jobs, wall)
+        wall_file.write_text(json.dumps(wall))
     evaluator = scale.evaluator or (str(ar) if has_ar else None)
     names = {str(teacher): "teacher", **{str(s): "student" for s in students}, str(ar): "AR"}
     ev = dict(out=out, scale=scale, evaluator=evaluator, device=args.device, seed=args.seed)
@@ -816,7 +813,7 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
                       f"teacher's training time (mean over {len(distillations)} distillation seeds)."]
     if jobs:
         lines += ["", f"The distillations ran {jobs} at a time (`--jobs {jobs}`), each process with "
-                      f"{max(1, (os.cpu_count() or 1) // jobs)} thread(s) sharing the machine's cores: each one's "
+                      f"{threads_per_job(jobs)} thread(s) sharing the machine's cores: each one's "
                       "wall-clock is its own, the stages overlap."]
     ablation_metric, ablation_title = ("invalid_rate", "invalid % by NFE") if markov else ("gen_ppl", "gen-PPL by NFE")
     if ablation_rows:
