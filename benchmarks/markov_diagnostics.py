@@ -166,7 +166,7 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
     started = time.perf_counter()
     try:
         with (out / f"seed{seed}.jsonl").open("w") as log:
-            for step in range(cfg.steps):
+            for step in range(args.stop_after or cfg.steps):
                 seen.clear()
                 if args.streams != "loop":  # the global RNG (dropout) reseeded every step, as didi distill does
                     torch.manual_seed(rank_seed(seed, step, 0, 3))
@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--seeds", default="0")
     d.add_argument("--steps", type=int, default=700)
     d.add_argument("--log-every", type=int, default=50)
+    d.add_argument("--stop-after", type=int, default=0, help="stop after this many iterations (the schedules still "
+                   "run over --steps; e.g. the discriminator warm-up alone of a full-length run)")
     d.add_argument("--streams", choices=["loop", "loop-reseeded", "distill"], default="loop", help="random "
                    "streams: this loop's (step_generator, one global stream); loop-reseeded: the same step generator "
                    "with the global RNG (dropout) reseeded every step from (seed, step) as didi distill does; "

@@ -79,7 +79,7 @@ from didi.recipes.evaluate.report import (
 from didi.recipes.evaluate.runner import EvalConfig, evaluate
 from didi.recipes.quickstart import MARKOV_DISTILL, TINY_DISTILL
 from didi.recipes.train import TrainConfig, resume_config, train
-from didi.runtime.checkpoint import completed_steps, latest_snapshot
+from didi.runtime.checkpoint import completed_steps, latest_snapshot, read_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,12 +246,37 @@ def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, 
     return _timed(lambda: train(cfg, data_cfg, kind=kind))
 
 
-def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> float | None:
+RUN_ONLY_FIELDS = {"teacher", "out", "device", "progress", "save_every", "keep_checkpoints", "log_every"}
+"""DistillConfig fields that do not change what a distillation computes (left out of :func:`check_same_settings`)."""
+
+
+def check_same_settings(out: Path, cfg: DistillConfig) -> None:
+    """Refuse to reuse or resume a student run in ``out`` that was made with other distillation settings (say, an
+    older MARKOV_DISTILL): its figures would be reported under the new ones."""
+    if not (out / "config.json").exists():
+        return
+    run = read_run_config(out)
+    saved = run.extra.get("distill", {})
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    skip = RUN_ONLY_FIELDS | set(run.extra.get("fitted_warmups", {}))
+    differ = sorted(k for k in wanted if k not in skip and saved.get(k, wanted[k]) != wanted[k])
+    if differ:
+        raise SystemExit(f"{out}: made with other distillation settings ({', '.join(differ)}); move it away or "
+                         f"give another --out")
+
+
+def student_config(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> DistillConfig:
+    """The settings of one distillation seed (``switches``: an ablation's overrides)."""
     steps = scale.distill_iterations
-    if completed_steps(out) >= steps:
+    return DistillConfig(teacher=str(teacher), out=str(out), seed=seed, device=device,
+                         save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
+
+
+def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> float | None:
+    cfg = student_config(teacher, out, scale, device, seed, **switches)
+    check_same_settings(out, cfg)
+    if completed_steps(out) >= cfg.steps:
         return None
-    cfg = DistillConfig(teacher=str(teacher), out=str(out), seed=seed, device=device,
-                        save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
     resume = latest_snapshot(out) is not None
     return _timed(lambda: distill(cfg, resume=resume))
 
@@ -518,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed, student in zip(distill_seeds, students):
         stages.append((student.name, lambda seed=seed, student=student: distill_stage(teacher, student, scale,
                                                                                       args.device, seed)))
+    for seed, student in zip(distill_seeds, students):  # before any stage: a stale student stops the run early
+        check_same_settings(student, student_config(teacher, student, scale, args.device, seed))
     if args.distill_seed is not None:  # a child of --jobs: this seed's distillation only, its seconds on stdout
         seconds = distill_stage(teacher, out / f"student-s{args.distill_seed}", scale, args.device, args.distill_seed)
         print(json.dumps({"seconds": seconds}))

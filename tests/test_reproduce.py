@@ -3,6 +3,7 @@ evaluation with both samplers, conditional rows, ablation, results page and plot
 in seconds; then the markov regime (exact metrics, two distillation seeds) beside it."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -10,6 +11,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +139,14 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     page = (tmp_path / "results-markov.md").read_text()
     assert page.startswith("# Reproduced results: the markov regime") and "| invalid % (T = 1) ↓ |" in page
     assert "--smoke --jobs 2`" in page and "ran 2 at a time (`--jobs 2`)" in page
+
+    # a student made with other settings (an older MARKOV_DISTILL) is neither reused nor resumed
+    module = reproduce_module()
+    scale, student = module.MARKOV_SCALES["smoke"], tmp_path / "markov" / "student-s0"
+    module.check_same_settings(student, module.student_config(tmp_path / "t", student, scale, "cpu", 0))
+    changed = dataclasses.replace(scale, distill={**scale.distill, "disc_lr": 0.5})
+    with pytest.raises(SystemExit, match=r"student-s0: made with other distillation settings \(disc_lr\)"):
+        module.check_same_settings(student, module.student_config(tmp_path / "t", student, changed, "cpu", 0))
 
     # a teacher trained elsewhere (--teacher): the page's command names it and the scale's teacher steps are not
     # claimed for it
