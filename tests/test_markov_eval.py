@@ -212,3 +212,31 @@ def test_markov_diagnostics_loop_with_distill_streams_is_didi_distill(run, tmp_p
     start = load_file(str(run / "ema.safetensors"))
     moved = load_file(str(tmp_path / "a" / "model.safetensors"))
     assert any(not torch.equal(start[k], moved[k]) for k in start)  # the student did update
+
+
+def test_markov_diagnostics_stop_after_is_the_start_of_the_full_length_run(run, tmp_path):
+    """`--stop-after N` runs the first N iterations of a `--steps` run (its learning-rate schedules span all of
+    them): with didi distill's streams, the weights equal didi distill's snapshot at N of the same-length run, and
+    differ from a run that is N iterations long."""
+    import torch
+    from safetensors.torch import load_file
+
+    from didi.recipes.distill import DistillConfig, distill
+    from didi.recipes.quickstart import MARKOV_DISTILL
+
+    settings = {**MARKOV_DISTILL, "disc_blocks": 2, "student_steps": 2, "disc_warmup_steps": 0, "warmup_steps": 0}
+    distill(DistillConfig(teacher=str(run), out=str(tmp_path / "a"), seed=1, progress=False, save_every=2,
+                          **{**settings, "steps": 4}))
+    md = _markov_diagnostics()
+    options = ["--option", "disc_blocks=2", "--option", "student_steps=2", "--option", "disc_warmup_steps=0",
+               "--option", "warmup_steps=0", "--seeds", "1", "--streams", "distill", "--log-every", "1"]
+    md.main(["distill", "--teacher", str(run), "--out", str(tmp_path / "b"), "--steps", "4", "--stop-after", "2",
+             *options])
+    md.main(["distill", "--teacher", str(run), "--out", str(tmp_path / "c"), "--steps", "2", *options])
+    logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "seed1.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]
+    snapshot = load_file(str(tmp_path / "a" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    stopped = load_file(str(tmp_path / "b" / "seed1-raw.safetensors"))
+    short = load_file(str(tmp_path / "c" / "seed1-raw.safetensors"))
+    assert all(torch.equal(snapshot[k], stopped[k]) for k in snapshot)
+    assert any(not torch.equal(snapshot[k], short[k]) for k in snapshot)
