@@ -265,6 +265,10 @@ def run_compare(args: argparse.Namespace) -> None:
         ent = np.array([r["conditional_entropy"] for r in rows])
         below = np.array([np.interp(h, entropies, invalid) - i for h, i in zip(ent, inv)])
         outside = int(((ent < entropies[0]) | (ent > entropies[-1])).sum())
+        if args.per_model:
+            for r, b in zip(rows, below):
+                print(f"{r['model']}: invalid {r['invalid_pct']:.2f} %, H(X'|X) {r['conditional_entropy']:.3f}; "
+                      f"below the teacher's curve by {b:.2f} points")
         print(f"NFE {args.nfe} {weights}: {len(rows)} seeds, invalid {inv.mean():.2f} ± {spread(inv):.2f} %, "
               f"H(X'|X) {ent.mean():.3f} ± {spread(ent):.3f}; below the teacher's temperature curve at the same "
               f"H(X'|X) by {below.mean():.2f} ± {spread(below):.2f} points"
@@ -307,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--teacher-json", required=True, help="frontier --json of the teacher's temperature sweep")
     c.add_argument("--students-json", required=True, help="frontier --json of the students")
     c.add_argument("--nfe", type=int, default=8)
+    c.add_argument("--per-model", action="store_true", help="also one line per student weight file")
     args = parser.parse_args(argv)
     {"distill": run_distill, "frontier": run_frontier, "compare": run_compare}[args.command](args)
 

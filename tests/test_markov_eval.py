@@ -181,9 +181,11 @@ def test_markov_diagnostics_counts_exactly_and_runs(run, tmp_path, capsys):
     assert names == ["teacher", "teacher", "diag/seed0-ema", "diag/seed0-raw"]
     capsys.readouterr()
     md.main(["compare", "--teacher-json", str(tmp_path / "f.json"), "--students-json", str(tmp_path / "f.json"),
-             "--nfe", "4"])
+             "--nfe", "4", "--per-model"])
     printed = capsys.readouterr().out
     assert "NFE 4 ema: 1 seeds" in printed and "NFE 4 raw: 1 seeds" in printed
+    ema = next(r for r in json.loads((tmp_path / "f.json").read_text())["rows"] if r["model"] == "diag/seed0-ema")
+    assert f"diag/seed0-ema: invalid {ema['invalid_pct']:.2f} %" in printed
 
 
 def test_markov_diagnostics_loop_with_distill_streams_is_didi_distill(run, tmp_path):
