@@ -60,9 +60,10 @@ from pathlib import Path
 
 import torch
 
+from didi.config import to_dict
 from didi.data.corpora import DataConfig
 from didi.diffusion.rgas import RGASConfig
-from didi.recipes.distill import DistillConfig, distill
+from didi.recipes.distill import RESUMABLE_OPTIONS, DistillConfig, distill
 from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, mean_std
 from didi.recipes.evaluate.report import (
     COND_ENTROPY,
@@ -246,8 +247,10 @@ def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, 
     return _timed(lambda: train(cfg, data_cfg, kind=kind))
 
 
-RUN_ONLY_FIELDS = {"teacher", "out", "device", "progress", "save_every", "keep_checkpoints", "log_every"}
-"""DistillConfig fields that do not change what a distillation computes (left out of :func:`check_same_settings`)."""
+RUN_ONLY_FIELDS = (set(RESUMABLE_OPTIONS) - {"steps"}) | {"teacher", "out"}
+"""DistillConfig fields that do not change what a distillation computes (left out of :func:`check_same_settings`):
+those ``didi distill --resume`` may change, except ``steps`` (a longer schedule gives other figures), and the
+paths."""
 
 
 def check_same_settings(out: Path, cfg: DistillConfig) -> None:
@@ -257,7 +260,7 @@ def check_same_settings(out: Path, cfg: DistillConfig) -> None:
         return
     run = read_run_config(out)
     saved = run.extra.get("distill", {})
-    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    wanted = json.loads(json.dumps(to_dict(cfg)))  # as config.json holds it
     skip = RUN_ONLY_FIELDS | set(run.extra.get("fitted_warmups", {}))
     differ = sorted(k for k in wanted if k not in skip and saved.get(k, wanted[k]) != wanted[k])
     if differ:
