@@ -23,7 +23,15 @@ student is compared with the teacher at its own entropy.
     python benchmarks/markov_diagnostics.py frontier --teacher runs/markov-teacher --students runs/markov-diag
     python benchmarks/markov_diagnostics.py compare --teacher-json T.json --students-json S.json --nfe 8
 
-``compare``: each student seed against the teacher's temperature curve at the seed's own H(X'|X).
+``compare``: each student seed against the teacher's temperature curve at the seed's own H(X'|X) (``--model``: the
+rows of another model, e.g. the teacher cooled only at masked positions with a masked neighbour, ``frontier
+--neighbour-temperatures``).
+
+``chain-frontier``: the language's exact posterior as the denoiser (a perfect teacher) through the same ancestral
+sampler: its temperature curve (the factorisation error alone) against a *coupled* denoiser whose neighbours agree
+by construction. Is the temperature curve the best a factorised few-step sampler can do? (docs/method.md)
+
+    python benchmarks/markov_diagnostics.py chain-frontier --language runs/markov-teacher/markov.json
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from didi.data.corpora import BatchSchedule, DataConfig, prepare_data
 from didi.data.markov import MarkovLanguage, markov_metrics
 from didi.data.tokenizer import load_tokenizer
+from didi.diffusion.process import LogLinearSchedule
 from didi.diffusion.sampling import AncestralConfig, ancestral_sample
 from didi.recipes import distill as recipe
 from didi.recipes.distill import DistillConfig, DistillModels, _load_teacher, distill_step
@@ -109,12 +118,31 @@ def parse_options(pairs: list[str]) -> dict:
     return out
 
 
+def masked_neighbour(z: torch.Tensor, mask_index: int) -> torch.Tensor:
+    """(B, L) bool: masked positions with at least one masked neighbour (the ones an ancestral step can reveal
+    together with a neighbour, drawing both independently)."""
+    masked = z == mask_index
+    left = torch.zeros_like(masked)
+    left[:, 1:] = masked[:, :-1]
+    right = torch.zeros_like(masked)
+    right[:, :-1] = masked[:, 1:]
+    return masked & (left | right)
+
+
+def tempered(net: torch.nn.Module, temperature: float, mask_index: int, where: str = "all"):
+    """The denoiser ``logits / T``: at every position (``all``, the usual temperature) or only at masked positions
+    with a masked neighbour (``masked-neighbour``; T = 1 elsewhere)."""
+    if where == "all":
+        return lambda z, s: net(z, s) / temperature
+    return lambda z, s: net(z, s) / torch.where(masked_neighbour(z, mask_index), temperature, 1.0)[..., None]
+
+
 def sample_metrics(net: torch.nn.Module, tokenizer, language: MarkovLanguage, *, mask_index: int, schedule, nfe: int,
-                   seq_len: int, n: int, seed: int, temperature: float = 1.0) -> dict[str, float]:
+                   seq_len: int, n: int, seed: int, temperature: float = 1.0, where: str = "all") -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     net.eval()
     with torch.no_grad():
-        out = ancestral_sample(lambda z, s: net(z, s) / temperature, batch_size=n, seq_len=seq_len,
+        out = ancestral_sample(tempered(net, temperature, mask_index, where), batch_size=n, seq_len=seq_len,
                                mask_index=mask_index, schedule=schedule, config=AncestralConfig(num_steps=nfe),
                                generator=generator)
     return markov_metrics(language, markov_rows(tokenizer, out.tokens.tolist()))
@@ -206,6 +234,101 @@ def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path)
     return last
 
 
+class ChainDenoiser:
+    """The exact denoiser of the Markov language itself: for byte sequences of letters, the posterior
+    ``p(x_i = a | revealed letters)`` of every position under the chain (started from its stationary distribution),
+    by forward-backward, as log-probabilities over the byte vocabulary (invalid transitions get probability 1e-9, so
+    that letters already revealed as an invalid pair leave a defined posterior). A perfect teacher: its few-step samples
+    err only because an ancestral step draws the positions it reveals independently.
+
+    ``coupled_below`` (a masked share, 0 = never): in rows with at most this share of positions masked, masked
+    positions at even index (anchors) put all mass on their posterior argmax, and the other masked positions take
+    their posterior given the revealed letters *and* every masked anchor at its argmax (still one function of
+    ``z``: one NFE). Neighbours are always an anchor and a
+    non-anchor, so two neighbours revealed in the same step are consistent: a factorised step that trades the
+    anchors' entropy for validity instead of cooling every position."""
+
+    def __init__(self, language: MarkovLanguage, vocab_size: int, mask_index: int, coupled_below: float = 0.0):
+        t = torch.tensor(language.transitions, dtype=torch.float64) + 1e-9  # revealed invalid pairs stay possible
+        self.t = t / t.sum(-1, keepdim=True)
+        self.start = torch.tensor(language.stationary(), dtype=torch.float64).clamp(min=0)
+        self.codes = torch.tensor([ord(c) for c in language.letters])
+        self.letter_of = torch.full((vocab_size + 1,), -1, dtype=torch.long)
+        self.letter_of[self.codes] = torch.arange(len(self.codes))
+        self.vocab_size, self.mask_index, self.coupled_below = vocab_size, mask_index, coupled_below
+
+    def posterior(self, evidence: torch.Tensor) -> torch.Tensor:
+        """(B, L, S) evidence (1 where a letter is allowed) -> (B, L, S) posterior marginals."""
+        n = evidence.shape[1]
+        fwd = torch.empty_like(evidence)
+        bwd = torch.ones_like(evidence)
+        f = self.start * evidence[:, 0]
+        fwd[:, 0] = f / f.sum(-1, keepdim=True)
+        for i in range(1, n):
+            f = (fwd[:, i - 1] @ self.t) * evidence[:, i]
+            fwd[:, i] = f / f.sum(-1, keepdim=True)
+        for i in range(n - 2, -1, -1):
+            b = (evidence[:, i + 1] * bwd[:, i + 1]) @ self.t.T
+            bwd[:, i] = b / b.sum(-1, keepdim=True)
+        post = fwd * bwd
+        return post / post.sum(-1, keepdim=True)
+
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        masked = z == self.mask_index
+        letters = self.letter_of[z.clamp(max=self.vocab_size)]
+        if bool((~masked & (letters < 0)).any()):
+            raise ValueError("ChainDenoiser: a revealed token is not a letter of the language")
+        num_letters = len(self.codes)
+        evidence = torch.where(masked[..., None], 1.0, torch.nn.functional.one_hot(letters.clamp(min=0),
+                                                                                   num_letters).double())
+        post = self.posterior(evidence)
+        coupled = masked.double().mean(1, keepdim=True) <= self.coupled_below
+        if bool(coupled.any()):
+            anchors = masked & coupled & (torch.arange(z.shape[1]) % 2 == 0)
+            best = torch.nn.functional.one_hot(post.argmax(-1), num_letters).double()
+            post = torch.where(anchors[..., None], best, self.posterior(torch.where(anchors[..., None], best,
+                                                                                    evidence)))
+        logits = torch.full((*z.shape, self.vocab_size + 1), -torch.inf, dtype=torch.float64)
+        logits[..., self.codes] = post.log()
+        return logits
+
+
+def run_chain_frontier(args: argparse.Namespace) -> None:
+    """The exact chain as a few-step denoiser: its plain temperature curve against the coupled denoiser (coupled
+    once at most each ``--coupled-below`` share of the positions is masked)."""
+    language = MarkovLanguage.load(Path(args.language))
+    config = dict(batch_size=args.samples, seq_len=args.seq_len, mask_index=args.vocab_size,
+                  schedule=LogLinearSchedule(), config=AncestralConfig(num_steps=args.nfe))
+    rows = []
+    seeds = [int(s) for s in args.sample_seeds.split(",")]
+    policies = ([("chain", float(t), 0.0) for t in args.temperatures.split(",") if t]
+                + [("chain-coupled", 1.0, float(c)) for c in args.coupled_below.split(",") if c])
+    for name, temperature, below in policies:
+        denoiser = ChainDenoiser(language, args.vocab_size, args.vocab_size, coupled_below=below)
+        results, tempered_denoiser = [], tempered(denoiser, temperature, args.vocab_size)
+        for seed in seeds:
+            out = ancestral_sample(tempered_denoiser,
+                                   generator=torch.Generator().manual_seed(seed), **config)
+            text = ["".join(chr(c) for c in row) for row in out.tokens.tolist()]
+            results.append(markov_metrics(language, text))
+        invalid = np.array([r["invalid_rate"] for r in results]) * 100
+        entropy = np.array([r["conditional_entropy"] for r in results])
+        rows.append({"model": name, "nfe": args.nfe, "temperature": temperature, "coupled_below": below,
+                     "invalid_pct": float(invalid.mean()),
+                     "invalid_pct_std": spread(invalid), "conditional_entropy": float(entropy.mean())})
+        print(f"{name:14s} NFE {args.nfe:3d} T {temperature:4.2f} coupled below {below:4.2f}  invalid "
+              f"{invalid.mean():6.2f} ± {spread(invalid):.2f} %  H(X'|X) {entropy.mean():.3f}", flush=True)
+    curve = sorted((r["conditional_entropy"], r["invalid_pct"]) for r in rows if r["model"] == "chain")
+    for r in rows:
+        if r["model"] == "chain-coupled" and len(curve) > 1 and curve[0][0] <= r["conditional_entropy"] <= curve[-1][0]:
+            r["curve_minus_invalid_pct"] = float(np.interp(r["conditional_entropy"], *zip(*curve))) - r["invalid_pct"]
+            print(f"coupled below {r['coupled_below']:4.2f}: below the chain's temperature curve at the same "
+                  f"H(X'|X) by {r['curve_minus_invalid_pct']:.2f} points")
+    print(f"chain entropy rate {language.entropy_rate():.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "chain_entropy_rate": language.entropy_rate()}, indent=1))
+
+
 def run_frontier(args: argparse.Namespace) -> None:
     cfg = DistillConfig(teacher=args.teacher, out="-", progress=False)  # only the teacher and schedule are used
     teacher_config, tokenizer, language, _, models = load_setup(args.teacher, args.language, cfg)
@@ -215,9 +338,9 @@ def run_frontier(args: argparse.Namespace) -> None:
                   n=args.samples)
     seeds = [int(s) for s in args.sample_seeds.split(",")]
 
-    def row(name: str, nfe: int, temperature: float) -> dict:
-        results = [sample_metrics(net, tokenizer, language, nfe=nfe, seed=s, temperature=temperature, **common)
-                   for s in seeds]
+    def row(name: str, nfe: int, temperature: float, where: str = "all") -> dict:
+        results = [sample_metrics(net, tokenizer, language, nfe=nfe, seed=s, temperature=temperature, where=where,
+                                  **common) for s in seeds]
         invalid = np.array([r["invalid_rate"] for r in results]) * 100
         entropy = np.array([r["conditional_entropy"] for r in results])
         out = {"model": name, "nfe": nfe, "temperature": temperature, "invalid_pct": float(invalid.mean()),
@@ -233,6 +356,8 @@ def run_frontier(args: argparse.Namespace) -> None:
         rows.append(row("teacher", nfe, 1.0))
     for temperature in [float(s) for s in args.temperatures.split(",") if s]:
         rows.append(row("teacher", args.nfe, temperature))
+    for temperature in [float(s) for s in args.neighbour_temperatures.split(",") if s]:
+        rows.append(row("teacher-masked-neighbour", args.nfe, temperature, "masked-neighbour"))
     for directory in args.students:
         for weights in sorted(Path(directory).glob("seed*-*.safetensors")):
             net.load_state_dict(load_file(str(weights)))
@@ -251,14 +376,16 @@ def spread(values: np.ndarray) -> float:
 def run_compare(args: argparse.Namespace) -> None:
     """Students against the teacher's temperature curve at the same NFE: each seed's invalid share is compared with
     the curve (linear in H(X'|X) between its points) at that seed's own conditional entropy; mean ± std (ddof 1)
-    over the seeds, for the EMA and the raw weights."""
+    over the seeds, for the EMA and the raw weights (or over the rows of ``--model``)."""
     teacher = [r for r in json.loads(Path(args.teacher_json).read_text())["rows"]
                if r["nfe"] == args.nfe and r["model"] == "teacher"]
     curve = sorted((r["conditional_entropy"], r["invalid_pct"]) for r in teacher)
     entropies, invalid = [c[0] for c in curve], [c[1] for c in curve]
     students = [r for r in json.loads(Path(args.students_json).read_text())["rows"] if r["nfe"] == args.nfe]
-    for weights in ("ema", "raw"):
-        rows = [r for r in students if r["model"].endswith(f"-{weights}")]
+    groups = {args.model: lambda name: name == args.model} if args.model else {
+        weights: lambda name, w=weights: name.endswith(f"-{w}") for weights in ("ema", "raw")}
+    for weights, chosen in groups.items():
+        rows = [r for r in students if chosen(r["model"])]
         if not rows:
             continue
         inv = np.array([r["invalid_pct"] for r in rows])
@@ -267,12 +394,16 @@ def run_compare(args: argparse.Namespace) -> None:
         outside = int(((ent < entropies[0]) | (ent > entropies[-1])).sum())
         if args.per_model:
             for r, b in zip(rows, below):
-                print(f"{r['model']}: invalid {r['invalid_pct']:.2f} %, H(X'|X) {r['conditional_entropy']:.3f}; "
-                      f"below the teacher's curve by {b:.2f} points")
-        print(f"NFE {args.nfe} {weights}: {len(rows)} seeds, invalid {inv.mean():.2f} ± {spread(inv):.2f} %, "
+                h = r["conditional_entropy"]
+                where = (f"below the teacher's curve by {b:.2f} points" if entropies[0] <= h <= entropies[-1]
+                         else "outside the curve's entropy range")
+                print(f"{r['model']} (T {r.get('temperature', 1.0):.2f}): invalid {r['invalid_pct']:.2f} %, "
+                      f"H(X'|X) {h:.3f}; {where}")
+        unit = "rows" if args.model else "seeds"
+        print(f"NFE {args.nfe} {weights}: {len(rows)} {unit}, invalid {inv.mean():.2f} ± {spread(inv):.2f} %, "
               f"H(X'|X) {ent.mean():.3f} ± {spread(ent):.3f}; below the teacher's temperature curve at the same "
               f"H(X'|X) by {below.mean():.2f} ± {spread(below):.2f} points"
-              + (f" ({outside} seeds outside the curve's entropy range)" if outside else ""))
+              + (f" ({outside} {unit} outside the curve's entropy range)" if outside else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,17 +434,35 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--teacher-nfe", default="8,16,32,128", help="teacher rows at temperature 1 ('' for none)")
     f.add_argument("--temperatures", default="0.9,0.8,0.7,0.6,0.5,0.4,0.3",
                    help="teacher rows at --nfe ('' for none)")
+    f.add_argument("--neighbour-temperatures", default="", help="teacher rows at --nfe with the temperature applied "
+                   "only to masked positions that have a masked neighbour ('' for none): does a reshaping that "
+                   "cools only where two neighbours can be drawn together beat the plain temperature curve?")
     f.add_argument("--samples", type=int, default=256)
     f.add_argument("--sample-seeds", default="0,1")
     f.add_argument("--seq-len", type=int, default=0)
     f.add_argument("--json", default=None)
+    o = sub.add_parser("chain-frontier", help="the exact chain as a few-step denoiser: temperature curve against "
+                       "the coupled denoiser (is the temperature curve a bound for factorised steps?)")
+    o.add_argument("--language", required=True, help="markov.json (e.g. a teacher run's)")
+    o.add_argument("--nfe", type=int, default=8)
+    o.add_argument("--temperatures", default="1.0,0.8,0.6,0.5,0.4,0.3,0.2,0.1")
+    o.add_argument("--coupled-below", default="1.0,0.75,0.5,0.25", help="coupled-denoiser rows: couple once at "
+                   "most this share of a row's positions is masked (1.0: from the first step)")
+    o.add_argument("--samples", type=int, default=256)
+    o.add_argument("--sample-seeds", default="0,1,2")
+    o.add_argument("--seq-len", type=int, default=64)
+    o.add_argument("--vocab-size", type=int, default=257, help="byte vocabulary (the [MASK] id is this)")
+    o.add_argument("--json", default=None)
     c = sub.add_parser("compare", help="students against the teacher's temperature curve (frontier JSON files)")
     c.add_argument("--teacher-json", required=True, help="frontier --json of the teacher's temperature sweep")
     c.add_argument("--students-json", required=True, help="frontier --json of the students")
     c.add_argument("--nfe", type=int, default=8)
     c.add_argument("--per-model", action="store_true", help="also one line per student weight file")
+    c.add_argument("--model", default=None, help="compare the rows of this model name instead of the students' EMA "
+                   "and raw weights (e.g. teacher-masked-neighbour, one row per temperature)")
     args = parser.parse_args(argv)
-    {"distill": run_distill, "frontier": run_frontier, "compare": run_compare}[args.command](args)
+    {"distill": run_distill, "frontier": run_frontier, "compare": run_compare,
+     "chain-frontier": run_chain_frontier}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -176,16 +176,36 @@ def test_markov_diagnostics_counts_exactly_and_runs(run, tmp_path, capsys):
     assert [row["step"] for row in logged] == [1, 2] and 0.0 <= logged[-1]["rollout_invalid"] <= 1.0
     assert (out / "seed0-ema.safetensors").is_file() and (out / "seed0-raw.safetensors").is_file()
     md.main(["frontier", "--teacher", str(run), "--students", str(out), "--teacher-nfe", "4", "--temperatures",
-             "0.5", "--nfe", "4", "--samples", "4", "--sample-seeds", "0", "--json", str(tmp_path / "f.json")])
+             "0.5", "--neighbour-temperatures", "0.5", "--nfe", "4", "--samples", "4", "--sample-seeds", "0",
+             "--json", str(tmp_path / "f.json")])
     names = [row["model"] for row in json.loads((tmp_path / "f.json").read_text())["rows"]]
-    assert names == ["teacher", "teacher", "diag/seed0-ema", "diag/seed0-raw"]
+    assert names == ["teacher", "teacher", "teacher-masked-neighbour", "diag/seed0-ema", "diag/seed0-raw"]
     capsys.readouterr()
     md.main(["compare", "--teacher-json", str(tmp_path / "f.json"), "--students-json", str(tmp_path / "f.json"),
              "--nfe", "4", "--per-model"])
     printed = capsys.readouterr().out
     assert "NFE 4 ema: 1 seeds" in printed and "NFE 4 raw: 1 seeds" in printed
     ema = next(r for r in json.loads((tmp_path / "f.json").read_text())["rows"] if r["model"] == "diag/seed0-ema")
-    assert f"diag/seed0-ema: invalid {ema['invalid_pct']:.2f} %" in printed
+    assert f"diag/seed0-ema (T 1.00): invalid {ema['invalid_pct']:.2f} %" in printed
+
+
+def test_markov_diagnostics_compare_reads_a_named_model_against_the_teachers_curve(tmp_path, capsys):
+    """`compare --model NAME`: each row of that model against the teacher's temperature curve, linear in H(X'|X);
+    a row outside the curve's entropy range is said to be, and not read off a clamped curve."""
+    md = _markov_diagnostics()
+    rows = [{"model": "teacher", "nfe": 8, "temperature": 1.0, "invalid_pct": 20.0, "conditional_entropy": 2.0},
+            {"model": "teacher", "nfe": 8, "temperature": 0.5, "invalid_pct": 10.0, "conditional_entropy": 1.0},
+            {"model": "cooled", "nfe": 8, "temperature": 0.7, "invalid_pct": 12.0, "conditional_entropy": 1.5},
+            {"model": "cooled", "nfe": 8, "temperature": 0.2, "invalid_pct": 5.0, "conditional_entropy": 0.5},
+            {"model": "other", "nfe": 8, "temperature": 1.0, "invalid_pct": 1.0, "conditional_entropy": 1.5}]
+    (tmp_path / "f.json").write_text(json.dumps({"rows": rows}))
+    md.main(["compare", "--teacher-json", str(tmp_path / "f.json"), "--students-json", str(tmp_path / "f.json"),
+             "--nfe", "8", "--model", "cooled", "--per-model"])
+    printed = capsys.readouterr().out
+    assert "cooled (T 0.70): invalid 12.00 %, H(X'|X) 1.500; below the teacher's curve by 3.00 points" in printed
+    assert "cooled (T 0.20): invalid 5.00 %, H(X'|X) 0.500; outside the curve's entropy range" in printed
+    assert "NFE 8 cooled: 2 rows" in printed and "(1 rows outside the curve's entropy range)" in printed
+    assert "other" not in printed
 
 
 def test_markov_diagnostics_loop_with_distill_streams_is_didi_distill(run, tmp_path):
@@ -242,3 +262,75 @@ def test_markov_diagnostics_stop_after_is_the_start_of_the_full_length_run(run, 
     short = load_file(str(tmp_path / "c" / "seed1-raw.safetensors"))
     assert all(torch.equal(snapshot[k], stopped[k]) for k in snapshot)
     assert any(not torch.equal(snapshot[k], short[k]) for k in snapshot)
+
+
+def test_chain_denoiser_is_the_exact_posterior_and_its_coupling_keeps_neighbours_valid(tmp_path):
+    """markov_diagnostics.ChainDenoiser: its per-position posterior equals brute-force enumeration of every letter
+    sequence of a small chain consistent with the revealed letters; the coupled denoiser makes anchors (even
+    positions) deterministic and gives their odd neighbours only letters that follow and precede them validly; the
+    masked-neighbour temperature cools exactly the masked positions with a masked neighbour; `chain-frontier` in one
+    step gives the invalid share of independent stationary draws."""
+    import itertools
+
+    import torch
+
+    md = _markov_diagnostics()
+    language = MarkovLanguage.build(seed=3, num_states=4, num_successors=2)
+    mask, length = 257, 5
+    denoiser = md.ChainDenoiser(language, vocab_size=257, mask_index=mask)
+    codes = [ord(c) for c in language.letters]
+    z = torch.full((2, length), mask)
+    z[0, 1], z[1, 3], z[1, 4] = codes[2], codes[0], codes[1]
+    logits = denoiser(z, torch.zeros(2))
+    t, start = denoiser.t.numpy(), language.stationary()
+    for row in range(2):
+        weights = np.zeros((length, 4))
+        for seq in itertools.product(range(4), repeat=length):
+            if any(z[row, i] != mask and codes[seq[i]] != z[row, i] for i in range(length)):
+                continue
+            p = start[seq[0]] * np.prod([t[a, b] for a, b in zip(seq[:-1], seq[1:])])
+            weights[np.arange(length), seq] += p
+        expected = weights / weights.sum(1, keepdims=True)
+        got = logits[row][:, codes].exp().numpy()
+        masked = (z[row] == mask).numpy()
+        np.testing.assert_allclose(got[masked], expected[masked], rtol=1e-9, atol=1e-12)
+        assert torch.isinf(logits[row][:, [c for c in range(258) if c not in codes]]).all()
+
+    coupled = md.ChainDenoiser(language, vocab_size=257, mask_index=mask, coupled_below=1.0)
+    z = torch.full((3, 6), mask)
+    z[1, 5] = codes[1]
+    probs = coupled(z, torch.zeros(3))[:, :, codes].exp()
+    valid = torch.tensor(language.transitions > 0)
+    for row in range(3):
+        for i in range(0, 6, 2):
+            anchor = int(probs[row, i].argmax())
+            assert probs[row, i, anchor] == 1.0
+            for j in (i - 1, i + 1):
+                if 0 <= j < 6 and z[row, j] == mask:
+                    support = probs[row, j] > 1e-6
+                    ok = valid[anchor] if j > i else valid[:, anchor]
+                    assert bool(support.any()) and bool(ok[support].all())
+    never = md.ChainDenoiser(language, vocab_size=257, mask_index=mask, coupled_below=0.0)
+    assert not bool((never(z, torch.zeros(3))[:, 0::2, codes].exp() == 1.0).all())
+
+    # end to end: in one step every letter is an independent draw from the stationary distribution, so the invalid
+    # share is 1 - Σ π(a) π(b) [T(a, b) > 0]; with many steps the exact denoiser hardly errs
+    language.save(tmp_path / "markov.json")
+    invalid = {}
+    for nfe in (1, 64):
+        md.main(["chain-frontier", "--language", str(tmp_path / "markov.json"), "--nfe", str(nfe), "--temperatures",
+                 "1.0", "--coupled-below", "", "--samples", "400", "--sample-seeds", "0", "--seq-len", "8",
+                 "--json", str(tmp_path / "chain.json")])
+        invalid[nfe] = json.loads((tmp_path / "chain.json").read_text())["rows"][0]["invalid_pct"] / 100
+    pi = language.stationary()
+    expected = 1 - float(pi @ (language.transitions > 0) @ pi)
+    assert abs(invalid[1] - expected) < 4 * np.sqrt(expected * (1 - expected) / (400 * 7))
+    assert invalid[64] < 0.25 * expected
+
+    z = torch.tensor([[mask, mask, 7, mask, 8, mask, mask]])
+    assert md.masked_neighbour(z, mask).tolist() == [[True, True, False, False, False, True, True]]
+    net = lambda z, s: torch.zeros(*z.shape, 258)  # noqa: E731
+    net_logits = torch.ones(1, 7, 258)
+    cooled = md.tempered(lambda z, s: net_logits, 0.5, mask, "masked-neighbour")(z, None)
+    assert cooled[0, :, 0].tolist() == [2.0, 2.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    assert torch.equal(md.tempered(net, 0.5, mask)(z, None), torch.zeros(1, 7, 258))
