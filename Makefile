@@ -39,4 +39,4 @@ test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) runs/quickstart
+	rm -rf $(VENV) runs/quickstart runs/quickstart-bytes runs/quickstart-markov

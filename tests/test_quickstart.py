@@ -8,7 +8,8 @@ from didi.cli import main
 
 def test_quickstart_runs_every_stage_and_resumes(tmp_path, corpus_file, capsys):
     out = tmp_path / "qs"
-    argv = ["quickstart", "--out", str(out), "--data", str(corpus_file), "--seq-len", "32", "--vocab-size", "300",
+    argv = ["quickstart", "--regime", "bpe", "--out", str(out), "--data", str(corpus_file), "--seq-len", "32",
+            "--vocab-size", "300",
             "--teacher-steps", "3", "--distill-steps", "2", "--ar-steps", "2", "--num-samples", "1",
             "--eval-samples", "2", "--device", "cpu"]
     assert main(argv) == 0
@@ -50,3 +51,27 @@ def test_quickstart_markov_regime_scores_against_the_chain(tmp_path, capsys):
     student = json.loads((out / "student" / "config.json").read_text())
     assert teacher["model"]["hidden_size"] == 128
     assert student["extra"]["distill"]["disc_window"] == 1 and student["extra"]["distill"]["steps"] == 2
+
+
+def test_quickstart_bytes_regime_distils_a_byte_teacher_and_scores_it_under_a_byte_ar(tmp_path, corpus_file,
+                                                                                       capsys):
+    """--regime bytes: a byte-tokenizer teacher of hidden size 128, a student with the markov settings, samples at
+    128 and 8 NFE, and gen-PPL under an AR evaluator trained on the same bytes."""
+    out = tmp_path / "qb"
+    argv = ["quickstart", "--regime", "bytes", "--out", str(out), "--data", str(corpus_file), "--seq-len", "16",
+            "--teacher-steps", "3", "--distill-steps", "2", "--ar-steps", "2", "--num-samples", "1",
+            "--eval-samples", "2", "--device", "cpu"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for header in ("teacher @ 128 NFE", "teacher @ 8 NFE", "student @ 8 NFE", "training an AR evaluator"):
+        assert header in printed
+    teacher = json.loads((out / "teacher" / "config.json").read_text())
+    student = json.loads((out / "student" / "config.json").read_text())
+    ar = json.loads((out / "ar" / "config.json").read_text())
+    assert teacher["tokenizer"]["type"] == ar["tokenizer"]["type"] == "byte"
+    assert teacher["model"]["hidden_size"] == 128 and teacher["model"]["vocab_size"] == 258
+    assert student["extra"]["distill"]["disc_window"] == 1 and student["extra"]["distill"]["steps"] == 2
+    report = json.loads((out / "eval.json").read_text())
+    rows = {(r["model"], r["nfe"]) for r in report["rows"] if r["model"] in ("teacher", "student")}
+    assert rows == {("teacher", 8), ("teacher", 128), ("student", 8), ("student", 128)}
+    assert all(r["gen_ppl"]["ppl"] > 1 for r in report["rows"])

@@ -58,6 +58,33 @@ def test_a_student_is_read_against_the_teachers_temperature_curve_at_its_own_ent
     assert reproduce._verdict(curve_row("s", 1.0, 4.0, 185.0, 2.0), teacher[0], "gen_ppl").startswith("is no diff")
 
 
+def test_every_regime_and_scale_gives_valid_training_and_distillation_settings(tmp_path):
+    """Each Scale of every regime (gpu and paper too, which no CPU test runs) builds its teacher's TrainConfig, a
+    DataConfig and every distillation seed's DistillConfig without a validation error; the bytes regime distils
+    with the markov settings, its cpu scale with the quickstart's (same dict)."""
+    from didi.data.corpora import DataConfig
+    from didi.recipes.quickstart import BYTES_DISTILL, MARKOV_DISTILL
+    from didi.recipes.quickstart import REGIMES as QUICKSTART
+    from didi.recipes.train import TrainConfig
+
+    rp = reproduce_module()
+    for regime, scales in rp.REGIMES.items():
+        for name, scale in scales.items():
+            TrainConfig(out=str(tmp_path / "t"), preset=scale.preset, steps=scale.teacher_steps, lr=scale.teacher_lr,
+                        global_batch_size=scale.global_batch_size,
+                        **{"warmup_steps": min(50, scale.teacher_steps), **scale.train_extra})
+            DataConfig(data=scale.data or "x.txt", seq_len=scale.seq_len, tokenizer=scale.tokenizer)
+            for seed in scale.distill_seeds or [0]:
+                cfg = rp.student_config(tmp_path / "t", tmp_path / f"s{seed}", scale, "cpu", seed)
+                assert cfg.steps == scale.distill_iterations >= 1, (regime, name)
+    assert BYTES_DISTILL == MARKOV_DISTILL
+    assert rp.BYTES_SCALES["cpu"].distill is BYTES_DISTILL and QUICKSTART["bytes"]["distill"] is BYTES_DISTILL
+    cpu = rp.BYTES_SCALES["cpu"]
+    assert (cpu.seq_len, cpu.teacher_steps, cpu.ar_steps, cpu.train_extra["hidden_size"]) == (
+        QUICKSTART["bytes"]["seq_len"], QUICKSTART["bytes"]["teacher_steps"], QUICKSTART["bytes"]["ar_steps"],
+        QUICKSTART["bytes"]["hidden_size"])
+
+
 def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--smoke", "--ablation", "--out",
                str(tmp_path)]

@@ -1,11 +1,11 @@
 """``didi quickstart``: the whole pipeline on the embedded Shakespeare corpus, sized for a laptop CPU.
 
-1. train a tiny MDLM teacher;
-2. sample it at many and at few NFE (bpe: 1024 and 16; ``--regime markov``: 128 and 8);
+1. train a tiny MDLM teacher (the default regime ``bytes``: on UTF-8 bytes);
+2. sample it at many and at few NFE (bytes and markov: 128 and 8; ``--regime bpe``: 1024 and 16);
 3. distill a student with DiDi-Instruct and sample it at the few NFE;
-4. train a small AR model on the same corpus (bpe) and evaluate everything, printing the table ``didi eval``
-   prints: generative perplexity under the AR model, entropy, speed; in the markov regime the exact metrics
-   against the chain (invalid transitions, NLL per transition, H(X'|X)) instead of an AR model.
+4. train a small AR model on the same corpus (bytes, bpe) and evaluate everything, printing the table
+   ``didi eval`` prints: generative perplexity under the AR model, entropy, speed; in the markov regime the exact
+   metrics against the chain (invalid transitions, NLL per transition, H(X'|X)) instead of an AR model.
 
 Every stage writes a normal run directory under ``--out`` and is skipped when its directory is already complete,
 so an interrupted quickstart resumes where it stopped.
@@ -38,38 +38,52 @@ attending to its neighbours only) with local credit, small corruption times, a l
 lr 3e-4 (at 1e-3 its warm-up reached a lower token AUC in each of 4 seeds; docs/method.md, 2026-12-04).
 ``steps`` is the number of iterations (``benchmarks/reproduce.py --regime markov``)."""
 
+BYTES_DISTILL = dict(MARKOV_DISTILL)
+"""DiDi-Instruct settings of the ``bytes`` regime: the markov regime's, unchanged (chosen before any bytes run: the
+error few-step decoding makes is the same, neighbours revealed in one step and drawn independently, and a local
+discriminator with local credit is what made the markov student beat its teacher; docs/method.md)."""
+
 
 REGIMES = {
-    "bpe": dict(data="shakespeare", seq_len=128, teacher_steps=600, distill_steps=300, ar_steps=400, eval_samples=16,
-                few_nfe=16, many_nfe=1024, hidden_size=None, distill=TINY_DISTILL),
-    "markov": dict(data="markov", seq_len=64, teacher_steps=3000, distill_steps=MARKOV_DISTILL["steps"], ar_steps=0,
-                   eval_samples=256, few_nfe=8, many_nfe=128, hidden_size=128, distill=MARKOV_DISTILL),
+    "bpe": dict(data="shakespeare", tokenizer="auto", seq_len=128, teacher_steps=600, distill_steps=300, ar_steps=400,
+                eval_samples=16, few_nfe=16, many_nfe=1024, hidden_size=None, distill=TINY_DISTILL),
+    "bytes": dict(data="shakespeare", tokenizer="byte", seq_len=64, teacher_steps=3000,
+                  distill_steps=BYTES_DISTILL["steps"], ar_steps=1500, eval_samples=128, few_nfe=8, many_nfe=128,
+                  hidden_size=128, distill=BYTES_DISTILL),
+    "markov": dict(data="markov", tokenizer="auto", seq_len=64, teacher_steps=3000,
+                   distill_steps=MARKOV_DISTILL["steps"], ar_steps=0, eval_samples=256, few_nfe=8, many_nfe=128,
+                   hidden_size=128, distill=MARKOV_DISTILL),
 }
 """Per-regime defaults of :class:`QuickstartConfig`. ``bpe``: the embedded Shakespeare under a BPE, gen-PPL under
 an AR evaluator trained here (about 25 min on 2 cores). ``markov``: the synthetic Markov language of
 ``--data markov`` (byte tokenizer), the teacher and distillation of ``benchmarks/reproduce.py --regime markov``
-(one distillation seed), scored exactly against the chain; no AR evaluator (docs/results-markov.md)."""
+(one distillation seed), scored exactly against the chain; no AR evaluator (docs/results-markov.md). ``bytes``: the
+embedded Shakespeare as UTF-8 bytes, the teacher, AR evaluator and distillation of ``benchmarks/reproduce.py
+--regime bytes`` (one distillation seed; docs/results-bytes.md)."""
 
 
 @dataclass
 class QuickstartConfig:
     """Sizes of the quickstart runs (empty fields take the regime's defaults, :data:`REGIMES`)."""
 
-    out: str = helpfield("runs/quickstart", "directory for the teacher, student and evaluator runs (markov: "
-                                            "runs/quickstart-markov)")
-    regime: str = helpfield("bpe", "bpe: Shakespeare under a 4096 BPE, gen-PPL under an AR evaluator (about 25 min "
-                                   "on 2 cores); markov: the synthetic Markov language, where few-step decoding breaks "
-                                   "the language countably and the chain scores it exactly (longer: see README)",
+    out: str = helpfield("runs/quickstart", "directory for the teacher, student and evaluator runs (bytes, markov: "
+                                            "runs/quickstart-REGIME)")
+    regime: str = helpfield("bytes", "bytes: Shakespeare as UTF-8 bytes, where the 8-step student beats its teacher "
+                                     "(about 30 min on 2 cores); bpe: Shakespeare under a 4096 BPE, where it does "
+                                     "not yet (about 25 min); markov: the synthetic Markov language, where few-step "
+                                     "decoding breaks the language countably and the chain scores it exactly (about "
+                                     "40 min)",
                             choices=list(REGIMES))
-    data: str | None = helpfield(None, "corpus (bpe: the embedded Gutenberg Shakespeare; markov: markov)")
-    seq_len: int | None = helpfield(None, "sequence length (bpe 128, markov 64)")
+    data: str | None = helpfield(None, "corpus (bpe, bytes: the embedded Gutenberg Shakespeare; markov: markov)")
+    seq_len: int | None = helpfield(None, "sequence length (bpe 128, bytes and markov 64)")
     vocab_size: int = helpfield(4096, "BPE vocabulary trained on the corpus (bpe)")
-    teacher_steps: int | None = helpfield(None, "teacher training steps (bpe 600, markov 3000)")
-    distill_steps: int | None = helpfield(None, "DiDi-Instruct iterations (bpe 300, markov 1200)")
-    ar_steps: int | None = helpfield(None, "steps of the AR evaluator (bpe 400, markov 0; 0 = no AR evaluator: "
-                                           "bpe then prints no table)")
+    teacher_steps: int | None = helpfield(None, "teacher training steps (bpe 600, bytes and markov 3000)")
+    distill_steps: int | None = helpfield(None, "DiDi-Instruct iterations (bpe 300, bytes and markov 1200)")
+    ar_steps: int | None = helpfield(None, "steps of the AR evaluator (bpe 400, bytes 1500, markov 0; 0 = no AR "
+                                           "evaluator: bpe and bytes then print no table)")
     num_samples: int = helpfield(2, "samples printed per model")
-    eval_samples: int | None = helpfield(None, "samples per row of the evaluation table (bpe 16, markov 256)")
+    eval_samples: int | None = helpfield(None, "samples per row of the evaluation table (bpe 16, bytes 128, "
+                                               "markov 256)")
     seed: int = helpfield(0, "random seed")
     device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, ...")
 
@@ -79,8 +93,8 @@ class QuickstartConfig:
         for name in ("data", "seq_len", "teacher_steps", "distill_steps", "ar_steps", "eval_samples"):
             if getattr(self, name) is None:
                 setattr(self, name, defaults[name])
-        if self.regime == "markov" and self.out == "runs/quickstart":
-            self.out = "runs/quickstart-markov"
+        if self.regime != "bpe" and self.out == "runs/quickstart":
+            self.out = f"runs/quickstart-{self.regime}"
         require(self.teacher_steps >= 1, "teacher_steps", f"must be >= 1 (got {self.teacher_steps})")
         require(self.distill_steps >= 1, "distill_steps", f"must be >= 1 (got {self.distill_steps})")
         require(self.ar_steps >= 0, "ar_steps", f"must be >= 0 (got {self.ar_steps})")
@@ -105,7 +119,8 @@ def _train(kind: str, run_dir: Path, cfg: QuickstartConfig, steps: int) -> None:
     train_cfg = TrainConfig(out=str(run_dir), preset="tiny", steps=steps, lr=1e-3, warmup_steps=50,
                             global_batch_size=32, eval_every=max(1, steps // 3), save_every=max(1, steps // 3),
                             seed=cfg.seed, device=cfg.device, **({"hidden_size": hidden} if hidden else {}))
-    data_cfg = DataConfig(data=cfg.data, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed)
+    data_cfg = DataConfig(data=cfg.data, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed,
+                          tokenizer=REGIMES[cfg.regime]["tokenizer"])
     train(train_cfg, data_cfg, kind=kind)
 
 
