@@ -244,7 +244,8 @@ class ChainDenoiser:
     ``coupled_below`` (a masked share, 0 = never): in rows with at most this share of positions masked, masked
     positions at even index (anchors) put all mass on their posterior argmax, and the other masked positions take
     their posterior given the revealed letters *and* every masked anchor at its argmax (still one function of
-    ``z``: one NFE). Neighbours are always an anchor and a
+    ``z``: one NFE). An anchor and a non-anchor revealed together agree; two anchors' separate argmaxes can still
+    leave no valid letter between them, so some invalid transitions remain. Neighbours are always an anchor and a
     non-anchor, so two neighbours revealed in the same step are consistent: a factorised step that trades the
     anchors' entropy for validity instead of cooling every position."""
 
@@ -282,7 +283,7 @@ class ChainDenoiser:
         evidence = torch.where(masked[..., None], 1.0, torch.nn.functional.one_hot(letters.clamp(min=0),
                                                                                    num_letters).double())
         post = self.posterior(evidence)
-        coupled = masked.double().mean(1, keepdim=True) <= self.coupled_below
+        coupled = (masked.double().mean(1, keepdim=True) <= self.coupled_below) & (self.coupled_below > 0)
         if bool(coupled.any()):
             anchors = masked & coupled & (torch.arange(z.shape[1]) % 2 == 0)
             best = torch.nn.functional.one_hot(post.argmax(-1), num_letters).double()

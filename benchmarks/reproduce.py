@@ -131,7 +131,7 @@ class Scale:
 GPU_MODEL = dict(hidden_size=512, n_blocks=8, n_heads=8)  # the bpe and bytes models of --scale gpu (~30M)
 SMOKE_MODEL = dict(hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16)
 
-# "cpu" uses the quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL). Its
+# "cpu" uses the bpe quickstart's sizes and its distillation settings (didi.recipes.quickstart.TINY_DISTILL). Its
 # students (and the sweeps and conditional rows) stop at 32 NFE, the few-step regime the method is for: sampling
 # costs about 1.7 s per NFE per 128 samples here, and 3 seeds + 3 temperatures + conditional rows at 64 and 128 NFE
 # would add about an hour (measured 2026-12-01).
@@ -187,8 +187,8 @@ MARKOV_SCALES = {
 
 # Shakespeare as UTF-8 bytes (257 tokens), gen-PPL under an AR model trained on the same bytes.
 BYTES_SCALES = {
-    # the markov regime's shapes (64 bytes, hidden 128, 3000 teacher steps: ~15 min) and distillation (three
-    # 1200-iteration students side by side with --jobs 3: ~40 min), an AR evaluator of the same size
+    # the markov regime's shapes (64 bytes, hidden 128, 3000 teacher steps: 10.2 min measured) and distillation
+    # (three 1200-iteration students side by side with --jobs 3: 36.5 min each), an AR evaluator of the same size
     "cpu": Scale(data="shakespeare", tokenizer="byte", seq_len=64, preset="tiny", teacher_steps=3000, ar_steps=1500,
                  distill_steps=1200, global_batch_size=32, teacher_lr=1e-3, distill=BYTES_DISTILL,
                  teacher_nfe=[8, 16, 32, 128], student_nfe=[8, 16], num_samples=128, batch_size=64,

@@ -66,6 +66,8 @@ def test_byte_tokenizer_round_trip(text):
     tok = ByteTokenizer()
     ids = tok.encode(text)
     assert all(0 <= i < 256 for i in ids) and tok.decode(ids) == text
+    with_ends = tok.encode("<|endoftext|>" + text + "<|endoftext|>")
+    assert with_ends == [256, *ids, 256] and tok.decode(with_ends) == "<|endoftext|>" + text + "<|endoftext|>"
 
 
 def test_byte_tokenizer_specials_and_spec(tmp_path):
@@ -73,5 +75,6 @@ def test_byte_tokenizer_specials_and_spec(tmp_path):
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.diffusion_mask_id, tok.model_vocab_size) == (257, 256, 256,
                                                                                                        257, 258)
     assert tok.decode([104, 105, 256, 257]) == "hi<|endoftext|>[MASK]"
+    assert tok.encode(tok.decode([256, 104, 256, 256, 105, 256])) == [256, 104, 256, 256, 105, 256]
     again = load_tokenizer(tmp_path, tok.save(tmp_path))
     assert isinstance(again, ByteTokenizer) and again.encode("é") == [195, 169]

@@ -282,7 +282,8 @@ def test_chain_denoiser_is_the_exact_posterior_and_its_coupling_keeps_neighbours
     z = torch.full((2, length), mask)
     z[0, 1], z[1, 3], z[1, 4] = codes[2], codes[0], codes[1]
     logits = denoiser(z, torch.zeros(2))
-    t, start = denoiser.t.numpy(), language.stationary()
+    smoothed = language.transitions + 1e-9  # the documented smoothing: row 1 reveals an invalid pair
+    t, start = smoothed / smoothed.sum(1, keepdims=True), language.stationary()
     for row in range(2):
         weights = np.zeros((length, 4))
         for seq in itertools.product(range(4), repeat=length):
@@ -293,7 +294,7 @@ def test_chain_denoiser_is_the_exact_posterior_and_its_coupling_keeps_neighbours
         expected = weights / weights.sum(1, keepdims=True)
         got = logits[row][:, codes].exp().numpy()
         masked = (z[row] == mask).numpy()
-        np.testing.assert_allclose(got[masked], expected[masked], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got[masked], expected[masked], rtol=1e-6, atol=1e-8)
         assert torch.isinf(logits[row][:, [c for c in range(258) if c not in codes]]).all()
 
     coupled = md.ChainDenoiser(language, vocab_size=257, mask_index=mask, coupled_below=1.0)
@@ -311,7 +312,7 @@ def test_chain_denoiser_is_the_exact_posterior_and_its_coupling_keeps_neighbours
                     ok = valid[anchor] if j > i else valid[:, anchor]
                     assert bool(support.any()) and bool(ok[support].all())
     never = md.ChainDenoiser(language, vocab_size=257, mask_index=mask, coupled_below=0.0)
-    assert not bool((never(z, torch.zeros(3))[:, 0::2, codes].exp() == 1.0).all())
+    assert not bool((never(z, torch.zeros(3))[:, 0::2, codes].exp().amax(-1) == 1.0).any())
 
     # end to end: in one step every letter is an independent draw from the stationary distribution, so the invalid
     # share is 1 - Σ π(a) π(b) [T(a, b) > 0]; with many steps the exact denoiser hardly errs

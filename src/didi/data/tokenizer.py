@@ -172,7 +172,9 @@ class ByteTokenizer(Tokenizer):
     257, and a diffusion model adds [MASK] = 257 (258 rows).
 
     Every text is represented exactly (no merges, no unknown token); ``decode`` renders the end-of-text token as
-    ``<|endoftext|>`` like the BPE tokenizers, and bytes that are not valid UTF-8 as U+FFFD.
+    ``<|endoftext|>`` like the BPE tokenizers, and bytes that are not valid UTF-8 as U+FFFD; ``encode`` maps the text
+    ``<|endoftext|>`` back to its id, as the BPE tokenizers do, so that decoded samples re-encode to their ids (an
+    evaluator scoring decoded text must see one end-of-text token, not 13 bytes it never saw in training).
     """
 
     kind = "byte"
@@ -183,7 +185,12 @@ class ByteTokenizer(Tokenizer):
         self.bos_id = self.eos_id = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        ids: list[int] = []
+        for i, piece in enumerate(text.split(EOT)):
+            if i:
+                ids.append(self.eos_id)
+            ids.extend(piece.encode("utf-8"))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces: list[str] = []

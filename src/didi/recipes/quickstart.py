@@ -71,8 +71,7 @@ class QuickstartConfig:
     regime: str = helpfield("bytes", "bytes: Shakespeare as UTF-8 bytes, where the 8-step student beats its teacher "
                                      "(about 30 min on 2 cores); bpe: Shakespeare under a 4096 BPE, where it does "
                                      "not yet (about 25 min); markov: the synthetic Markov language, where few-step "
-                                     "decoding breaks the language countably and the chain scores it exactly (about "
-                                     "40 min)",
+                                     "decoding breaks the language countably and the chain scores it exactly",
                             choices=list(REGIMES))
     data: str | None = helpfield(None, "corpus (bpe, bytes: the embedded Gutenberg Shakespeare; markov: markov)")
     seq_len: int | None = helpfield(None, "sequence length (bpe 128, bytes and markov 64)")
