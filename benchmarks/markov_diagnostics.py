@@ -244,10 +244,10 @@ class ChainDenoiser:
     ``coupled_below`` (a masked share, 0 = never): in rows with at most this share of positions masked, masked
     positions at even index (anchors) put all mass on their posterior argmax, and the other masked positions take
     their posterior given the revealed letters *and* every masked anchor at its argmax (still one function of
-    ``z``: one NFE). An anchor and a non-anchor revealed together agree; two anchors' separate argmaxes can still
-    leave no valid letter between them, so some invalid transitions remain. Neighbours are always an anchor and a
-    non-anchor, so two neighbours revealed in the same step are consistent: a factorised step that trades the
-    anchors' entropy for validity instead of cooling every position."""
+    ``z``: one NFE). Neighbours are always an anchor and a non-anchor, and a non-anchor revealed with its anchor
+    follows the anchor's letter: a factorised step that trades the anchors' entropy for validity instead of cooling
+    every position. Two anchors' separate argmaxes can still leave no valid letter between them, so some invalid
+    transitions remain."""
 
     def __init__(self, language: MarkovLanguage, vocab_size: int, mask_index: int, coupled_below: float = 0.0):
         t = torch.tensor(language.transitions, dtype=torch.float64) + 1e-9  # revealed invalid pairs stay possible
@@ -392,11 +392,11 @@ def run_compare(args: argparse.Namespace) -> None:
         inv = np.array([r["invalid_pct"] for r in rows])
         ent = np.array([r["conditional_entropy"] for r in rows])
         below = np.array([np.interp(h, entropies, invalid) - i for h, i in zip(ent, inv)])
-        outside = int(((ent < entropies[0]) | (ent > entropies[-1])).sum())
+        inside = (ent >= entropies[0]) & (ent <= entropies[-1])
+        outside = int((~inside).sum())
         if args.per_model:
-            for r, b in zip(rows, below):
-                h = r["conditional_entropy"]
-                where = (f"below the teacher's curve by {b:.2f} points" if entropies[0] <= h <= entropies[-1]
+            for r, b, h, within in zip(rows, below, ent, inside):
+                where = (f"below the teacher's curve by {b:.2f} points" if within
                          else "outside the curve's entropy range")
                 print(f"{r['model']} (T {r.get('temperature', 1.0):.2f}): invalid {r['invalid_pct']:.2f} %, "
                       f"H(X'|X) {h:.3f}; {where}")
