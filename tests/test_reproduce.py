@@ -148,13 +148,24 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
 
     # the markov regime beside it: its own runs (OUT/markov), page (results-markov.md) and rows in results.json
     markov = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--regime", "markov",
-                             "--smoke", "--out", str(tmp_path), "--jobs", "2"], env=env, capture_output=True,
-                            text=True, timeout=300)
+                             "--smoke", "--out", str(tmp_path), "--jobs", "2", "--ablation"], env=env,
+                            capture_output=True, text=True, timeout=600)
     assert markov.returncode == 0, markov.stderr[-3000:]
-    # --jobs 2: the two distillation seeds ran as child processes, each with its own log and its own time
-    assert all((tmp_path / "markov" / f"student-s{s}.err").read_text() for s in (0, 1))
+    # --jobs 2: the two distillation seeds, and each leave-one-out row's two seeds, ran as child processes, each
+    # with its own log and its own time
+    module = reproduce_module()
+    runs = ["student-s0", "student-s1"] + [f"ablation-{key}-s{s}" for key, _, _ in module.LEAVE_ONE_OUT for s in (0, 1)]
+    assert all((tmp_path / "markov" / f"{run}.err").read_text() for run in runs)
     wall = json.loads((tmp_path / "markov" / "wall_clock.json").read_text())
-    assert wall["parallel_jobs"] == 2 and wall["student-s0"] > 0 and wall["student-s1"] > 0
+    assert wall["parallel_jobs"] == 2 and all(wall[run] > 0 for run in runs)
+    # each ablation run was distilled with its row's switches, the rest of the setting unchanged
+    for key, _, switches in module.LEAVE_ONE_OUT:
+        saved_cfg = json.loads((tmp_path / "markov" / f"ablation-{key}-s1" / "config.json").read_text())
+        distill_cfg = saved_cfg["extra"]["distill"]
+        assert distill_cfg["seed"] == 1 and all(distill_cfg[k] == v for k, v in switches.items())
+        fitted = saved_cfg["extra"].get("fitted_warmups", {})  # warm-ups shortened to fit 3 smoke iterations
+        assert all(distill_cfg[k] == v for k, v in module.MARKOV_SCALES["smoke"].distill.items()
+                   if k not in switches and k != "steps" and k not in fitted)
     assert (tmp_path / "markov" / "student-s0").is_dir() and (tmp_path / "markov" / "student-s1").is_dir()
     assert not (tmp_path / "markov" / "ar").exists()  # the exact metrics are the evaluator
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -169,10 +180,20 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert saved["regimes"]["markov"]["frontier_axis"] == "conditional_entropy"
     page = (tmp_path / "results-markov.md").read_text()
     assert page.startswith("# Reproduced results: the markov regime") and "| invalid % (T = 1) ↓ |" in page
-    assert "--smoke --jobs 2`" in page and "ran 2 at a time (`--jobs 2`)" in page
+    assert "--smoke --ablation --jobs 2`" in page and "ran 2 at a time (`--jobs 2`)" in page
+    # the leave-one-out table: the full setting is the main students' row, every other row a mean ± std over its
+    # two distillation seeds, each cell beside its H(X'|X) and its place against the teacher's curve
+    table = page.split("## Leave-one-out ablation (invalid % by NFE, ancestral sampler, T = 1)")[1].split("\n## ")[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == [
+        "Teacher, no distillation (reference)", "Full setting (the students above)",
+        *(label for _, label, _ in module.LEAVE_ONE_OUT)]
+    [student4] = [r for r in students if r["nfe"] == 4]
+    full = lines[2].split(" | ")
+    assert full[1] == f"{100 * student4['invalid_rate_mean']:.2f} ± {100 * student4['invalid_rate_std']:.2f}"
+    assert all(" ± " in line.split(" | ")[1] and " ± " in line.split(" | ")[2] for line in lines[3:])
 
     # a student made with other settings (an older MARKOV_DISTILL) is neither reused nor resumed
-    module = reproduce_module()
     scale, student = module.MARKOV_SCALES["smoke"], tmp_path / "markov" / "student-s0"
     module.check_same_settings(student, module.student_config(tmp_path / "t", student, scale, "cpu", 0))
     changed = dataclasses.replace(scale, distill={**scale.distill, "disc_lr": 0.5})
