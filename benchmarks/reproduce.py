@@ -581,11 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed, student in zip(distill_seeds, students):  # before any stage: a stale student stops the run early
         check_same_settings(student, student_config(teacher, student, scale, args.device, seed))
     ablation_title, plan = ablation_plan(regime)
-    ablation_runs = [(key, label, switches, [ablation_dir(out, key, s) for s in distill_seeds])
-                     for key, label, switches in plan if switches] if args.ablation else []
-    for _, _, switches, runs in ablation_runs:
-        for seed, run in zip(distill_seeds, runs):
-            check_same_settings(run, student_config(teacher, run, scale, args.device, seed, **switches))
+    ablation_runs = [(key, seed, ablation_dir(out, key, seed), switches) for key, _, switches in plan if switches
+                     for seed in distill_seeds] if args.ablation else []  # every distillation of the ablated rows
+    for _, seed, run, switches in ablation_runs:
+        check_same_settings(run, student_config(teacher, run, scale, args.device, seed, **switches))
     if args.distill_seed is not None:  # a child of --jobs: this seed's distillation only, its seconds on stdout
         switches = {key: sw for key, _, sw in plan}[args.ablation_key] if args.ablation_key else {}
         run = (ablation_dir(out, args.ablation_key, args.distill_seed) if args.ablation_key
@@ -598,8 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = stages[:-len(students)]
     elif ablation_runs:
         stages += [(run.name, lambda seed=seed, run=run, switches=switches: distill_stage(
-            teacher, run, scale, args.device, seed, **switches))
-            for _, _, switches, runs in ablation_runs for seed, run in zip(distill_seeds, runs)]
+            teacher, run, scale, args.device, seed, **switches)) for _, seed, run, switches in ablation_runs]
     for stage, run in stages:
         seconds = run()
         if seconds is not None or stage not in wall:
@@ -608,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     if parallel:
         children = [(student, ["--distill-seed", str(seed)]) for seed, student in zip(distill_seeds, students)]
         children += [(run, ["--distill-seed", str(seed), "--ablation-key", key])
-                     for key, _, _, runs in ablation_runs for seed, run in zip(distill_seeds, runs)]
+                     for key, seed, run, _ in ablation_runs]
         parallel_distill_stages(argv, children, scale, args.jobs, wall)
         wall_file.write_text(json.dumps(wall))
     evaluator = scale.evaluator or (str(ar) if has_ar else None)
