@@ -369,6 +369,8 @@ def test_config_validation():
         DistillConfig(group_size=1)
     with pytest.raises(ConfigError, match="--tau-a"):
         DistillConfig(tau_b=-1.0)
+    with pytest.raises(ConfigError, match="--advantage: with --credit local must be group or group-mean"):
+        DistillConfig(credit="local", advantage="batch")
 
 
 def test_position_log_probs_split_the_rollout_log_prob():
@@ -392,7 +394,11 @@ def test_local_advantages_match_a_loop():
                                   for j in range(10)] for n in range(8)])
         centred = (windowed.view(2, 4, 10) - windowed.view(2, 4, 10).mean(1, keepdim=True)).view(8, 10)
         assert torch.allclose(adv, centred / centred.std(), atol=1e-5)
+        # group-mean: centred only, at the rewards' own scale
+        assert torch.allclose(local_advantages(rewards, scored, 4, window=window, clip=100.0, mode="group-mean"),
+                              centred, atol=1e-5)
     assert local_advantages(rewards, scored, 4, window=1, clip=0.5).abs().max() <= 0.5
+    assert local_advantages(3 * rewards, scored, 4, window=1, clip=0.5, mode="group-mean").abs().max() <= 0.5
 
 
 def test_local_credit_is_exact_for_an_additive_reward_and_one_step():

@@ -151,15 +151,16 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
                              "--smoke", "--out", str(tmp_path), "--jobs", "2", "--ablation"], env=env,
                             capture_output=True, text=True, timeout=600)
     assert markov.returncode == 0, markov.stderr[-3000:]
-    # --jobs 2: the two distillation seeds, and each leave-one-out row's two seeds, ran as child processes, each
+    # --jobs 2: the two distillation seeds, and each ablated row's two seeds, ran as child processes, each
     # with its own log and its own time
     module = reproduce_module()
-    runs = ["student-s0", "student-s1"] + [f"ablation-{key}-s{s}" for key, _, _ in module.LEAVE_ONE_OUT for s in (0, 1)]
+    ablated = module.ablation_plan("markov")[1][1:]  # the rows after the full setting
+    runs = ["student-s0", "student-s1"] + [f"ablation-{key}-s{s}" for key, _, _ in ablated for s in (0, 1)]
     assert all((tmp_path / "markov" / f"{run}.err").read_text() for run in runs)
     wall = json.loads((tmp_path / "markov" / "wall_clock.json").read_text())
     assert wall["parallel_jobs"] == 2 and all(wall[run] > 0 for run in runs)
     # each ablation run was distilled with its row's switches, the rest of the setting unchanged
-    for key, _, switches in module.LEAVE_ONE_OUT:
+    for key, _, switches in ablated:
         saved_cfg = json.loads((tmp_path / "markov" / f"ablation-{key}-s1" / "config.json").read_text())
         distill_cfg = saved_cfg["extra"]["distill"]
         assert distill_cfg["seed"] == 1 and all(distill_cfg[k] == v for k, v in switches.items())
@@ -181,13 +182,13 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     page = (tmp_path / "results-markov.md").read_text()
     assert page.startswith("# Reproduced results: the markov regime") and "| invalid % (T = 1) ↓ |" in page
     assert "--smoke --ablation --jobs 2`" in page and "ran 2 at a time (`--jobs 2`)" in page
-    # the leave-one-out table: the full setting is the main students' row, every other row a mean ± std over its
+    # the ablation table: the full setting is the main students' row, every other row a mean ± std over its
     # two distillation seeds, each cell beside its H(X'|X) and its place against the teacher's curve
-    table = page.split("## Leave-one-out ablation (invalid % by NFE, ancestral sampler, T = 1)")[1].split("\n## ")[0]
+    table = page.split("## Ablation of the setting (invalid % by NFE, ancestral sampler, T = 1)")[1].split("\n## ")[0]
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0][2:] for line in lines[1:]] == [
         "Teacher, no distillation (reference)", "Full setting (the students above)",
-        *(label for _, label, _ in module.LEAVE_ONE_OUT)]
+        *(label for _, label, _ in ablated)]
     [student4] = [r for r in students if r["nfe"] == 4]
     full = lines[2].split(" | ")
     assert full[1] == f"{100 * student4['invalid_rate_mean']:.2f} ± {100 * student4['invalid_rate_std']:.2f}"

@@ -132,8 +132,9 @@ class DistillConfig:
     omega_max: float = helpfield(10.0, "ω clamp, upper")
     importance_weight: bool = helpfield(False, "divide ω(τ) by the proposal density π(τ)")
     advantage: str = helpfield("group", "reward normalisation: group (GRPO-style: centred and divided by the group's "
+                                        "std; with --credit local: centred per group, divided by one batch-wide "
                                         "std), group-mean (centred only, so pure-noise rewards give small steps), "
-                                        "batch, or none (ablation)")
+                                        "batch, or none (ablation; sequence credit only)")
     credit: str = helpfield("sequence", "credit assignment: sequence (one advantage per sample, released) or local "
                                         "(each revealed token is credited with the discriminator's per-token "
                                         "rewards within --credit-window positions of it)")
@@ -200,6 +201,8 @@ class DistillConfig:
         require(self.advantage in ("group", "group-mean", "batch", "none"), "advantage",
                 f"must be group, group-mean, batch or none (got {self.advantage!r})")
         require(self.credit in ("sequence", "local"), "credit", f"must be sequence or local (got {self.credit!r})")
+        require(self.credit == "sequence" or self.advantage in ("group", "group-mean"), "advantage",
+                f"with --credit local must be group or group-mean (got {self.advantage!r})")
         require(self.credit_window >= 0, "credit_window", f"must be >= 0 (got {self.credit_window})")
         require(self.reward_corruption in ("same", "fresh"), "reward_corruption",
                 f"must be same or fresh (got {self.reward_corruption!r})")
@@ -362,13 +365,13 @@ def discriminator_loss(disc_logits_real: torch.Tensor, real_positions: torch.Ten
 
 
 def local_advantages(rewards: torch.Tensor, positions: torch.Tensor, group_size: int, *, window: int,
-                     clip: float = 3.0, eps: float = 1e-8) -> torch.Tensor:
+                     clip: float = 3.0, eps: float = 1e-8, mode: str = "group") -> torch.Tensor:
     """Per-token advantages (N, L) for local credit assignment.
 
     ``W_j = Σ_{|i-j| ≤ window, i scored} r_i`` is the reward a token at position ``j`` is credited with; it is
-    centred on the mean of the same position over the row's group (same τ, so the same noise level), then divided
-    by one standard deviation over the whole batch (not per group or position: noise-only rewards stay small) and
-    clipped.
+    centred on the mean of the same position over the row's group (same τ, so the same noise level), then (``mode``
+    group) divided by one standard deviation over the whole batch (not per group or position: a group whose rewards
+    barely differ is not blown up to unit scale), or (group-mean) left at the rewards' own scale; then clipped.
     """
     r = rewards * positions
     padded = F.pad(r.cumsum(-1), (1, 0))
@@ -379,6 +382,8 @@ def local_advantages(rewards: torch.Tensor, positions: torch.Tensor, group_size:
     windowed = padded[:, hi] - padded[:, lo]
     groups = windowed.view(-1, group_size, length)
     centred = (groups - groups.mean(1, keepdim=True)).view(-1, length)
+    if mode == "group-mean":
+        return centred.clamp(-clip, clip)
     return (centred / (centred.std() + eps)).clamp(-clip, clip)
 
 
@@ -624,7 +629,8 @@ def distill_step(models: DistillModels, x_real: torch.Tensor, step: int, cfg: Di
             rewards = given.mean(-1) if given.dim() == 2 else given
         omega = omega_weight(t_corr, pi_tau, sched, cfg).float()
         if cfg.credit == "local" and per_token is not None:
-            advantage = local_advantages(per_token, pos_fake, G, window=cfg.credit_window, clip=cfg.advantage_clip)
+            advantage = local_advantages(per_token, pos_fake, G, window=cfg.credit_window, clip=cfg.advantage_clip,
+                                         mode=cfg.advantage)
         else:
             advantage = group_advantages(rewards, G, mode=cfg.advantage, clip=cfg.advantage_clip)
 
