@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                       args.device, seed)))
     for seed, student in zip(distill_seeds, students):  # before any stage: a stale student stops the run early
         check_same_settings(student, student_config(teacher, student, scale, args.device, seed))
-    ablation_title, plan = ablation_plan(regime)
+    _, plan = ablation_plan(regime)
     ablation_runs = [(key, seed, ablation_dir(out, key, seed), switches) for key, _, switches in plan if switches
                      for seed in distill_seeds] if args.ablation else []  # every distillation of the ablated rows
     for _, seed, run, switches in ablation_runs:
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
     text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
                   data, proteins, report, regime=regime, distill_seeds=distill_seeds,
-                  given_teacher=str(args.teacher) if args.teacher else None, ablation_title=ablation_title)
+                  given_teacher=str(args.teacher) if args.teacher else None)
     text += conditional_section(conditional, names, prefix_tokens)
     if regime == "bpe":
         text += other_regimes_section(results.parent)
@@ -827,7 +827,7 @@ def combined_report(reports: list[EvalReport], args, evaluator: str | None, scal
 
 def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds, data, proteins=None,
            report=None, regime: str = "bpe", distill_seeds: list[int] | None = None,
-           given_teacher: str | None = None, ablation_title: str = "Cumulative ablation") -> str:
+           given_teacher: str | None = None) -> str:
     report = report or EvalReport(rows=rows, meta={})
     rows_all, rows = rows, [r for r in rows if r.temperature in (1.0, None)]
     student_rows = [r for r in rows if names.get(r.source) == "student"]
@@ -902,8 +902,9 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
                       f"{threads_per_job(jobs)} thread(s) sharing the machine's cores: each one's "
                       "wall-clock is its own, the stages overlap."]
     if ablation_rows:
-        lines += ["", *ablation_section(ablation_rows, teacher_rows, rows, names, scale, report, ablation_title,
-                                        distill_seeds, markov)]
+        title, plan = ablation_plan(regime)
+        lines += ["", *ablation_section(ablation_rows, teacher_rows, rows, names, scale, report, title,
+                                        distill_seeds, markov, cumulative=plan is ABLATION)]
     if student_rows and teacher_rows:
         reading = _markov_reading if markov else _reading
         lines += ["", "## Reading", "", reading(student_rows, teacher_rows, rows, names, report)]
@@ -920,15 +921,14 @@ def _model_overrides(scale: Scale) -> str:
     return ", ".join(f"{label} {scale.train_extra[k]}" for k, label in keys if k in scale.train_extra)
 
 
-def ablation_section(ablation_rows, teacher_rows, rows, names, scale, report, title, distill_seeds, markov
-                     ) -> list[str]:
+def ablation_section(ablation_rows, teacher_rows, rows, names, scale, report, title, distill_seeds, markov, *,
+                     cumulative: bool) -> list[str]:
     """The ablation table: per row and NFE (ancestral sampler, T = 1) the metric's mean ± std over the distillation
     seeds, the entropy it is read at, and where it lies against the teacher's temperature curve at that entropy
     (:func:`curve_gap`). A cumulative ablation (bpe) ends with the full student sampled with RGAS."""
     metric, name, spec, k = (("invalid_rate", "invalid %", ".2f", 100.0) if markov else
                              ("gen_ppl", "gen-PPL", ".1f", 1.0))
     entropy, axis = (COND_ENTROPY, "conditional_entropy") if markov else ("entropy", "entropy")
-    cumulative = title.startswith("Cumulative")
     seeds = ", ".join(map(str, distill_seeds)) or "one"
     how = ("Each row adds one technique to the row above (paper notes §6.3)" if cumulative else
            "Each row puts one group of the setting's choices back to the published behaviour, or (\"Alternative\") "
