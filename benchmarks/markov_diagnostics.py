@@ -3,9 +3,9 @@
 On the ``markov`` corpus (``didi train --data markov``; docs/method.md) every sample's invalid transitions are
 countable, so the distillation can be watched without a learned evaluator:
 
-``distill``: the DiDi-Instruct loop (``didi.recipes.distill.distill_step``, the code ``didi distill`` runs) for one
-or several seeds, logging every ``--log-every`` iterations the exact invalid-transition share of the student's
-training rollouts, and, once the student updates, two diagnostics of the discriminator's per-token reward: its
+``distill``: the DiDi-Instruct loop (``didi.recipes.didi_instruct.DiDiInstruct.step``, the code ``didi distill``
+runs) for one or several seeds, logging every ``--log-every`` iterations the exact invalid-transition share of the
+student's training rollouts, and, once the student updates, two diagnostics of the discriminator's per-token reward: its
 AUC at telling tokens that touch an invalid transition from the others, and the correlation of a row's mean
 reward with minus its invalid-transition count (during a discriminator warm-up: its logits on the clean rollout
 at τ = tau_min, every ``--log-every`` iterations). ``--reward oracle`` replaces the discriminator's reward by the
@@ -48,13 +48,13 @@ from didi.data.corpora import BatchSchedule, DataConfig, prepare_data
 from didi.data.markov import MarkovLanguage, markov_metrics
 from didi.data.tokenizer import load_tokenizer
 from didi.diffusion.process import LogLinearSchedule
-from didi.diffusion.sampling import AncestralConfig, ancestral_sample
-from didi.recipes import distill as recipe
-from didi.recipes.distill import DistillConfig, DistillModels, _load_teacher, distill_step
+from didi.diffusion.sampling import ancestral_sample
+from didi.recipes.didi_instruct import DiDiInstruct, InstructConfig
+from didi.recipes.distill import load_teacher
 from didi.recipes.evaluate.metrics import markov_rows
 from didi.recipes.quickstart import MARKOV_DISTILL
 from didi.runtime.distributed import rank_seed
-from didi.runtime.utils import step_generator
+from didi.runtime.randomness import step_generator
 
 # The regime's settings (steps is --steps here); --option KEY=VALUE overrides any of them.
 MARKOV_SETTINGS = {k: v for k, v in MARKOV_DISTILL.items() if k != "steps"}
@@ -96,20 +96,20 @@ class TokenTransitions:
         return float(self.incoming(x).sum()) / max(1.0, float(self.letters[x].sum()) - len(x))
 
 
-def load_setup(teacher_dir: str, language_path: str | None, cfg: DistillConfig):
+def load_setup(teacher_dir: str, language_path: str | None, cfg: InstructConfig):
     device = torch.device("cpu")
-    teacher_config, teacher = _load_teacher(Path(teacher_dir), device)
+    teacher_config, teacher = load_teacher(Path(teacher_dir), device)
     tokenizer = load_tokenizer(Path(teacher_dir), teacher_config.tokenizer)
     language = MarkovLanguage.load(Path(language_path or Path(teacher_dir) / "markov.json"))
     data = prepare_data(DataConfig(**teacher_config.data), tokenizer=tokenizer, progress=False)
     torch.manual_seed(cfg.seed)  # as didi distill: the discriminator's head is drawn right after this
-    models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
-                                        teacher_config.diffusion.eps, device)
+    models = DiDiInstruct.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
+                                       teacher_config.diffusion.eps, device)
     return teacher_config, tokenizer, language, data, models
 
 
 def parse_options(pairs: list[str]) -> dict:
-    defaults = DistillConfig()
+    defaults = InstructConfig()
     out = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -143,7 +143,7 @@ def sample_metrics(net: torch.nn.Module, tokenizer, language: MarkovLanguage, *,
     net.eval()
     with torch.no_grad():
         out = ancestral_sample(tempered(net, temperature, mask_index, where), batch_size=n, seq_len=seq_len,
-                               mask_index=mask_index, schedule=schedule, config=AncestralConfig(num_steps=nfe),
+                               mask_index=mask_index, schedule=schedule, num_steps=nfe,
                                generator=generator)
     return markov_metrics(language, markov_rows(tokenizer, out.tokens.tolist()))
 
@@ -168,68 +168,55 @@ def run_distill(args: argparse.Namespace) -> None:
 
 def distill_seed(args: argparse.Namespace, settings: dict, seed: int, out: Path) -> dict:
     """One seed of the monitored loop; returns the last logged row."""
-    cfg = DistillConfig(teacher=args.teacher, out=str(out), steps=args.steps, seed=seed, progress=False, **settings)
+    cfg = InstructConfig(teacher=args.teacher, out=str(out), steps=args.steps, seed=seed, progress=False, **settings)
     torch.manual_seed(seed)
     teacher_config, tokenizer, language, data, models = load_setup(args.teacher, args.language, cfg)
     table = TokenTransitions(language, tokenizer, teacher_config.model.vocab_size)
     seen: dict[str, torch.Tensor] = {}
-    rollout, rewards_of = recipe.student_rollout, recipe.token_rewards
-
-    def recording_rollout(*a, **k):
-        result = rollout(*a, **k)
-        seen["x"] = result.x_fake.detach()
-        return result
-
-    def recording_rewards(*a, **k):
-        result = rewards_of(*a, **k)
-        seen["r"] = result.detach()
-        return result
 
     def oracle(x: torch.Tensor) -> torch.Tensor:
         return -table.touching(x).float()
 
-    recipe.student_rollout, recipe.token_rewards = recording_rollout, recording_rewards
     batches = BatchSchedule(len(data.train), cfg.batch_size, seed=seed)
     last, window = {}, {"invalid": [], "auc": [], "corr": []}
     started = time.perf_counter()
-    try:
-        with (out / f"seed{seed}.jsonl").open("w") as log:
-            for step in range(args.stop_after or cfg.steps):
-                seen.clear()
-                if args.streams != "loop":  # the global RNG (dropout) reseeded every step, as didi distill does
-                    torch.manual_seed(rank_seed(seed, step, 0, 3))
-                generator = step_generator(seed, step, 2) if args.streams != "distill" else \
-                    torch.Generator().manual_seed(rank_seed(seed, step, 0, 2))  # didi distill's step generator
-                metrics = distill_step(models, data.train.batch(batches.indices(step)), step, cfg, generator,
-                                       reward_fn=oracle if args.reward == "oracle" else None)
-                x = seen["x"]
-                window["invalid"].append(table.rate(x))
-                if "r" not in seen and (step + 1) % args.log_every == 0:  # no reward yet: probe the clean rollout
-                    with torch.no_grad():
-                        sigma = models.schedule.sigma(torch.full((len(x),), cfg.tau_min, dtype=torch.float64))
-                        seen["r"] = models.disc_logits(x, sigma.float())
-                if "r" in seen:
-                    window["auc"].append(token_auc(seen["r"], table.touching(x) > 0))
-                    bad_rows = table.incoming(x).sum(-1)
-                    if bad_rows.std() > 0:
-                        window["corr"].append(float(np.corrcoef(seen["r"].mean(-1).numpy(), -bad_rows.numpy())[0, 1]))
-                if (step + 1) % args.log_every == 0 or step + 1 == cfg.steps:
-                    last = {"seed": seed, "step": step + 1, "seconds": round(time.perf_counter() - started),
-                            "rollout_invalid": float(np.mean(window["invalid"])),
-                            "token_auc": float(np.nanmean(window["auc"])) if window["auc"] else None,
-                            "row_corr": float(np.mean(window["corr"])) if window["corr"] else None,
-                            **{k: metrics[k] for k in ("disc_loss", "entropy", "kl", "grad_norm") if k in metrics}}
-                    window = {"invalid": [], "auc": [], "corr": []}
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-                    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}),
-                          flush=True)
-    finally:
-        recipe.student_rollout, recipe.token_rewards = rollout, rewards_of
-    disc = recipe.dist.unwrap(models.discriminator)  # not a student: kept out of frontier's seed*-* files
+    with (out / f"seed{seed}.jsonl").open("w") as log:
+        for step in range(args.stop_after or cfg.steps):
+            seen.clear()
+            if args.streams != "loop":  # the global RNG (dropout) reseeded every step, as didi distill does
+                torch.manual_seed(rank_seed(seed, step, 0, 3))
+            generator = step_generator(seed, step, 2) if args.streams != "distill" else \
+                torch.Generator().manual_seed(rank_seed(seed, step, 0, 2))  # didi distill's step generator
+            metrics = models.step(data.train.batch(batches.indices(step)), step, generator,
+                                  reward_fn=oracle if args.reward == "oracle" else None)
+            x = models.last_rollout
+            if models.last_token_rewards is not None:
+                seen["r"] = models.last_token_rewards
+            window["invalid"].append(table.rate(x))
+            if "r" not in seen and (step + 1) % args.log_every == 0:  # no reward yet: probe the clean rollout
+                with torch.no_grad():
+                    sigma = models.schedule.sigma(torch.full((len(x),), cfg.tau_min, dtype=torch.float64))
+                    seen["r"] = models.disc_logits(x, sigma.float())
+            if "r" in seen:
+                window["auc"].append(token_auc(seen["r"], table.touching(x) > 0))
+                bad_rows = table.incoming(x).sum(-1)
+                if bad_rows.std() > 0:
+                    window["corr"].append(float(np.corrcoef(seen["r"].mean(-1).numpy(), -bad_rows.numpy())[0, 1]))
+            if (step + 1) % args.log_every == 0 or step + 1 == cfg.steps:
+                last = {"seed": seed, "step": step + 1, "seconds": round(time.perf_counter() - started),
+                        "rollout_invalid": float(np.mean(window["invalid"])),
+                        "token_auc": float(np.nanmean(window["auc"])) if window["auc"] else None,
+                        "row_corr": float(np.mean(window["corr"])) if window["corr"] else None,
+                        **{k: metrics[k] for k in ("disc_loss", "entropy", "kl", "grad_norm") if k in metrics}}
+                window = {"invalid": [], "auc": [], "corr": []}
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}),
+                      flush=True)
+    disc = models.discriminator  # not a student: kept out of frontier's seed*-* files
     save_file({k: v.contiguous() for k, v in disc.state_dict().items()},
               str(out / f"discriminator-seed{seed}.safetensors"))
-    for name, net in (("ema", models.ema), ("raw", recipe.dist.unwrap(models.student))):
+    for name, net in (("ema", models.ema), ("raw", models.student)):
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"seed{seed}-{name}.safetensors"))
     return last
 
@@ -299,7 +286,7 @@ def run_chain_frontier(args: argparse.Namespace) -> None:
     once at most each ``--coupled-below`` share of the positions is masked)."""
     language = MarkovLanguage.load(Path(args.language))
     config = dict(batch_size=args.samples, seq_len=args.seq_len, mask_index=args.vocab_size,
-                  schedule=LogLinearSchedule(), config=AncestralConfig(num_steps=args.nfe))
+                  schedule=LogLinearSchedule(), num_steps=args.nfe)
     rows = []
     seeds = [int(s) for s in args.sample_seeds.split(",")]
     policies = ([("chain", float(t), 0.0) for t in args.temperatures.split(",") if t]
@@ -331,7 +318,7 @@ def run_chain_frontier(args: argparse.Namespace) -> None:
 
 
 def run_frontier(args: argparse.Namespace) -> None:
-    cfg = DistillConfig(teacher=args.teacher, out="-", progress=False)  # only the teacher and schedule are used
+    cfg = InstructConfig(teacher=args.teacher, out="-", progress=False)  # only the teacher and schedule are used
     teacher_config, tokenizer, language, _, models = load_setup(args.teacher, args.language, cfg)
     net, seq_len = models.teacher, teacher_config.model.max_seq_len
     seq_len = args.seq_len or seq_len
@@ -426,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                    "distill: exactly didi distill's (its step generator too), so that both runs can be compared "
                    "weight for weight")
     d.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting of MARKOV_SETTINGS / any DistillConfig field")
+                   help="override a setting of MARKOV_SETTINGS / any InstructConfig field")
     f = sub.add_parser("frontier", help="teacher NFE and temperature sweep against saved students")
     f.add_argument("--teacher", required=True)
     f.add_argument("--language", default=None)

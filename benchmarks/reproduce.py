@@ -64,7 +64,8 @@ import torch
 from didi.config import to_dict
 from didi.data.corpora import DataConfig
 from didi.diffusion.rgas import RGASConfig
-from didi.recipes.distill import RESUMABLE_OPTIONS, DistillConfig, distill
+from didi.recipes.didi_instruct import InstructConfig
+from didi.recipes.distill import distill
 from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, mean_std
 from didi.recipes.evaluate.report import (
     COND_ENTROPY,
@@ -79,6 +80,7 @@ from didi.recipes.evaluate.report import (
     plot_report,
 )
 from didi.recipes.evaluate.runner import EvalConfig, evaluate
+from didi.recipes.method import RESUMABLE_OPTIONS
 from didi.recipes.quickstart import BYTES_DISTILL, MARKOV_DISTILL, TINY_DISTILL
 from didi.recipes.train import TrainConfig, resume_config, train
 from didi.runtime.checkpoint import completed_steps, latest_snapshot, read_run_config
@@ -290,12 +292,12 @@ def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, 
 
 
 RUN_ONLY_FIELDS = (set(RESUMABLE_OPTIONS) - {"steps"}) | {"teacher", "out"}
-"""DistillConfig fields that do not change what a distillation computes (left out of :func:`check_same_settings`):
+"""Distillation options that do not change what a distillation computes (left out of :func:`check_same_settings`):
 those ``didi distill --resume`` may change, except ``steps`` (a longer schedule gives other figures), and the
 paths."""
 
 
-def check_same_settings(out: Path, cfg: DistillConfig) -> None:
+def check_same_settings(out: Path, cfg: InstructConfig) -> None:
     """Refuse to reuse or resume a student run in ``out`` that was made with other distillation settings (say, an
     older MARKOV_DISTILL): its figures would be reported under the new ones."""
     if not (out / "config.json").exists():
@@ -310,11 +312,11 @@ def check_same_settings(out: Path, cfg: DistillConfig) -> None:
                          f"give another --out")
 
 
-def student_config(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> DistillConfig:
+def student_config(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> InstructConfig:
     """The settings of one distillation seed (``switches``: an ablation's overrides)."""
     steps = scale.distill_iterations
-    return DistillConfig(teacher=str(teacher), out=str(out), seed=seed, device=device,
-                         save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
+    return InstructConfig(teacher=str(teacher), out=str(out), seed=seed, device=device,
+                          save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
 
 
 def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> float | None:

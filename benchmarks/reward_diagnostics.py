@@ -12,7 +12,7 @@ instead, i.e. what the sampler deployed at K NFE draws: can the discriminator te
 reward (a student run's ``discriminator.safetensors``) and the AR evaluator's mean log-likelihood.
 
 ``oracle``: run the distillation loop with the discriminator's reward replaced by the AR evaluator's mean
-log-likelihood of each student sample (``distill_step(..., reward_fn=...)``): does the policy gradient follow a
+log-likelihood of each student sample (``DiDiInstruct.step(..., reward_fn=...)``): does the policy gradient follow a
 reward that is known to be informative?
 
     python benchmarks/reward_diagnostics.py probe --teacher runs/reproduce/teacher --disc-positions all
@@ -30,41 +30,34 @@ from pathlib import Path
 
 import torch
 
-from didi.ar import ARPipeline
 from didi.data.corpora import BatchSchedule, DataConfig, prepare_data
 from didi.data.tokenizer import load_tokenizer
+from didi.diffusion.instruct import discriminator_loss, sample_tau, scored_positions, sequence_rewards
 from didi.diffusion.process import forward_mask
-from didi.models.discriminator import empty_discriminator, sequence_rewards
-from didi.recipes.distill import (
-    DistillConfig,
-    DistillModels,
-    _load_teacher,
-    discriminator_loss,
-    distill_step,
-    sample_tau,
-    scored_positions,
-    student_rollout,
-)
+from didi.models.discriminator import empty_discriminator
+from didi.pipelines.ar import ARPipeline
+from didi.recipes.didi_instruct import DiDiInstruct, InstructConfig
+from didi.recipes.distill import load_teacher
 from didi.runtime.checkpoint import load_state_dict_strict, load_tensors, read_run_config
-from didi.runtime.utils import step_generator
+from didi.runtime.randomness import step_generator
 
 
-def setup(teacher_dir: str, cfg: DistillConfig):
+def setup(teacher_dir: str, cfg: InstructConfig):
     device = torch.device("cpu")
-    teacher_config, teacher = _load_teacher(Path(teacher_dir), device)
+    teacher_config, teacher = load_teacher(Path(teacher_dir), device)
     tokenizer = load_tokenizer(Path(teacher_dir), teacher_config.tokenizer)
     data = prepare_data(DataConfig(**teacher_config.data), tokenizer=tokenizer, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
-                                        teacher_config.diffusion.eps, device)
+    models = DiDiInstruct.from_teacher(teacher, cfg, teacher_config.diffusion.mask_index,
+                                       teacher_config.diffusion.eps, device)
     return teacher_config, data, models
 
 
 def parse_options(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs (``--option sigma_mode=zero``) as DistillConfig overrides, typed like the field."""
+    """``KEY=VALUE`` pairs (``--option sigma_mode=zero``) as InstructConfig overrides, typed like the field."""
     out = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        kind = type(getattr(DistillConfig(), key))
+        kind = type(getattr(InstructConfig(), key))
         out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return out
 
@@ -75,18 +68,17 @@ def auc(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def probe(args: argparse.Namespace) -> None:
-    cfg = DistillConfig(teacher=args.teacher, out="-", disc_lr=args.disc_lr, disc_blocks=args.disc_blocks,
-                        disc_positions=args.disc_positions, student_steps=args.student_steps, progress=False,
-                        **parse_options(args.option))
+    cfg = InstructConfig(teacher=args.teacher, out="-", disc_lr=args.disc_lr, disc_blocks=args.disc_blocks,
+                         disc_positions=args.disc_positions, student_steps=args.student_steps, progress=False,
+                         **parse_options(args.option))
     teacher_config, data, models = setup(args.teacher, cfg)
     mask, schedule, seq_len = models.mask_index, models.schedule, teacher_config.data["seq_len"]
     g = torch.Generator().manual_seed(args.seed)
     n = args.pool + args.held_out
-    tau, _ = sample_tau(n, cfg, g, models.device)
+    tau, _ = sample_tau(n, generator=g, device=models.device, **cfg.tau_distribution)
     models.student.eval()
     with torch.no_grad():
-        fake = torch.cat([student_rollout(models, len(chunk), seq_len, chunk, cfg, g,
-                                          lambda t: torch.zeros(t.shape)).x_fake for chunk in tau.split(64)])
+        fake = torch.cat([models.rollout(len(chunk), seq_len, chunk, g).x_fake for chunk in tau.split(64)])
     real = data.train.batch(torch.randperm(len(data.train), generator=g)[:n])
 
     def corrupt(x, t):
@@ -133,9 +125,9 @@ def probe(args: argparse.Namespace) -> None:
 
 
 def oracle(args: argparse.Namespace) -> None:
-    cfg = DistillConfig(teacher=args.teacher, out="-", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        disc_lr=1e-3, disc_blocks=2, warmup_steps=20, tau_per="group", rollout_dropout=False,
-                        progress=False)
+    cfg = InstructConfig(teacher=args.teacher, out="-", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         disc_lr=1e-3, disc_blocks=2, warmup_steps=20, tau_per="group", rollout_dropout=False,
+                         progress=False)
     _, data, models = setup(args.teacher, cfg)
     evaluator = ARPipeline.from_pretrained(args.evaluator, device="cpu")
 
@@ -145,8 +137,8 @@ def oracle(args: argparse.Namespace) -> None:
 
     batches = BatchSchedule(len(data.train), cfg.batch_size, seed=args.seed)
     for step in range(args.steps):
-        metrics = distill_step(models, data.train.batch(batches.indices(step)), step, cfg,
-                               step_generator(args.seed, step, 2), reward_fn=log_likelihood)
+        metrics = models.step(data.train.batch(batches.indices(step)), step, step_generator(args.seed, step, 2),
+                              reward_fn=log_likelihood)
         if step % args.eval_every == 0 or step == args.steps - 1:
             print(f"step {step}: AR log-likelihood per token {metrics['reward']:.3f}  "
                   f"student x̂ entropy {metrics['entropy']:.3f}", flush=True)
@@ -154,7 +146,7 @@ def oracle(args: argparse.Namespace) -> None:
 
 def correlate(args: argparse.Namespace) -> None:
     """Does a trained discriminator's reward rank the teacher's 2-step rollouts like the AR evaluator does?"""
-    cfg = DistillConfig(teacher=args.teacher, out="-", progress=False)
+    cfg = InstructConfig(teacher=args.teacher, out="-", progress=False)
     teacher_config, _, models = setup(args.teacher, cfg)
     student = Path(args.student)
     disc = empty_discriminator(teacher_config.model,
@@ -168,7 +160,7 @@ def correlate(args: argparse.Namespace) -> None:
     for tau_value in args.tau:
         tau = torch.full((args.samples,), tau_value, dtype=torch.float64)
         with torch.no_grad():
-            x = student_rollout(models, args.samples, seq_len, tau, cfg, g, lambda t: torch.zeros(t.shape)).x_fake
+            x = models.rollout(args.samples, seq_len, tau, g).x_fake
             z = forward_mask(x, schedule.alpha(tau)[:, None], mask,
                              torch.rand(x.shape, generator=g, dtype=torch.float64))
             reward = sequence_rewards(disc(z, schedule.sigma(tau).float()), z == mask, clip=8.0, eps=1e-6)
@@ -195,7 +187,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other DistillConfig field, e.g. --option sigma_mode=zero --option disc_window=3")
+                   help="any other InstructConfig field, e.g. --option sigma_mode=zero --option disc_window=3")
     p.set_defaults(run=probe)
     o = sub.add_parser("oracle", help="policy gradient with the AR evaluator's log-likelihood as the reward")
     o.add_argument("--teacher", required=True)

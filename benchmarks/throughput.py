@@ -33,10 +33,10 @@ import torch
 
 from didi.config import DiffusionConfig, ModelConfig
 from didi.diffusion.process import LogLinearSchedule
-from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.diffusion.sampling import ancestral_sample
 from didi.models.dit import DiT
 from didi.recipes.train import draw_noise, mdlm_objective
-from didi.runtime.utils import autocast, pick_device, synchronize
+from didi.runtime.devices import autocast, pick_device, synchronize
 
 VOCAB = 50258  # GPT-2's 50257 tokens + [MASK], the paper's setting
 
@@ -102,7 +102,7 @@ def measure(preset: str, args: argparse.Namespace, device: torch.device) -> list
                 return network(z, sigma)
         result = ancestral_sample(denoiser, batch_size=args.sample_batch, seq_len=args.seq_len,
                                   mask_index=diffusion.mask_index, schedule=schedule,
-                                  config=AncestralConfig(num_steps=args.nfe),
+                                  num_steps=args.nfe,
                                   generator=torch.Generator(device=device).manual_seed(0), device=device)
         nfe[name] = result.nfe
 

@@ -7,13 +7,13 @@ import torch
 from scipy import stats
 
 import didi
-from didi.ar import ARPipeline, generate
 from didi.config import DiffusionConfig, ModelConfig
 from didi.data.tokenizer import Tokenizer, train_bpe
 from didi.diffusion.sampling import SamplingControls
 from didi.errors import CheckpointError, ConfigError
 from didi.models.dit import DiT
 from didi.models.gpt import GPT, KVCache, next_token_nll
+from didi.pipelines.ar import ARPipeline, generate
 from didi.runtime.checkpoint import RunConfig, save_tensors, write_run_config
 
 CORPUS = [f"To be, or not to be, that is question {i}: whether 'tis nobler in the mind {i % 7} to suffer."

@@ -10,17 +10,17 @@ from hypothesis import strategies as st
 
 import toy
 from conftest import randomize_output_layer
-from didi.ar import ARPipeline, generate
 from didi.cli import main
 from didi.data.prompts import FREE, encode_prompt, parse_template
 from didi.data.tokenizer import ProteinTokenizer
 from didi.diffusion.conditioning import semi_autoregressive_sample, window_starts
 from didi.diffusion.process import LogLinearSchedule
 from didi.diffusion.rgas import RGASConfig, rerank
-from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.diffusion.sampling import ancestral_sample
 from didi.errors import ConfigError
-from didi.pipeline import load
-from didi.samples import read_samples, sample_records
+from didi.interop.sample_files import read_samples, sample_records
+from didi.pipelines.ar import ARPipeline, generate
+from didi.pipelines.load import load
 from test_ar import CORPUS, corpus_runs, make_run, tiny_tokenizer
 from test_ar import Counting as CountingAR
 from test_distill import distill_args
@@ -142,7 +142,7 @@ def test_filled_positions_follow_the_samplers_exact_conditional_chi_square(patte
     exact = p[toy.state_index(toy.CLEAN)]
     assert float(exact[~(toy.CLEAN[:, fixed] == start[fixed]).all(-1)].sum()) == 0.0  # the chain keeps them
     result = ancestral_sample(net, batch_size=n, seq_len=toy.L, mask_index=toy.MASK, schedule=schedule,
-                              config=AncestralConfig(num_steps=k), generator=torch.Generator().manual_seed(0),
+                              num_steps=k, generator=torch.Generator().manual_seed(0),
                               prefix=start.expand(n, -1).clone(), fixed=fixed.expand(n, -1))
     assert (result.tokens[:, fixed] == start[fixed]).all()
     counts = torch.bincount(toy.clean_index(result.tokens), minlength=len(toy.CLEAN)).numpy()
@@ -166,7 +166,7 @@ def test_exact_denoiser_fills_from_the_joint_conditional():
     n = 20_000
     prefix = torch.tensor([1, mask, mask]).expand(n, -1).clone()
     result = ancestral_sample(fn, batch_size=n, seq_len=L, mask_index=mask, schedule=LogLinearSchedule(),
-                              config=AncestralConfig(num_steps=200), generator=torch.Generator().manual_seed(2),
+                              num_steps=200, generator=torch.Generator().manual_seed(2),
                               prefix=prefix)
     assert (result.tokens[:, 0] == 1).all()
     counts = torch.bincount(result.tokens[:, 1] * 2 + result.tokens[:, 2], minlength=4).numpy()
@@ -257,7 +257,7 @@ def test_semi_autoregressive_sample_is_a_function_of_a_window_sampler():
 
     def window(prefix, fixed):
         return ancestral_sample(counted, batch_size=2, seq_len=6, mask_index=3, schedule=LogLinearSchedule(),
-                                config=AncestralConfig(num_steps=4), generator=g, prefix=prefix, fixed=fixed)
+                                num_steps=4, generator=g, prefix=prefix, fixed=fixed)
 
     prefix = torch.full((2, 20), 3)
     prefix[:, 9] = 1

@@ -7,12 +7,10 @@ import math
 import pytest
 import torch
 
-from didi.ar import generate
 from didi.cli import main
 from didi.diffusion.process import LogLinearSchedule
 from didi.diffusion.rgas import RGASConfig, rgas_sample
 from didi.diffusion.sampling import (
-    AncestralConfig,
     SamplingControls,
     ancestral_sample,
     apply_controls,
@@ -21,8 +19,9 @@ from didi.diffusion.sampling import (
     sample_categorical,
 )
 from didi.errors import ConfigError
-from didi.pipeline import load
-from didi.samples import read_samples
+from didi.interop.sample_files import read_samples
+from didi.pipelines.ar import generate
+from didi.pipelines.load import load
 from test_ar import make_run, tiny_tokenizer
 
 V, MASK, L = 8, 8, 10  # toy vocabulary: 8 tokens + [MASK]
@@ -67,9 +66,10 @@ def toy_ar(seed=2):
     return fn
 
 
-def ancestral(steps, seed=11, batch=4, **options):
+def ancestral(steps, seed=11, batch=4, noise_removal="ancestral", **options):
     return ancestral_sample(toy_denoiser(), batch_size=batch, seq_len=L, mask_index=MASK, schedule=LogLinearSchedule(),
-                            config=AncestralConfig(num_steps=steps, **options),
+                            num_steps=steps,
+                            controls=SamplingControls(**options, greedy_tail=noise_removal == "greedy"),
                             generator=torch.Generator().manual_seed(seed))
 
 
@@ -251,7 +251,7 @@ def test_bad_controls_are_one_line_errors(options, message):
     with pytest.raises(ConfigError, match=f"^{message}".replace("(", r"\(").replace("]", r"\]")):
         SamplingControls(**options)
     with pytest.raises(ConfigError, match=message.split(":")[0]):
-        AncestralConfig(**options)
+        ancestral(1, **options)
 
 
 @pytest.fixture(scope="module")

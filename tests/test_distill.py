@@ -10,32 +10,25 @@ import toy
 from conftest import randomize_output_layer
 from didi.cli import main
 from didi.config import ModelConfig
-from didi.diffusion.process import LogLinearSchedule, forward_mask
-from didi.diffusion.sampling import AncestralConfig, ancestral_sample
-from didi.errors import ConfigError
-from didi.models.dit import DiT
-from didi.recipes.distill import (
-    DistillConfig,
-    DistillModels,
+from didi.diffusion.instruct import (
     discriminator_loss,
-    distill_step,
     draw_tau,
     group_advantages,
     local_advantages,
+    omega_weight,
     sample_tau,
     scored_positions,
-    student_rollout,
-    student_updates_before,
 )
+from didi.diffusion.process import LogLinearSchedule, forward_mask
+from didi.diffusion.sampling import ancestral_sample
+from didi.errors import ConfigError
+from didi.models.dit import DiT
+from didi.recipes.didi_instruct import DiDiInstruct, InstructConfig, student_updates_before
 from didi.runtime import checkpoint
-from didi.runtime.utils import step_generator
+from didi.runtime.randomness import step_generator
 
 CPU = torch.device("cpu")
 SCHEDULE = LogLinearSchedule()
-
-
-def zero_sigma(t):
-    return torch.zeros(len(t))
 
 
 def potts_target(coupling: float = 2.0) -> torch.Tensor:
@@ -60,11 +53,11 @@ def test_policy_gradient_matches_exact_gradient(steps):
     ``student_steps=3`` the rollout is the deployed 3-step sampler and the same holds for its exact distribution."""
     teacher = toy.tiny_dit(1)
     randomize_output_layer(teacher, 1.0, seed=3)
-    cfg = DistillConfig(teacher="t", out="o", t0=0.0, student_steps=steps, progress=False)
+    cfg = InstructConfig(teacher="t", out="o", t0=0.0, student_steps=steps, progress=False)
 
     def sampler_distribution(table):
         return toy.two_step_distribution(table, tau) if steps == 2 else toy.k_step_distribution(table, steps)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     params = [p for p in models.student.parameters() if p.requires_grad]
     tau = 0.4
     alpha = float(SCHEDULE.alpha(torch.tensor(tau, dtype=torch.float64)))
@@ -77,7 +70,7 @@ def test_policy_gradient_matches_exact_gradient(steps):
 
     n = 100_000
     g = torch.Generator().manual_seed(0)
-    rollout = student_rollout(models, n, toy.L, torch.full((n,), tau, dtype=torch.float64), cfg, g, zero_sigma)
+    rollout = models.rollout(n, toy.L, torch.full((n,), tau, dtype=torch.float64), g)
     z = forward_mask(rollout.x_fake, torch.tensor(alpha), toy.MASK, torch.rand(n, toy.L, generator=g,
                                                                                  dtype=torch.float64))
     reward = reward_table[toy.state_index(z)].float()
@@ -106,25 +99,26 @@ def test_grouped_normalisation():
 
 
 def test_tau_distribution_and_weight():
-    cfg = DistillConfig(teacher="t", out="o", tau_a=2.0, tau_b=5.0, tau_min=0.02, tau_max=0.98)
-    tau, pi = sample_tau(200_000, cfg, torch.Generator().manual_seed(0), CPU)
+    cfg = InstructConfig(teacher="t", out="o", tau_a=2.0, tau_b=5.0, tau_min=0.02, tau_max=0.98)
+    tau, pi = sample_tau(200_000, generator=torch.Generator().manual_seed(0), device=CPU, **cfg.tau_distribution)
     assert abs(float(tau.mean()) - 2 / 7) < 0.003  # Beta(2, 5) mean
     assert tau.min() >= 0.02 and tau.max() <= 0.98
     t = torch.tensor([0.25], dtype=torch.float64)
     expected_pi = math.gamma(7) / (math.gamma(2) * math.gamma(5)) * 0.25 * 0.75 ** 4
-    omega = sample_tau.__globals__["omega_weight"](t, torch.tensor([expected_pi]), SCHEDULE, cfg)
+    omega = omega_weight(t, torch.tensor([expected_pi]), SCHEDULE, lo=cfg.omega_min, hi=cfg.omega_max)
     assert abs(float(omega) - 4.0) < 1e-9
 
 
 def test_tau_per_group_is_shared_within_groups_only():
     g = torch.Generator().manual_seed(0)
-    shared = DistillConfig(teacher="t", out="o", tau_per="group")
-    tau, pi = draw_tau(24, 4, shared, g, CPU)
+    shared = InstructConfig(teacher="t", out="o", tau_per="group")
+    tau, pi = draw_tau(24, 4, per_group=True, generator=g, device=CPU, **shared.tau_distribution)
     groups = tau.view(6, 4)
     assert torch.equal(groups, groups[:, :1].expand(6, 4))
     assert torch.equal(pi.view(6, 4)[:, 1:], pi.view(6, 4)[:, :1].expand(6, 3))
     assert len(set(groups[:, 0].tolist())) == 6  # every group its own draw
-    per_row, _ = draw_tau(24, 4, DistillConfig(teacher="t", out="o"), g, CPU)
+    per_row, _ = draw_tau(24, 4, per_group=False, generator=g, device=CPU,
+                          **InstructConfig(teacher="t", out="o").tau_distribution)
     assert (per_row.view(6, 4).std(-1) > 0).all()
 
 
@@ -147,14 +141,14 @@ def test_rollouts_use_the_sampling_policy_unless_dropout_is_asked_for(dropout):
     teacher = DiT(ModelConfig(vocab_size=toy.V + 1, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16,
                               max_seq_len=toy.L, dropout=0.5))
     randomize_output_layer(teacher, 1.0, seed=3)
-    cfg = DistillConfig(teacher="t", out="o", batch_size=8, group_size=4, lr=1e-3, warmup_steps=0, t0=0.0,
+    cfg = InstructConfig(teacher="t", out="o", batch_size=8, group_size=4, lr=1e-3, warmup_steps=0, t0=0.0,
                         rollout_dropout=dropout, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     real = toy.CLEAN[torch.arange(8)]
-    distill_step(models, real, 0, cfg, step_generator(0, 0, 2))
+    models.step(real, 0, step_generator(0, 0, 2))
     assert models.student.training is dropout
     tau = torch.full((256,), 0.5, dtype=torch.float64)
-    runs = [student_rollout(models, 256, toy.L, tau, cfg, torch.Generator().manual_seed(1), zero_sigma).log_prob
+    runs = [models.rollout(256, toy.L, tau, torch.Generator().manual_seed(1)).log_prob
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1]) is not dropout
 
@@ -165,14 +159,13 @@ def test_k_step_rollout_is_the_deployed_sampler():
     torch.manual_seed(0)
     net = DiT(ModelConfig(vocab_size=9, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=16, max_seq_len=12))
     randomize_output_layer(net, 1.0, seed=3)
-    cfg = DistillConfig(teacher="t", out="o", student_steps=5, progress=False)
-    models = DistillModels.from_teacher(net, cfg, 8, 1e-3, CPU)
+    cfg = InstructConfig(teacher="t", out="o", student_steps=5, progress=False)
+    models = DiDiInstruct.from_teacher(net, cfg, 8, 1e-3, CPU)
     models.student.eval()
     n = 64
-    rollout = student_rollout(models, n, 12, torch.full((n,), 0.5, dtype=torch.float64), cfg,
-                              torch.Generator().manual_seed(7), zero_sigma)
+    rollout = models.rollout(n, 12, torch.full((n,), 0.5, dtype=torch.float64), torch.Generator().manual_seed(7))
     reference = ancestral_sample(lambda z, sigma: net(z, sigma), batch_size=n, seq_len=12, mask_index=8,
-                                 schedule=models.schedule, config=AncestralConfig(num_steps=5, use_cache=False),
+                                 schedule=models.schedule, num_steps=5, use_cache=False,
                                  generator=torch.Generator().manual_seed(7))
     assert torch.equal(rollout.x_fake, reference.tokens)
     assert len(rollout.steps) == 5 and not (rollout.x_fake == 8).any()
@@ -188,11 +181,11 @@ def test_k_step_rollout_is_the_deployed_sampler():
     assert torch.allclose(rollout.log_prob.double(), expected, atol=1e-4)
 
 
-def zero_share(models: DistillModels, cfg: DistillConfig, n: int = 4096) -> float:
+def zero_share(models: DiDiInstruct, cfg: InstructConfig, n: int = 4096) -> float:
     """Share of 0 tokens in ``n`` student rollouts (τ = 0.5, a fixed generator)."""
     tau = torch.full((n,), 0.5, dtype=torch.float64)
     with torch.no_grad():
-        x = student_rollout(models, n, toy.L, tau, cfg, torch.Generator().manual_seed(5), zero_sigma).x_fake
+        x = models.rollout(n, toy.L, tau, torch.Generator().manual_seed(5)).x_fake
     return float((x == 0).double().mean())
 
 
@@ -200,13 +193,13 @@ def test_policy_gradient_follows_a_given_reward():
     """With ``reward_fn`` in place of the discriminator, the loop must move the student towards the reward: here
     the number of 0 tokens in a sample, whose frequency in the student's 2-step samples must rise clearly."""
     teacher = toy.tiny_dit(1)
-    cfg = DistillConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
+    cfg = InstructConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
                         lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     before = zero_share(models, cfg)
     real = toy.CLEAN[torch.arange(16)]
     for step in range(40):
-        distill_step(models, real, step, cfg, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).sum(-1))
+        models.step(real, step, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).sum(-1))
     after = zero_share(models, cfg)
     assert after > before + 0.25, (before, after)
 
@@ -214,8 +207,8 @@ def test_policy_gradient_follows_a_given_reward():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_discriminator_separates_a_separable_toy(normalize):
     teacher = toy.tiny_dit(2)
-    cfg = DistillConfig(teacher="t", out="o", disc_blocks=2, disc_normalize=normalize, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    cfg = InstructConfig(teacher="t", out="o", disc_blocks=2, disc_normalize=normalize, progress=False)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     opt = torch.optim.Adam([p for p in models.discriminator.parameters() if p.requires_grad], lr=3e-3)
     g = torch.Generator().manual_seed(0)
     losses = []
@@ -243,8 +236,8 @@ def test_discriminator_log_odds_approximate_true_log_ratio(potts_teacher):
     """Trained on real (teacher ∞-step) vs student (2-step) rows corrupted at τ, the per-token logit converges to
     log q_real(z_τ)/q_student(z_τ), which the test computes exactly for every partially masked state."""
     teacher, p_inf = potts_teacher
-    cfg = DistillConfig(teacher="t", out="o", disc_blocks=2, label_smoothing=0.0, t0=0.0, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    cfg = InstructConfig(teacher="t", out="o", disc_blocks=2, label_smoothing=0.0, t0=0.0, progress=False)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     opt = torch.optim.Adam([p for p in models.discriminator.parameters() if p.requires_grad], lr=3e-3)
     tau = 0.5
     alpha = float(SCHEDULE.alpha(torch.tensor(tau, dtype=torch.float64)))
@@ -254,8 +247,7 @@ def test_discriminator_log_odds_approximate_true_log_ratio(potts_teacher):
     for _ in range(250):
         real = toy.CLEAN[torch.multinomial(p_inf, n, replacement=True, generator=g)]
         with torch.no_grad():
-            fake = student_rollout(models, n, toy.L, torch.full((n,), tau, dtype=torch.float64), cfg, g,
-                                   zero_sigma).x_fake
+            fake = models.rollout(n, toy.L, torch.full((n,), tau, dtype=torch.float64), g).x_fake
         zr = forward_mask(real, torch.tensor(alpha), toy.MASK, torch.rand(n, toy.L, generator=g))
         zf = forward_mask(fake, torch.tensor(alpha), toy.MASK, torch.rand(n, toy.L, generator=g))
         s = sigma.expand(n)
@@ -289,14 +281,14 @@ def test_distillation_lowers_exact_kl_of_the_two_step_sampler(potts_teacher):
     before = toy.kl(toy.k_step_distribution(toy.denoiser_table(teacher), 2), p_inf)
     # Toy-scale settings: a faster student lr than the 169M model's 1e-6, decayed linearly to 0 (the released
     # schedule), and two discriminator updates per student update so the density-ratio estimate keeps up.
-    cfg = DistillConfig(teacher="t", out="o", steps=1000, batch_size=128, group_size=4, lr=2e-4, disc_lr=3e-3,
+    cfg = InstructConfig(teacher="t", out="o", steps=1000, batch_size=128, group_size=4, lr=2e-4, disc_lr=3e-3,
                         warmup_steps=0, lr_schedule="linear", ema_decay=0.9, t0=0.0, disc_blocks=2,
                         disc_warmup_steps=200, student_update_every=2, label_smoothing=0.0, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     g = torch.Generator().manual_seed(0)
     for step in range(cfg.steps):
         real = toy.CLEAN[torch.multinomial(p_inf, cfg.batch_size, replacement=True, generator=g)]
-        distill_step(models, real, step, cfg, step_generator(0, step, 2))
+        models.step(real, step, step_generator(0, step, 2))
     after = toy.kl(toy.k_step_distribution(toy.denoiser_table(models.ema), 2), p_inf)
     assert after < before / 2.2, (before, after)  # typically 2.4-2.8x across initialisation seeds
 
@@ -366,21 +358,21 @@ def test_distill_refuses_a_non_diffusion_teacher(tmp_path, corpus_file, capsys):
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="--group-size"):
-        DistillConfig(group_size=1)
+        InstructConfig(group_size=1)
     with pytest.raises(ConfigError, match="--tau-a"):
-        DistillConfig(tau_b=-1.0)
+        InstructConfig(tau_b=-1.0)
     with pytest.raises(ConfigError, match="--advantage: with --credit local must be group or group-mean"):
-        DistillConfig(credit="local", advantage="batch")
+        InstructConfig(credit="local", advantage="batch")
 
 
 def test_position_log_probs_split_the_rollout_log_prob():
     """Each revealed token's log-probability is kept at its position; their sum is the path log-probability."""
     teacher = toy.tiny_dit(1)
     for steps in (1, 2, 3):
-        cfg = DistillConfig(teacher="t", out="o", t0=0.0, student_steps=steps, progress=False)
-        models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
-        rollout = student_rollout(models, 64, toy.L, torch.full((64,), 0.5, dtype=torch.float64), cfg,
-                                  torch.Generator().manual_seed(0), zero_sigma)
+        cfg = InstructConfig(teacher="t", out="o", t0=0.0, student_steps=steps, progress=False)
+        models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+        rollout = models.rollout(64, toy.L, torch.full((64,), 0.5, dtype=torch.float64),
+                                 torch.Generator().manual_seed(0))
         assert torch.allclose(rollout.position_log_prob.sum(-1), rollout.log_prob)
         assert (rollout.position_log_prob < 0).all()  # every position was revealed exactly once, at some step
 
@@ -407,16 +399,15 @@ def test_local_credit_is_exact_for_an_additive_reward_and_one_step():
     matches the exact gradient of E[Σ_i f_i(x_i)], computed by enumeration, up to the advantage's scale."""
     teacher = toy.tiny_dit(1)
     randomize_output_layer(teacher, 1.0, seed=3)
-    cfg = DistillConfig(teacher="t", out="o", t0=0.0, student_steps=1, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    cfg = InstructConfig(teacher="t", out="o", t0=0.0, student_steps=1, progress=False)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     params = [p for p in models.student.parameters() if p.requires_grad]
     f = torch.tensor([[1.0, -0.5, 0.2], [0.0, 0.8, -1.0], [-0.3, 0.1, 0.6]])  # f[i, v]
     p_clean = toy.k_step_distribution(toy.denoiser_table(models.student, True), 1)
     values = f[torch.arange(toy.L), toy.CLEAN].sum(-1).double()
     exact = torch.cat([g.flatten() for g in torch.autograd.grad((p_clean * values).sum(), params)])
     n = 60_000
-    rollout = student_rollout(models, n, toy.L, torch.full((n,), 0.5, dtype=torch.float64), cfg,
-                              torch.Generator().manual_seed(0), zero_sigma)
+    rollout = models.rollout(n, toy.L, torch.full((n,), 0.5, dtype=torch.float64), torch.Generator().manual_seed(0))
     per_token = f[torch.arange(toy.L), rollout.x_fake]
     adv = local_advantages(per_token, torch.ones_like(per_token, dtype=torch.bool), 4, window=0, clip=100.0)
     estimate = torch.cat([g.flatten() for g in torch.autograd.grad((adv * rollout.position_log_prob).sum(-1).mean(),
@@ -427,35 +418,35 @@ def test_local_credit_is_exact_for_an_additive_reward_and_one_step():
 def test_local_credit_follows_a_per_token_reward():
     """``credit=local`` with a per-token reward (1 where the token is 0): the student's share of 0 tokens rises."""
     teacher = toy.tiny_dit(1)
-    cfg = DistillConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
+    cfg = InstructConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
                         lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False, credit="local",
                         credit_window=0, student_steps=3, tau_per="group")
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     before = zero_share(models, cfg)
     real = toy.CLEAN[torch.arange(16)]
     for step in range(40):
-        distill_step(models, real, step, cfg, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).float())
+        models.step(real, step, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).float())
     assert zero_share(models, cfg) > before + 0.25
 
 
 def test_student_warm_up_and_ema_count_student_updates():
-    cfg = DistillConfig(teacher="t", out="o", disc_warmup_steps=50, student_update_every=2)
+    cfg = InstructConfig(teacher="t", out="o", disc_warmup_steps=50, student_update_every=2)
     assert [student_updates_before(s, cfg) for s in (0, 49, 50, 51, 52, 53, 54)] == [0, 0, 0, 1, 1, 2, 2]
-    assert [student_updates_before(s, DistillConfig(teacher="t", out="o")) for s in (0, 1, 5)] == [0, 1, 5]
+    assert [student_updates_before(s, InstructConfig(teacher="t", out="o")) for s in (0, 1, 5)] == [0, 1, 5]
 
 
 @pytest.mark.parametrize("updates", [1, 3])
 def test_discriminator_updates_per_iteration(updates):
     """``disc_updates`` = k: k discriminator steps per iteration (each on a fresh corruption), one student step."""
     teacher = toy.tiny_dit(2)
-    cfg = DistillConfig(teacher="t", out="o", disc_blocks=1, disc_updates=updates, warmup_steps=0, progress=False)
-    models = DistillModels.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    cfg = InstructConfig(teacher="t", out="o", disc_blocks=1, disc_updates=updates, warmup_steps=0, progress=False)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     for step in range(2):
-        distill_step(models, toy.CLEAN[torch.arange(4)], step, cfg, step_generator(0, step, 2))
+        models.step(toy.CLEAN[torch.arange(4)], step, step_generator(0, step, 2))
 
     def adam_steps(opt):
         return {int(state["step"]) for state in opt.state.values()}
     assert adam_steps(models.opt_disc) == {2 * updates}
     assert adam_steps(models.opt_student) == {2}
     with pytest.raises(ConfigError, match="--disc-updates"):
-        DistillConfig(disc_updates=0)
+        InstructConfig(disc_updates=0)

@@ -24,8 +24,8 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 from didi.cli import main
 from didi.data.corpora import BatchSchedule, DataConfig, TokenBlocks, prepare_data, shard
+from didi.diffusion.instruct import group_advantages
 from didi.errors import ConfigError
-from didi.recipes.distill import group_advantages
 from didi.recipes.train import batch_split
 from didi.runtime import checkpoint
 
@@ -278,7 +278,8 @@ DDP_GRADIENTS = textwrap.dedent('''
     from didi.models.dit import DiT
     from didi.config import ModelConfig
     from didi.diffusion.process import forward_mask
-    from didi.recipes.distill import DistillConfig, DistillModels, discriminator_loss, student_rollout
+    from didi.diffusion.instruct import discriminator_loss
+    from didi.recipes.didi_instruct import DiDiInstruct, InstructConfig
 
     MASK, N, L = 11, 4, 8
     ctx = dist.init("cpu")
@@ -288,19 +289,19 @@ DDP_GRADIENTS = textwrap.dedent('''
     with torch.no_grad():  # leave the zero-initialised output and adaLN layers
         for p in teacher.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    cfg = DistillConfig(teacher="t", out="o", disc_blocks=2, progress=False)
+    cfg = InstructConfig(teacher="t", out="o", disc_blocks=2, progress=False)
 
 
     def build():
         torch.manual_seed(1)  # same spectral-norm vectors everywhere
-        return DistillModels.from_teacher(copy.deepcopy(teacher), cfg, MASK, 1e-3, torch.device("cpu"))
+        return DiDiInstruct.from_teacher(copy.deepcopy(teacher), cfg, MASK, 1e-3, torch.device("cpu"))
 
 
     def backward(models, rank):
         g = torch.Generator().manual_seed(100 + rank)
         torch.manual_seed(200 + rank)  # dropout
         tau = 0.05 + 0.9 * torch.rand(N, generator=g, dtype=torch.float64)
-        rollout = student_rollout(models, N, L, tau, cfg, g, lambda t: torch.zeros(t.shape))
+        rollout = models.rollout(N, L, tau, g)
         alpha, sigma = models.schedule.alpha(tau)[:, None], models.schedule.sigma(tau).float()
         z_real = forward_mask(torch.randint(0, MASK, (N, L), generator=g), alpha, MASK,
                               torch.rand(N, L, generator=g, dtype=torch.float64))

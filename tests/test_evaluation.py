@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from didi.ar import ARPipeline
 from didi.cli import main
 from didi.data.corpora import TokenBlocks
 from didi.data.tokenizer import ProteinTokenizer
 from didi.diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
 from didi.errors import ConfigError
-from didi.pipeline import load
+from didi.interop.sample_files import read_samples
+from didi.pipelines.ar import ARPipeline
+from didi.pipelines.load import load
 from didi.recipes.evaluate.metrics import (
     Perplexity,
     ar_nll,
@@ -34,7 +35,6 @@ from didi.recipes.evaluate.metrics import (
 )
 from didi.recipes.evaluate.report import EvalReport, EvalRow, compute_frontiers, format_table
 from didi.recipes.evaluate.runner import EvalConfig, _set_speedups, evaluate
-from didi.samples import read_samples
 from test_ar import CORPUS, Counting, corpus_runs, make_run, tiny_tokenizer
 
 SEQ_LEN = 16

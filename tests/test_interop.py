@@ -14,10 +14,11 @@ from didi.cli import main
 from didi.config import ModelConfig
 from didi.data.tokenizer import train_bpe
 from didi.errors import ConfigError
-from didi.interop import convert, export
-from didi.models.discriminator import discriminator_logits, empty_discriminator
+from didi.interop.convert import convert
+from didi.interop.export import export
+from didi.models.discriminator import empty_discriminator
 from didi.models.dit import DiT
-from didi.pipeline import DiffusionPipeline
+from didi.pipelines.diffusion import DiffusionPipeline
 from didi.runtime.checkpoint import CheckpointError, read_run_config
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a masked diffusion model denoises all tokens at once",
@@ -84,7 +85,7 @@ def assert_same_logits(network: torch.nn.Module, reference: torch.nn.Module) -> 
 def assert_same_discriminator(network: torch.nn.Module, reference: torch.nn.Module) -> None:
     x, sigma = inputs(reference.config.vocab_size)
     with torch.no_grad():
-        assert torch.equal(discriminator_logits(network, x, sigma), discriminator_logits(reference, x, sigma))
+        assert torch.equal(network(x, sigma), reference(x, sigma))
 
 
 def lightning_extras() -> dict:
@@ -474,7 +475,7 @@ def test_cli_reports_errors_in_one_line_with_status_2(tmp_path, bpe, capsys):
 @pytest.mark.parametrize("with_rotary", [True, False])
 def test_published_sizes_are_inferred_from_shapes(preset, with_rotary):
     """Only shapes are read, so meta tensors of the real sizes suffice (GPT-2 vocabulary, 1024 tokens)."""
-    from didi.interop import INV_FREQ, Source, Weights, infer_model_config
+    from didi.interop.formats import INV_FREQ, Source, Weights, infer_model_config
 
     expected = ModelConfig.from_preset(preset, vocab_size=GPT2_VOCAB)
     with torch.device("meta"):
@@ -486,13 +487,13 @@ def test_published_sizes_are_inferred_from_shapes(preset, with_rotary):
 
 
 def test_gpt2_tokenizer_is_referenced_when_its_files_are_unavailable(tmp_path, monkeypatch):
-    import didi.interop
+    import didi.interop.formats
     from didi.errors import DataError
 
     def offline():
         raise DataError("the GPT-2 tokenizer is not available offline")
 
-    monkeypatch.setattr(didi.interop, "gpt2_tokenizer", offline)
+    monkeypatch.setattr(didi.interop.formats, "gpt2_tokenizer", offline)
     config = tiny_config(GPT2_VOCAB)
     conversion = convert(hf_release(tmp_path / "release", dit(config, 27), None), tmp_path / "run", seq_len=16)
     assert conversion.config.tokenizer == {"type": "gpt2", "vocab_size": 50257, "eot": "<|endoftext|>"}

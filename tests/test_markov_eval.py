@@ -12,12 +12,12 @@ import pytest
 from didi.cli import main
 from didi.data.markov import MarkovLanguage, markov_metrics
 from didi.data.tokenizer import ByteTokenizer
-from didi.pipeline import load
+from didi.interop.sample_files import read_samples
+from didi.pipelines.load import load
 from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, markov_bootstrap, markov_rows, markov_scores
 from didi.recipes.evaluate.report import EvalReport, compute_frontiers, format_table
 from didi.recipes.evaluate.runner import EvalConfig, evaluate, heldout_data
 from didi.runtime.checkpoint import read_run_config
-from didi.samples import read_samples
 from test_ar import make_run, tiny_tokenizer
 
 SEQ_LEN, N = 32, 6
@@ -216,12 +216,13 @@ def test_markov_diagnostics_loop_with_distill_streams_is_didi_distill(run, tmp_p
     import torch
     from safetensors.torch import load_file
 
-    from didi.recipes.distill import DistillConfig, distill
+    from didi.recipes.didi_instruct import InstructConfig
+    from didi.recipes.distill import distill
     from didi.recipes.quickstart import MARKOV_DISTILL
 
     settings = {**MARKOV_DISTILL, "disc_blocks": 2, "student_steps": 2, "disc_warmup_steps": 0, "warmup_steps": 0}
-    distill(DistillConfig(teacher=str(run), out=str(tmp_path / "a"), seed=1, progress=False,
-                          **{**settings, "steps": 3}))
+    distill(InstructConfig(teacher=str(run), out=str(tmp_path / "a"), seed=1, progress=False,
+                           **{**settings, "steps": 3}))
     md = _markov_diagnostics()
     md.main(["distill", "--teacher", str(run), "--out", str(tmp_path / "b"), "--steps", "3", "--seeds", "1",
              "--streams", "distill", "--option", "disc_blocks=2", "--option", "student_steps=2",
@@ -243,12 +244,13 @@ def test_markov_diagnostics_stop_after_is_the_start_of_the_full_length_run(run, 
     import torch
     from safetensors.torch import load_file
 
-    from didi.recipes.distill import DistillConfig, distill
+    from didi.recipes.didi_instruct import InstructConfig
+    from didi.recipes.distill import distill
     from didi.recipes.quickstart import MARKOV_DISTILL
 
     settings = {**MARKOV_DISTILL, "disc_blocks": 2, "student_steps": 2, "disc_warmup_steps": 0, "warmup_steps": 0}
-    distill(DistillConfig(teacher=str(run), out=str(tmp_path / "a"), seed=1, progress=False, save_every=2,
-                          **{**settings, "steps": 4}))
+    distill(InstructConfig(teacher=str(run), out=str(tmp_path / "a"), seed=1, progress=False, save_every=2,
+                           **{**settings, "steps": 4}))
     md = _markov_diagnostics()
     options = ["--option", "disc_blocks=2", "--option", "student_steps=2", "--option", "disc_warmup_steps=0",
                "--option", "warmup_steps=0", "--seeds", "1", "--streams", "distill", "--log-every", "1"]

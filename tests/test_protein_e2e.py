@@ -15,7 +15,7 @@ from didi.cli import main
 from didi.data.corpora import DataConfig, prepare_data
 from didi.data.protein import SWISSPROT_COMPOSITION, SkippedRecordsWarning, read_fasta, write_fasta
 from didi.data.tokenizer import AMINO_ACIDS, STANDARD_AMINO_ACIDS, ProteinTokenizer
-from didi.pipeline import load
+from didi.pipelines.load import load
 
 SEQ_LEN = 32
 TINY = ["--hidden-size", "32", "--n-blocks", "2", "--n-heads", "2", "--cond-dim", "16", "--seq-len", str(SEQ_LEN),

@@ -60,7 +60,7 @@ def test_a_student_is_read_against_the_teachers_temperature_curve_at_its_own_ent
 
 def test_every_regime_and_scale_gives_valid_training_and_distillation_settings(tmp_path):
     """Each Scale of every regime (gpu and paper too, which no CPU test runs) builds its teacher's TrainConfig, a
-    DataConfig and every distillation seed's DistillConfig without a validation error; the bytes regime distils
+    DataConfig and every distillation seed's InstructConfig without a validation error; the bytes regime distils
     with the markov settings, its cpu scale with the quickstart's (same dict)."""
     from didi.data.corpora import DataConfig
     from didi.recipes.quickstart import BYTES_DISTILL, MARKOV_DISTILL

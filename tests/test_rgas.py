@@ -13,13 +13,13 @@ from didi.cli import main
 from didi.config import DiffusionConfig, ModelConfig
 from didi.data.tokenizer import ProteinTokenizer
 from didi.diffusion.rgas import RGASConfig, guidance_scale, rerank_start, rgas_sample
-from didi.diffusion.sampling import AncestralConfig, ancestral_sample
+from didi.diffusion.sampling import ancestral_sample
 from didi.errors import ConfigError, DidiError
+from didi.interop.sample_files import read_samples
 from didi.models.discriminator import build_discriminator
 from didi.models.dit import DiT
-from didi.pipeline import DiffusionPipeline
+from didi.pipelines.diffusion import DiffusionPipeline
 from didi.runtime.checkpoint import RunConfig, save_tensors, write_run_config
-from didi.samples import read_samples
 
 TOKENIZER = ProteinTokenizer()
 MASK = TOKENIZER.diffusion_mask_id
@@ -127,7 +127,7 @@ def test_no_guidance_and_one_candidate_is_the_ancestral_sampler(steps, use_cache
     result = sample(pipe, 6, SEQ_LEN, steps, config, use_cache=use_cache)
     assert result.nfe == len(student.rows)
     reference = ancestral_sample(pipe.denoiser, batch_size=6, seq_len=SEQ_LEN, mask_index=MASK, schedule=pipe.schedule,
-                                 config=AncestralConfig(num_steps=steps, use_cache=use_cache),
+                                 num_steps=steps, use_cache=use_cache,
                                  generator=torch.Generator().manual_seed(0))
     assert torch.equal(result.tokens, reference.tokens) and not (result.tokens == MASK).any()
     assert result.nfe == reference.nfe

@@ -7,7 +7,7 @@ from scipy import stats
 
 from conftest import randomize_output_layer
 from didi.diffusion.process import LogLinearSchedule
-from didi.diffusion.sampling import AncestralConfig, ancestral_sample, nucleus_filter, sample_categorical
+from didi.diffusion.sampling import SamplingControls, ancestral_sample, nucleus_filter, sample_categorical
 from didi.errors import ConfigError
 from didi.models.dit import DiT
 
@@ -72,7 +72,7 @@ def test_ancestral_reproduces_known_distribution_chi_square():
     V, L, mask = 3, 3, 3
     g = torch.Generator().manual_seed(0)
     res = ancestral_sample(factorised_denoiser(table), batch_size=30_000, seq_len=L, mask_index=mask,
-                           schedule=LogLinearSchedule(), config=AncestralConfig(num_steps=L), generator=g)
+                           schedule=LogLinearSchedule(), num_steps=L, generator=g)
     assert (res.tokens != mask).all()
     codes = (res.tokens * torch.tensor([V * V, V, 1])).sum(-1)
     counts = torch.bincount(codes, minlength=V ** L).numpy()
@@ -97,7 +97,7 @@ def test_ancestral_with_exact_conditionals_recovers_a_joint_distribution():
 
     g = torch.Generator().manual_seed(1)
     res = ancestral_sample(fn, batch_size=20_000, seq_len=L, mask_index=mask, schedule=LogLinearSchedule(),
-                           config=AncestralConfig(num_steps=2000), generator=g)
+                           num_steps=2000, generator=g)
     codes = (res.tokens * torch.tensor([4, 2, 1])).sum(-1)
     freq = torch.bincount(codes, minlength=8).float() / 20_000
     assert (freq - joint).abs().sum() < 0.03
@@ -108,9 +108,9 @@ def test_cache_gives_identical_samples_with_fewer_calls(tiny_model_config):
     randomize_output_layer(model)
     plain, cached = Counting(model), Counting(model)
     kwargs = dict(batch_size=3, seq_len=12, mask_index=10, schedule=LogLinearSchedule())
-    a = ancestral_sample(plain, config=AncestralConfig(num_steps=64, use_cache=False),
+    a = ancestral_sample(plain, num_steps=64, use_cache=False,
                          generator=torch.Generator().manual_seed(5), **kwargs)
-    b = ancestral_sample(cached, config=AncestralConfig(num_steps=64, use_cache=True),
+    b = ancestral_sample(cached, num_steps=64, use_cache=True,
                          generator=torch.Generator().manual_seed(5), **kwargs)
     assert torch.equal(a.tokens, b.tokens)
     assert (a.tokens != 10).all()
@@ -125,7 +125,7 @@ def test_nfe_never_exceeds_budget_and_all_masks_are_filled(tiny_model_config):
     for steps in (1, 2, 5):
         counter = Counting(model)
         res = ancestral_sample(counter, batch_size=4, seq_len=16, mask_index=10, schedule=LogLinearSchedule(),
-                               config=AncestralConfig(num_steps=steps), generator=torch.Generator().manual_seed(0))
+                               num_steps=steps, generator=torch.Generator().manual_seed(0))
         assert res.nfe == counter.calls <= steps
         assert (res.tokens != 10).all()
 
@@ -133,10 +133,11 @@ def test_nfe_never_exceeds_budget_and_all_masks_are_filled(tiny_model_config):
 def test_greedy_noise_removal_takes_the_argmax():
     table = torch.tensor([[0.2, 0.5, 0.3]] * 4)
     res = ancestral_sample(factorised_denoiser(table), batch_size=50, seq_len=4, mask_index=3,
-                           schedule=LogLinearSchedule(), config=AncestralConfig(num_steps=1, noise_removal="greedy"))
+                           schedule=LogLinearSchedule(), num_steps=1, controls=SamplingControls(greedy_tail=True))
     assert (res.tokens == 1).all()
 
 
 def test_invalid_nfe_is_a_clear_error():
     with pytest.raises(ConfigError, match="--nfe"):
-        AncestralConfig(num_steps=0)
+        ancestral_sample(lambda z, sigma: None, batch_size=1, seq_len=1, num_steps=0, mask_index=0,
+                         schedule=LogLinearSchedule())

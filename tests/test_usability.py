@@ -16,7 +16,7 @@ from conftest import TINY_TRAIN_ARGS
 from didi.cli import build_parser, main
 from didi.config import fit_warmups
 from didi.data.corpora import DataConfig, prepare_data
-from didi.recipes.distill import DistillConfig
+from didi.recipes.didi_instruct import InstructConfig
 from didi.runtime import cache, checkpoint
 
 # ----------------------------------------------------------------------------------------------- short runs
@@ -24,10 +24,10 @@ from didi.runtime import cache, checkpoint
 
 def test_fit_warmups_scales_only_warmups_longer_than_half_the_run():
     def fit(steps, warmup, disc_warmup=0):
-        return fit_warmups(DistillConfig(steps=steps, warmup_steps=warmup, disc_warmup_steps=disc_warmup),
+        return fit_warmups(InstructConfig(steps=steps, warmup_steps=warmup, disc_warmup_steps=disc_warmup),
                            "warmup_steps", "disc_warmup_steps")
 
-    cfg = DistillConfig(steps=2000, warmup_steps=100)
+    cfg = InstructConfig(steps=2000, warmup_steps=100)
     assert fit_warmups(cfg, "warmup_steps") == (cfg, {}, None)
     assert fit(10, 5)[1:] == ({}, None)  # exactly half: kept
     cfg, fitted, note = fit(10, 6)

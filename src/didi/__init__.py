@@ -7,8 +7,8 @@ from .version import __version__ as __version__
 def load(path_or_repo: str, device: str = "auto", **kwargs):
     """Load any supported model (a didi run directory, a converted checkpoint, ...) ready to sample/evaluate.
 
-    See :func:`didi.pipeline.load`.
+    See :func:`didi.pipelines.load.load`.
     """
-    from .pipeline import load as _load
+    from .pipelines.load import load as _load
 
     return _load(path_or_repo, device=device, **kwargs)

@@ -95,8 +95,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    from .interop import is_run_dir
-    from .runtime.checkpoint import list_snapshots, read_run_config, tensors_metadata
+    from .runtime.checkpoint import is_run_dir, list_snapshots, read_run_config, tensors_metadata
 
     if args.run_dir.exists() and not is_run_dir(args.run_dir):
         _info_checkpoint(args)
@@ -134,7 +133,7 @@ def _run_info(args: argparse.Namespace) -> None:
 def _info_checkpoint(args: argparse.Namespace) -> None:
     """``didi info`` on a checkpoint that is not a run directory: what ``didi convert`` would make of it."""
     from .config import to_dict
-    from .interop import infer_model_config, read_source
+    from .interop.formats import infer_model_config, read_source
 
     source = read_source(args.run_dir)
     m = infer_model_config(source)
@@ -234,8 +233,8 @@ def _rgas_config(args: argparse.Namespace) -> Any:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from .pipeline import load
-    from .samples import check_sample_path, format_sample, write_samples
+    from .interop.sample_files import check_sample_path, format_sample, write_samples
+    from .pipelines.load import load
 
     if args.nfe is not None and args.nfe < 1:
         raise option_error("nfe", f"must be >= 1 (got {args.nfe})")
@@ -350,7 +349,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from .interop import convert
+    from .interop.convert import convert
 
     conversion = convert(args.src, args.dst, tokenizer=args.tokenizer, n_heads=args.n_heads, seq_len=args.seq_len,
                          force=args.force)
@@ -371,7 +370,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from .interop import export, push_to_hub
+    from .interop.export import export, push_to_hub
 
     for path in export(args.run_dir, args.dst, weights=args.weights, force=args.force):
         print(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -440,36 +439,55 @@ DISTILL_DATA_OPTIONS = ("data", "seq_len", "max_documents", "folio", "valid_frac
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:
     from .data.corpora import DataConfig
-    from .recipes.distill import DistillConfig
+    from .recipes.distill import METHODS
+    from .recipes.method import DistillConfig
 
     p = sub.add_parser("distill", help=SUMMARIES["distill"],
-                       description="DiDi-Instruct: train a few-step student (initialised from the teacher) with the "
-                                   "integral-KL policy gradient, an adversarial discriminator, grouped reward "
-                                   "normalisation and intermediate-state matching. Defaults are the published "
-                                   "hyper-parameters; see docs/method.md.")
+                       description="Distil a few-step student (initialised from the teacher). --method didi-instruct "
+                                   "(default): the integral-KL policy gradient with an adversarial discriminator, "
+                                   "grouped reward normalisation and intermediate-state matching; its defaults are "
+                                   "the published hyper-parameters (docs/method.md).")
     p.add_argument("--resume", type=Path, default=None, metavar="STUDENT_DIR",
                    help="continue a distillation run from its last snapshot")
     p.add_argument("--force", action="store_true",
                    help="write the new student into --out even if that folder holds other files (never into a run)")
-    add_config_arguments(p, DistillConfig, group="distillation")
+    add_config_arguments(p, DistillConfig, group="distillation (every --method)")
+    declared = {f.name for f in dataclasses.fields(DistillConfig)}
+    for name, (cls, _) in METHODS.items():
+        own = {f.name for f in dataclasses.fields(cls)} - declared
+        add_config_arguments(p, cls, group=f"{name} (--method {name})",
+                             exclude=tuple(f.name for f in dataclasses.fields(cls) if f.name not in own))
+        declared |= own
     add_config_arguments(p, DataConfig, group="data (default: the teacher's corpus and settings)",
                          exclude=tuple(f for f in DataConfig.__dataclass_fields__ if f not in DISTILL_DATA_OPTIONS))
 
 
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The distillation options given on the command line (every method's)."""
+    from .recipes.distill import METHODS
+
+    names = {f.name for cls, _ in METHODS.values() for f in dataclasses.fields(cls)}
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 def _run_distill(args: argparse.Namespace) -> None:
-    from .recipes.distill import DistillConfig, distill, resume_config
+    from .recipes.distill import distill, method_config, resume_config
 
     overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
+    given = _method_options(args)
     if args.resume is not None:
-        given = {f: getattr(args, f) for f in DistillConfig.__dataclass_fields__ if getattr(args, f) is not None}
         _report_written("student", distill(resume_config(args.resume, **given), overrides, resume=True))
         return
     if not args.out:
         raise option_error("out", "a student run directory is required (or --resume STUDENT_DIR)")
     if not args.teacher:
         raise option_error("teacher", "a teacher run directory is required")
-    cfg = config_from_args(DistillConfig, args)
-    _report_written("student", distill(cfg, overrides, force=args.force))
+    cls = method_config(args.method or "didi-instruct")
+    own = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(name for name in given if name not in own)
+    if foreign:
+        raise option_error(foreign[0], f"is not an option of --method {args.method or 'didi-instruct'}")
+    _report_written("student", distill(config_from_args(cls, args), overrides, force=args.force))
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:

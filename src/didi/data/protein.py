@@ -30,7 +30,7 @@ import torch
 
 from ..errors import DataError, require
 from ..runtime.checkpoint import atomic_write
-from ..runtime.utils import pick_device
+from ..runtime.devices import pick_device
 from .tokenizer import AMINO_ACIDS, STANDARD_AMINO_ACIDS
 
 _INVALID_RESIDUE = re.compile(f"[^{AMINO_ACIDS}]")

@@ -24,7 +24,7 @@ RGAS is :func:`didi.diffusion.sampling.ancestral_sample` (uniform grid ``1 = t_0
 Reward ``r`` (``RGASConfig.reward``):
 
 * ``masked_mean`` (default): the reward the student was trained with
-  (:func:`didi.models.discriminator.sequence_rewards`), the mean over the positions masked in the scored state of
+  (:func:`didi.diffusion.instruct.sequence_rewards`), the mean over the positions masked in the scored state of
   ``clip(log(sigmoid(d) + eps) - log(1 - sigmoid(d) + eps), +-reward_clip)``. At every corrupted position the
   optimal discriminator's logit is the same sequence-level log density ratio ``log q_real(z_t) / q_student(z_t)`` of
   the forward marginals (compressed by the label smoothing), so the mean estimates that ratio whatever the length
@@ -77,12 +77,14 @@ from tqdm.auto import tqdm
 
 from ..config import helpfield
 from ..errors import require
-from ..models.discriminator import LOG_ODDS_EPS, REWARD_CLIP, sequence_rewards
-from .process import Denoiser, LogLinearSchedule, sigma_input, subs_log_probs
+from .instruct import LOG_ODDS_EPS, REWARD_CLIP, DiscriminatorFn, sequence_rewards
+from .process import Denoiser, LogLinearSchedule, subs_log_probs
 from .sampling import (
+    CachedDenoiser,
     SampleResult,
     SamplingControls,
     ancestral_transition,
+    check_num_steps,
     conditioned_start,
     sample_categorical,
     time_grid,
@@ -143,7 +145,7 @@ def sequence_reward(disc_logits: torch.Tensor, positions: torch.Tensor, config: 
     return sequence_rewards(disc_logits, positions, clip=config.reward_clip, eps=LOG_ODDS_EPS)
 
 
-def tilted_logits(discriminator: Denoiser, logits: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, h: float,
+def tilted_logits(discriminator: DiscriminatorFn, logits: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, h: float,
                   config: RGASConfig, mask_index: int) -> torch.Tensor:
     """``l + h * clip(dJ/dl)`` (float32) with ``J`` the reward of the soft SUBS prediction ``log x_hat(l; z)``.
 
@@ -159,7 +161,7 @@ def tilted_logits(discriminator: Denoiser, logits: torch.Tensor, z: torch.Tensor
     return leaf.detach() + h * grad.clamp(-config.grad_clip, config.grad_clip)
 
 
-def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tensor, config: RGASConfig,
+def rerank(discriminator: DiscriminatorFn, candidates: torch.Tensor, sigma: torch.Tensor, config: RGASConfig,
            generator: torch.Generator | None, mask_index: int, fixed: torch.Tensor | None = None) -> torch.Tensor:
     """Keep one of the candidates (B, M, L) per row, ``j ~ softmax(r / T_rerank)``; one discriminator call on B*M
     rows.
@@ -181,40 +183,38 @@ def rerank(discriminator: Denoiser, candidates: torch.Tensor, sigma: torch.Tenso
 
 
 @torch.no_grad()
-def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int, seq_len: int, num_steps: int,
-                mask_index: int, schedule: LogLinearSchedule, time_conditioning: bool = False,
-                config: RGASConfig | None = None, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu", use_cache: bool = True,
-                controls: SamplingControls | None = None, progress: bool = False, prefix: torch.Tensor | None = None,
-                fixed: torch.Tensor | None = None) -> SampleResult:
+def rgas_sample(denoiser: Denoiser, discriminator: DiscriminatorFn, *, batch_size: int, seq_len: int, num_steps: int,
+                mask_index: int, schedule: LogLinearSchedule, controls: SamplingControls | None = None,
+                use_cache: bool = True, time_conditioning: bool = False, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu", prefix: torch.Tensor | None = None,
+                fixed: torch.Tensor | None = None, progress: bool = False,
+                config: RGASConfig | None = None) -> SampleResult:
     """Sample ``batch_size`` sequences from all-mask (or from ``prefix`` with its ``fixed`` positions kept, see
     :func:`didi.diffusion.sampling.conditioned_start`) in ``num_steps`` RGAS steps (see the module docstring).
 
-    ``denoiser(z, sigma) -> (B, L, V)`` is a DiDi-Instruct student and ``discriminator(x, sigma) -> (B, L)`` its
-    discriminator, called on ids (B, L) or soft inputs (B, L, V); both run under the caller's device and autocast
-    (:meth:`didi.pipeline.DiffusionPipeline.sample` passes its ``denoiser`` and ``discriminate``). ``controls``
-    (temperature, top-k, top-p) shape every draw, candidates included, as in the ancestral sampler; with
-    ``controls.greedy_tail`` the last step takes the argmax (its candidates are then one state: no re-ranking).
+    The signature of :func:`~didi.diffusion.sampling.ancestral_sample` plus ``discriminator(x, sigma) -> (B, L)``, a
+    DiDi-Instruct student's discriminator called on ids (B, L) or soft inputs (B, L, V), and ``config``. Both
+    networks run under the caller's device and autocast (:meth:`didi.pipelines.diffusion.DiffusionPipeline.sample`
+    passes its ``denoiser`` and ``discriminate``). ``controls`` (temperature, top-k, top-p) shape every draw,
+    candidates included, as in the ancestral sampler; with ``controls.greedy_tail`` the last step takes the argmax
+    (its candidates are then one state: no re-ranking).
     """
     config = config or RGASConfig()
-    require(isinstance(num_steps, int) and num_steps >= 1, "nfe", f"must be an integer >= 1 (got {num_steps!r})")
+    check_num_steps(num_steps)
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
     controls = controls or SamplingControls()
     start = time.perf_counter()
     device, mask = torch.device(device), mask_index
-    cache_ok = use_cache and not time_conditioning
     grid = time_grid(num_steps, device)
     tilt_steps = rerank_start(num_steps, config.rerank_ratio)
     z, fixed = conditioned_start(batch_size, seq_len, mask, device, prefix, fixed)
-    logits: torch.Tensor | None = None
-    nfe = disc_forward = disc_backward = 0
+    net = CachedDenoiser(denoiser, schedule, time_conditioning=time_conditioning, use_cache=use_cache, device=device)
+    disc_forward = disc_backward = 0
     for n in tqdm(range(num_steps), desc="rgas", disable=not progress, leave=False):
         if not (z == mask).any():
             break  # nothing left to fill: every further step is the identity
         t, s = grid[n], grid[n + 1]
-        if logits is None or not cache_ok:
-            logits = denoiser(z, sigma_input(schedule, t.expand(batch_size), time_conditioning).to(device))
-            nfe += 1
+        logits = net(z, t)
         step = functools.partial(ancestral_transition, z, alpha_t=schedule.alpha(t), alpha_s=schedule.alpha(s),
                                  mask_index=mask, generator=generator, controls=controls,
                                  greedy=controls.greedy_tail and n == num_steps - 1)
@@ -222,21 +222,19 @@ def rgas_sample(denoiser: Denoiser, discriminator: Denoiser, *, batch_size: int,
         scorable = config.reward == "sum" or n < num_steps - 1  # masked_mean: the final step leaves no mask
         if h > 0:
             sigma_t = schedule.sigma(t).float().expand(batch_size)
-            z_next = step(tilted_logits(discriminator, logits, z, sigma_t, h, config, mask))
+            z = step(tilted_logits(discriminator, logits, z, sigma_t, h, config, mask))
             disc_forward += 1
             disc_backward += 1
         elif n >= tilt_steps and config.num_candidates > 1 and scorable:
             candidates = torch.stack([step(logits) for _ in range(config.num_candidates)], dim=1)
             distinct = not (candidates == candidates[:, :1]).all()  # else every row drew one state M times
-            z_next = (rerank(discriminator, candidates, schedule.sigma(s).float().expand(batch_size), config,
-                             generator, mask, fixed) if distinct else candidates[:, 0])
+            z = (rerank(discriminator, candidates, schedule.sigma(s).float().expand(batch_size), config, generator,
+                        mask, fixed) if distinct else candidates[:, 0])
             disc_forward += int(distinct)
         else:
-            z_next = step(logits)
-        if not torch.equal(z_next, z):
-            logits = None  # the input changed: the cached prediction is stale
-        z = z_next
-    return SampleResult(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, num_steps=num_steps, sampler="rgas",
+            z = step(logits)
+    return SampleResult(tokens=z, nfe=net.calls, seconds=time.perf_counter() - start, num_steps=num_steps,
+                        sampler="rgas",
                         extra_calls={"discriminator": disc_forward, "discriminator_backward": disc_backward},
                         info={"rgas": dataclasses.asdict(config), "rerank_start": tilt_steps,
                               "h_schedule": [guidance_scale(n, tilt_steps, config) for n in range(tilt_steps)]},

@@ -4,14 +4,19 @@
   is a known bug: it truncates the tail of the noise, lowers sample entropy and fakes low perplexity.
 * :class:`SamplingControls` / :func:`apply_controls` — temperature, top-k and top-p (nucleus) truncation, one
   function shared by every sampler (ancestral, RGAS, AR); the defaults (T = 1, no truncation) change nothing.
-* :func:`ancestral_sample` — the MDLM ancestral sampler on a uniform grid of ``num_steps`` steps from t=1 to t=0.
-  The last step goes to ``alpha = 1`` and therefore fills every remaining mask: it *is* the noise-removal step
-  and is counted inside the budget (the reference code adds one extra network call at t=1e-5 instead).
-  With the cache trick (valid when the network ignores the time, as MDLM does) the network is called only when
-  the sequence changed since the previous call and still contains masks, so ``nfe`` counts real calls and is
-  ``<= num_steps``.
+* :class:`CachedDenoiser` — the network as every sampler calls it: the cache trick (valid when the network ignores
+  the time, as MDLM does: the network is called only when the sequence changed since the previous call) and the
+  count of calls actually made, ``nfe``.
+* :func:`ancestral_transition` / :func:`ancestral_sample` — the MDLM ancestral sampler on a uniform grid of
+  ``num_steps`` steps from t=1 to t=0. The last step goes to ``alpha = 1`` and therefore fills every remaining mask:
+  it *is* the noise-removal step and is counted inside the budget (the reference code adds one extra network call
+  at t=1e-5 instead), so ``nfe <= num_steps``.
 * :func:`conditioned_start` — the start of a conditioned sampler: ``prefix`` tokens kept at the ``fixed`` positions,
   [MASK] elsewhere (prompts, infilling and semi-autoregressive windows: :mod:`didi.diffusion.conditioning`).
+
+Every sampler of the toolkit has the signature ``sampler(denoiser, *, batch_size, seq_len, num_steps, mask_index,
+schedule, controls, use_cache, time_conditioning, generator, device, prefix, fixed, progress, ...)`` (plus its own
+options) and returns a :class:`SampleResult`.
 """
 from __future__ import annotations
 
@@ -124,31 +129,6 @@ class SampleResult:
     fixed: torch.Tensor | None = None  # (B, L) positions given by the caller, not sampled (None: unconditional)
 
 
-@dataclass
-class AncestralConfig:
-    """Options of :func:`ancestral_sample`."""
-
-    num_steps: int = 1024
-    use_cache: bool = True
-    top_p: float = 1.0
-    noise_removal: str = "ancestral"  # "ancestral": last step samples; "greedy": last step takes the argmax
-    temperature: float = 1.0
-    top_k: int | None = None
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.num_steps, int) and self.num_steps >= 1, "nfe",
-                f"must be an integer >= 1 (got {self.num_steps!r})")
-        require(self.noise_removal in ("ancestral", "greedy"), "noise_removal",
-                f"must be ancestral or greedy (got {self.noise_removal!r})")
-        _ = self.controls  # validates temperature, top_k and top_p
-
-    @property
-    def controls(self) -> SamplingControls:
-        """The :class:`SamplingControls` of these options (``greedy_tail`` is ``noise_removal="greedy"``)."""
-        return SamplingControls(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                greedy_tail=self.noise_removal == "greedy")
-
-
 def time_grid(num_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Uniform grid ``1 = t_0 > t_1 > ... > t_K = 0`` in float64."""
     return torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=device)
@@ -183,23 +163,59 @@ def sample_masked_tokens(logits: torch.Tensor, mask_index: int, generator: torch
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=logits.device)
 
 
+def check_num_steps(num_steps: int) -> None:
+    """The sampling budget of every sampler: an integer >= 1 (``--nfe``)."""
+    require(isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1, "nfe",
+            f"must be an integer >= 1 (got {num_steps!r})")
+
+
+class CachedDenoiser:
+    """``logits = net(z, t)``: the denoiser as a sampler calls it, with the cache trick and an honest call count.
+
+    MDLM's network ignores the time (``time_conditioning`` false): ``x_hat(z_t)`` depends on ``z_t`` alone, so while
+    ``z`` is unchanged the previous logits are reused (``use_cache``) and no call is made. ``calls`` counts the
+    network calls actually made (all rows in one batched call): the sampler's ``nfe``.
+    """
+
+    def __init__(self, denoiser: Denoiser, schedule: LogLinearSchedule, *, time_conditioning: bool = False,
+                 use_cache: bool = True, device: torch.device | str = "cpu"):
+        self.denoiser, self.schedule, self.device = denoiser, schedule, device
+        self.time_conditioning = time_conditioning
+        self.use_cache = use_cache and not time_conditioning
+        self.calls = 0
+        self._input: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, V) at ``z`` (B, L) and time ``t`` (a scalar tensor)."""
+        if self.use_cache and self._logits is not None and torch.equal(z, self._input):
+            return self._logits
+        sigma = sigma_input(self.schedule, t.expand(z.shape[0]), self.time_conditioning).to(self.device)
+        self._logits = self.denoiser(z, sigma)
+        self._input = z.clone()
+        self.calls += 1
+        return self._logits
+
+
 def ancestral_transition(z: torch.Tensor, logits: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Tensor, *,
                          mask_index: int, generator: torch.Generator | None = None,
-                         controls: SamplingControls | None = None, greedy: bool = False) -> torch.Tensor:
+                         controls: SamplingControls | None = None, greedy: bool = False,
+                         fill: bool = False) -> torch.Tensor:
     """One ancestral step ``z_t -> z_s`` from the network's logits (B, L, V) (or (1, L, V) shared by all rows).
 
     Sampled in two stages, which is the same distribution as the (V+1)-way posterior of
     :func:`didi.diffusion.process.posterior_probs` but touches only the positions that are revealed: a masked position
     is revealed with probability ``(alpha_s - alpha_t)/(1 - alpha_t)`` (all of them when ``alpha_s = 1``), and a
     revealed position draws its token from the float64 SUBS distribution (shaped by ``controls``; its argmax if
-    ``greedy``). ``alpha_t``/``alpha_s`` are scalars or (B,) tensors.
+    ``greedy``). ``alpha_t``/``alpha_s`` are scalars or (B,) tensors. ``fill`` reveals every masked position
+    whatever ``alpha_s`` (a rollout that stops at ``t0 > 0``); the reveal draws are made all the same.
     """
     batch = z.shape[0]
     alpha_t = torch.as_tensor(alpha_t, dtype=torch.float64, device=z.device).expand(batch)
     alpha_s = torch.as_tensor(alpha_s, dtype=torch.float64, device=z.device).expand(batch)
     reveal_prob = ((alpha_s - alpha_t) / (1.0 - alpha_t))[:, None]
     uniform = torch.rand(z.shape, generator=generator, device=z.device, dtype=torch.float64)
-    reveal = (z == mask_index) & (uniform < reveal_prob)
+    reveal = (z == mask_index) & ((uniform < reveal_prob) | fill)
     z_next = z.clone()
     if reveal.any():
         rows = logits.expand(batch, -1, -1)[reveal] if logits.shape[0] == 1 else logits[reveal]
@@ -232,40 +248,32 @@ def conditioned_start(batch_size: int, seq_len: int, mask_index: int, device: to
 
 
 @torch.no_grad()
-def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, mask_index: int,
-                     schedule: LogLinearSchedule, config: AncestralConfig | None = None,
+def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, num_steps: int, mask_index: int,
+                     schedule: LogLinearSchedule, controls: SamplingControls | None = None, use_cache: bool = True,
                      time_conditioning: bool = False, generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu", prefix: torch.Tensor | None = None,
-                     progress: bool = False, fixed: torch.Tensor | None = None) -> SampleResult:
-    """Ancestral sampling from all-mask, or from ``prefix`` (B, L) with its ``fixed`` positions kept
-    (:func:`conditioned_start`; without ``fixed``, a partially masked start whose non-[MASK] positions are kept).
+                     fixed: torch.Tensor | None = None, progress: bool = False) -> SampleResult:
+    """Ancestral sampling in ``num_steps`` steps from all-mask, or from ``prefix`` (B, L) with its ``fixed`` positions
+    kept (:func:`conditioned_start`; without ``fixed``, a partially masked start whose non-[MASK] positions are kept).
 
     Per step ``t -> s``: the network's logits give the SUBS denoiser ``x_hat(z_t)``; see
-    :func:`ancestral_transition`. With the cache, logits are reused while ``z`` is unchanged.
+    :func:`ancestral_transition`. ``controls`` shape every draw; with ``controls.greedy_tail`` the last step takes the
+    argmax. With the cache (:class:`CachedDenoiser`), logits are reused while ``z`` is unchanged.
     """
-    config = config or AncestralConfig()
+    check_num_steps(num_steps)
     require(seq_len >= 1, "seq_len", f"must be >= 1 (got {seq_len})")
+    controls = controls or SamplingControls()
     device = torch.device(device)
     start = time.perf_counter()
     z, fixed = conditioned_start(batch_size, seq_len, mask_index, device, prefix, fixed)
-    grid = time_grid(config.num_steps, device)
-    controls = config.controls
-    cache_ok = config.use_cache and not time_conditioning
-    logits: torch.Tensor | None = None
-    nfe = 0
-    for i in tqdm(range(config.num_steps), desc="sampling", disable=not progress, leave=False):
+    grid = time_grid(num_steps, device)
+    net = CachedDenoiser(denoiser, schedule, time_conditioning=time_conditioning, use_cache=use_cache, device=device)
+    for i in tqdm(range(num_steps), desc="sampling", disable=not progress, leave=False):
         if not (z == mask_index).any():
             break  # nothing left to fill: every further step is the identity
         t, s = grid[i], grid[i + 1]
-        if logits is None or not cache_ok:
-            sigma = sigma_input(schedule, t.expand(batch_size), time_conditioning).to(device)
-            logits = denoiser(z, sigma)
-            nfe += 1
-        greedy = controls.greedy_tail and i == config.num_steps - 1
-        z_next = ancestral_transition(z, logits, schedule.alpha(t), schedule.alpha(s), mask_index=mask_index,
-                                      generator=generator, controls=controls, greedy=greedy)
-        if not torch.equal(z_next, z):
-            logits = None  # the input changed: the cached prediction is stale
-        z = z_next
-    return SampleResult(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, num_steps=config.num_steps,
+        z = ancestral_transition(z, net(z, t), schedule.alpha(t), schedule.alpha(s), mask_index=mask_index,
+                                 generator=generator, controls=controls,
+                                 greedy=controls.greedy_tail and i == num_steps - 1)
+    return SampleResult(tokens=z, nfe=net.calls, seconds=time.perf_counter() - start, num_steps=num_steps,
                         fixed=None if prefix is None else fixed)

@@ -6,9 +6,7 @@ notes) and the student *maximises* it. Architecture (paper-notes §2.4, released
 teacher DiT whose ``output_layer`` is replaced by ``SN-Linear(d, d) -> SiLU -> SN-Linear(d, 1)`` applied to the
 last block's hidden states (no final norm, no adaLN); only the last ``K`` blocks and the head are trainable.
 State-dict keys therefore match the released ``discriminator.safetensors`` (``output_layer.main.0.weight_orig``...).
-
-:func:`sequence_rewards` turns its logits into the per-sequence reward that distillation maximises and RGAS steers
-by (both import it from here, so the sampler needs nothing from the training recipe).
+The reward computed from its logits is method maths: :mod:`didi.diffusion.instruct`.
 """
 from __future__ import annotations
 
@@ -19,11 +17,6 @@ from torch.nn.utils import spectral_norm
 
 from ..config import ModelConfig
 from .dit import DiT
-
-REWARD_CLIP = 8.0
-"""Default clip of the per-token log-odds in :func:`sequence_rewards` (``--reward-clip`` of distillation and RGAS)."""
-LOG_ODDS_EPS = 1e-6
-"""The ``eps`` in ``log(sigmoid(d) + eps) - log(1 - sigmoid(d) + eps)`` (distillation's ``--log-odds-eps``)."""
 
 
 class DiscriminatorHead(nn.Module):
@@ -145,24 +138,3 @@ def empty_discriminator(config: ModelConfig, time_blocks: int | None = None, win
     """
     return Discriminator(config, time_blocks=config.n_blocks if time_blocks is None else time_blocks, window=window,
                          normalize=normalize, trainable_blocks=trainable_blocks)
-
-
-def discriminator_logits(disc: DiT, z: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    """Per-token logits (B, L) in float32 for ids (B, L) or soft inputs (B, L, V)."""
-    out = disc(z, sigma)
-    return out.squeeze(-1).float() if out.dim() == 3 else out
-
-
-def token_rewards(disc_logits: torch.Tensor, *, clip: float = REWARD_CLIP, eps: float = LOG_ODDS_EPS
-                  ) -> torch.Tensor:
-    """Per-token reward ``clip(log(σ(d)+ε) - log(1-σ(d)+ε), ±clip)`` (≈ the logit d), float32."""
-    p = torch.sigmoid(disc_logits.float())
-    return (torch.log(p + eps) - torch.log1p(-p + eps)).clamp(-clip, clip)
-
-
-def sequence_rewards(disc_logits: torch.Tensor, positions: torch.Tensor, *, clip: float, eps: float
-                     ) -> torch.Tensor:
-    """Per-row reward: mean over corrupted positions of clip(log(σ(d)+ε) - log(1-σ(d)+ε), ±clip)."""
-    log_odds = token_rewards(disc_logits, clip=clip, eps=eps)
-    count = positions.sum(-1)
-    return (log_odds * positions).sum(-1) / (count + 1e-8)

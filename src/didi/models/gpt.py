@@ -8,8 +8,8 @@ Same widths and depths as the DiT (:data:`didi.config.PRESETS`) and the same pie
     logits = Linear(LN(x))       # untied output head, vocab_size = tokenizer.vocab_size (no [MASK])
 
 It is trained with next-token cross-entropy on packed blocks ``[BOS] ... [EOS]`` (:func:`next_token_nll`) and
-generates left to right from ``[BOS]`` (:func:`didi.ar.generate`); with a :class:`KVCache` each step feeds only the
-newest token.
+generates left to right from ``[BOS]`` (:func:`didi.pipelines.ar.generate`); with a :class:`KVCache` each step
+feeds only the newest token.
 """
 from __future__ import annotations
 

@@ -124,20 +124,21 @@ def _train(kind: str, run_dir: Path, cfg: QuickstartConfig, steps: int) -> None:
 
 
 def _distill(teacher: Path, student: Path, cfg: QuickstartConfig) -> None:
-    from .distill import DistillConfig, distill
+    from .didi_instruct import InstructConfig
+    from .distill import distill
 
     if completed_steps(student) >= cfg.distill_steps:
         print(f"[didi] {student} is complete, reusing it")
         return
     resume = latest_snapshot(student) is not None
-    distill_cfg = DistillConfig(teacher=str(teacher), out=str(student), save_every=max(1, cfg.distill_steps // 3),
-                                seed=cfg.seed, device=cfg.device,
-                                **{**REGIMES[cfg.regime]["distill"], "steps": cfg.distill_steps})
+    distill_cfg = InstructConfig(teacher=str(teacher), out=str(student), save_every=max(1, cfg.distill_steps // 3),
+                                 seed=cfg.seed, device=cfg.device,
+                                 **{**REGIMES[cfg.regime]["distill"], "steps": cfg.distill_steps})
     distill(distill_cfg, resume=resume)
 
 
 def _show(label: str, run_dir: Path, nfe: int, cfg: QuickstartConfig) -> None:
-    from ..pipeline import load
+    from ..pipelines.load import load
 
     model = load(run_dir, device=cfg.device)
     [result] = model.sample(cfg.num_samples, nfe, seed=cfg.seed)

@@ -20,7 +20,6 @@ every rank after the same step with a final snapshot.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
@@ -33,33 +32,30 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..config import DiffusionConfig, ModelConfig, fit_warmups, helpfield, to_dict
 from ..data.corpora import BatchSchedule, DataConfig, PreparedData, TokenBlocks, prepare_data, shard
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..diffusion.process import LogLinearSchedule, mdlm_token_losses, sample_times
 from ..errors import CheckpointError, ConfigError, TrainingError, require
-from ..models.dit import DiT
-from ..models.gpt import GPT
+from ..models.load import build_network
 from ..runtime import distributed as dist
 from ..runtime.checkpoint import (
     RunConfig,
     check_new_run_dir,
     clean_stale_tmp,
-    ema_decay_at,
-    ema_update,
     latest_snapshot,
     load_state_dict_strict,
     load_tensors,
     load_trainer_state,
     read_run_config,
-    resumed_options,
     save_snapshot,
     write_run_config,
     write_run_files,
 )
-from ..runtime.utils import autocast, resolve_precision, seed_everything, step_generator
+from ..runtime.devices import autocast, resolve_precision
+from ..runtime.randomness import seed_everything, step_generator
+from .loop import SCHEDULES, StepLoop, ema_decay_at, ema_update, lr_at, resumed_config, set_lr
 
 
 @dataclass
@@ -105,7 +101,7 @@ class TrainConfig:
         require(self.global_batch_size >= 1, "global_batch_size", f"must be >= 1 (got {self.global_batch_size})")
         require(self.micro_batch_size >= 0, "micro_batch_size", f"must be >= 0 (got {self.micro_batch_size})")
         require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
-        require(self.lr_schedule in ("cosine", "linear", "constant"), "lr_schedule",
+        require(self.lr_schedule in SCHEDULES, "lr_schedule",
                 f"must be cosine, linear or constant (got {self.lr_schedule!r})")
         require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1] (got {self.min_lr_ratio})")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0 (got {self.warmup_steps})")
@@ -118,20 +114,6 @@ class TrainConfig:
                 f"must be in [0, 1) (got {self.dropout})")
 
 
-def lr_at(step: int, cfg: TrainConfig | Any) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then decay to ``min_lr_ratio * lr`` at ``steps``."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    if cfg.lr_schedule == "linear":
-        return floor + (cfg.lr - floor) * (1.0 - progress)
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer, seq_len: int) -> ModelConfig:
     overrides = dict(hidden_size=cfg.hidden_size or None, n_blocks=cfg.n_blocks or None,
                      n_heads=cfg.n_heads or None, cond_dim=cfg.cond_dim or None)
@@ -139,12 +121,6 @@ def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer, seq_le
         cfg.preset, **overrides, max_seq_len=seq_len, arch="gpt" if kind == "ar" else "dit",
         vocab_size=tokenizer.vocab_size if kind == "ar" else tokenizer.model_vocab_size,
         dropout=None if cfg.dropout < 0 else cfg.dropout)
-
-
-def build_network(model_config: ModelConfig) -> nn.Module:
-    if model_config.arch == "gpt":
-        return GPT(model_config)
-    return DiT(model_config)
 
 
 # --------------------------------------------------------------------------------------------- objectives
@@ -297,20 +273,7 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     if seq_len > run_config.model.max_seq_len:
         raise ConfigError(f"--seq-len: {seq_len} is longer than the model's maximum {run_config.model.max_seq_len}")
 
-    seed_everything(cfg.seed)  # identical initial weights on every rank (FSDP2 shards them without a broadcast)
-    model = build_network(run_config.model).to(device)
-    model.gradient_checkpointing = cfg.grad_checkpointing
-    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
-    if snapshot is not None:
-        _load_weights(snapshot, model, ema, device)
-    if ctx.enabled and cfg.fsdp:
-        wrapped = dist.fully_shard_model(model)
-        if ema is not None:
-            dist.fully_shard_model(ema)  # sharded like the model: the EMA update stays local to each shard
-    else:
-        wrapped = dist.ddp(model, device) if ctx.enabled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay)
+    model, ema, wrapped, optimizer = _networks(run_config.model, cfg, snapshot, device)
     start_step = _load_trainer_state(snapshot, model, optimizer) if snapshot is not None else 0
     if ctx.is_main:
         clean_stale_tmp(run_dir)
@@ -324,24 +287,22 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     tokens_in_global_batch = cfg.global_batch_size * tokens_per_row(kind, seq_len)
     eval_rows = min(len(prepared.valid), cfg.eval_batches * cfg.global_batch_size) // world * world  # 0: no validation
 
-    metrics_path = run_dir / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {kind}", disable=not (cfg.progress and ctx.is_main),
-               dynamic_ncols=True)
-    say = bar.write if ctx.is_main else (lambda message: None)
+    command = "train" if kind == "mdlm" else "train-ar"
     step = start_step
     last_log = time.perf_counter()
     tokens_since_log = 0
-    interrupted = None
-    with dist.StopRequest() as stop:
+    with StepLoop(run_dir, desc=f"train {kind}", start=start_step, steps=cfg.steps, save_every=cfg.save_every,
+                  progress=cfg.progress, resume_command=f"didi {command} --resume {run_dir}",
+                  save=lambda done: _save(run_dir, done, model, ema, optimizer, cfg)) as loop:
         while step < cfg.steps:
             torch.manual_seed(dist.rank_seed(cfg.seed, step, ctx.rank))  # dropout masks of this rank's rows
             x_rank = prepared.train.batch(shard(batches.indices(step), ctx.rank, world)).to(device)
             noise = draw_noise(kind, run_config.diffusion, cfg.seed, step, cfg.global_batch_size, seq_len, device)
             lo = ctx.rank * per_rank
             noise = {k: v[lo:lo + per_rank] for k, v in noise.items()}
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = lr_at(step, peak=cfg.lr, warmup=cfg.warmup_steps, total=cfg.steps, schedule=cfg.lr_schedule,
+                       final_ratio=cfg.min_lr_ratio)
+            set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
             for m in range(accumulation):
                 part = slice(m * micro, (m + 1) * micro)
@@ -354,7 +315,6 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
             total_loss = dist.all_reduce_sum(loss_sum) / tokens_in_global_batch
             if not torch.isfinite(total_loss):
                 optimizer.zero_grad(set_to_none=True)
-                bar.close()
                 last = latest_snapshot(run_dir)
                 raise TrainingError(f"non-finite loss at step {step}; training stopped, last good checkpoint kept"
                                     f" ({last if last else 'none written yet'})")
@@ -366,36 +326,47 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
             step += 1
             tokens_since_log += cfg.global_batch_size * seq_len
             record: dict[str, Any] = {}
+            show = None
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 record = {"step": step, "loss": float(total_loss), "lr": lr, "grad_norm": float(grad_norm),
                           "tokens_per_s": tokens_since_log / max(1e-9, now - last_log)}
                 last_log, tokens_since_log = now, 0
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.2e}")
+                show = dict(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.2e}")
             if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 val = validation_loss(ema if ema is not None else model, prepared.valid, kind=kind,
                                       objective=objective, diffusion=run_config.diffusion, num_rows=eval_rows,
                                       micro_batch_size=micro, seed=cfg.seed, device=device, precision=precision)
                 record.update(step=step, val_loss=val, val_ppl=math.exp(min(val, 50.0)))
                 label = "val_nelbo" if kind == "mdlm" else "val_loss"
-                say(f"step {step}: {label} {val:.4f} (ppl{' bound' if kind == 'mdlm' else ''} "
-                    f"{math.exp(min(val, 50.0)):.2f})")
-            if record and ctx.is_main:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            bar.update(1)
-            stopping = stop.agreed()
-            if step % cfg.save_every == 0 or step == cfg.steps or stopping:
-                _save(run_dir, step, model, ema, optimizer, cfg)
-                if stopping and step < cfg.steps:
-                    command = "train" if kind == "mdlm" else "train-ar"
-                    interrupted = stop.interrupted(step, cfg.steps, f"didi {command} --resume {run_dir}")
-                    break
-    bar.close()
-    dist.barrier()
-    if interrupted is not None:
-        raise interrupted
+                loop.say(f"step {step}: {label} {val:.4f} (ppl{' bound' if kind == 'mdlm' else ''} "
+                         f"{math.exp(min(val, 50.0)):.2f})")
+            if record:
+                loop.log(record, show)
+            if loop.end_step(step):
+                break
     return run_dir
+
+
+def _networks(model_config: ModelConfig, cfg: TrainConfig, snapshot: Path | None, device: torch.device
+              ) -> tuple[nn.Module, nn.Module | None, nn.Module, torch.optim.Optimizer]:
+    """The model (from ``snapshot`` when resuming), its EMA, the model as wrapped for ``torchrun`` (DDP or FSDP2)
+    and its optimiser."""
+    seed_everything(cfg.seed)  # identical initial weights on every rank (FSDP2 shards them without a broadcast)
+    model = build_network(model_config).to(device)
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay > 0 else None
+    if snapshot is not None:
+        _load_weights(snapshot, model, ema, device)
+    if dist.context().enabled and cfg.fsdp:
+        wrapped = dist.fully_shard_model(model)
+        if ema is not None:
+            dist.fully_shard_model(ema)  # sharded like the model: the EMA update stays local to each shard
+    else:
+        wrapped = dist.ddp(model, device) if dist.context().enabled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)
+    return model, ema, wrapped, optimizer
 
 
 RESUMABLE_OPTIONS = ("steps", "device", "progress", "compile", "save_every", "eval_every", "log_every",
@@ -405,10 +376,7 @@ RESUMABLE_OPTIONS = ("steps", "device", "progress", "compile", "save_every", "ev
 
 def resume_config(run_dir: str | Path, **overrides: Any) -> TrainConfig:
     """The saved :class:`TrainConfig` of ``run_dir`` with ``overrides`` (only :data:`RESUMABLE_OPTIONS`)."""
-    run_config = read_run_config(Path(run_dir))
-    saved = resumed_options(run_config.training, overrides, RESUMABLE_OPTIONS, TrainConfig.__dataclass_fields__)
-    saved["out"] = str(run_dir)
-    return TrainConfig(**saved)
+    return resumed_config(TrainConfig, read_run_config(Path(run_dir)).training, overrides, RESUMABLE_OPTIONS, run_dir)
 
 
 def _save(run_dir: Path, step: int, model: nn.Module, ema: nn.Module | None, optimizer: torch.optim.Optimizer,

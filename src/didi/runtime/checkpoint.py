@@ -15,17 +15,18 @@ Atomicity: a snapshot is written into ``checkpoints/.tmp-step-N-<pid>`` and rena
 leaves the previous snapshot (and the top-level files) untouched. Single files are written as temp + fsync +
 rename. Safetensors files carry ``{"step": ..., "format": "pt"}`` metadata.
 
-Also here, for every loader and recipe: :func:`weights_file` (which weights of a run to load) and the EMA helpers
-:func:`ema_update` / :func:`ema_decay_at`.
+Also here, for every loader and recipe: :func:`is_run_dir` (is a folder a run directory) and :func:`weights_file`
+(which weights of a run to load).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,34 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def check_destination(dst: Path, force: bool) -> None:
+    """Refuse to replace a non-empty folder (or a file) ``dst`` unless ``force`` (``didi convert``/``export``)."""
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst}: exists and is not a directory")
+    if dst.exists() and any(dst.iterdir()) and not force:
+        raise CheckpointError(f"{dst}: already exists and is not empty (pass --force to replace it)")
+
+
+@contextlib.contextmanager
+def staged_directory(dst: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``dst`` in one rename once the block succeeds."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dst.exists():
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_run_files(run_dir: Path, files: dict[str, str]) -> None:
@@ -200,6 +229,17 @@ def resumed_options(saved: dict[str, Any], overrides: dict[str, Any], resumable:
             raise ConfigError(f"--{key.replace('_', '-')}: cannot change when resuming (saved: {options.get(key)!r})")
         options[key] = value
     return options
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A didi run directory: a ``config.json`` that is a :class:`RunConfig` (has ``kind``; exports and Hugging Face
+    configs have none)."""
+    config = Path(path) / CONFIG
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "kind" in data
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -328,20 +368,3 @@ def clean_stale_tmp(run_dir: Path) -> None:
         for p in root.iterdir():
             if p.name.startswith(".tmp-"):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------- EMA
-
-def ema_decay_at(decay: float, updates: int) -> float:
-    """EMA warm-up: ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs are not dominated by
-    the initial weights (with 0.999, 82% of the average would still be the initialisation after 200 steps)."""
-    return min(decay, (1.0 + updates) / (10.0 + updates))
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)

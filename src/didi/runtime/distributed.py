@@ -32,7 +32,7 @@ import torch.distributed as tdist
 import torch.nn as nn
 
 from ..errors import ConfigError, DidiError, RunInterrupted
-from .utils import pick_device
+from .devices import pick_device
 
 PREPARE_TIMEOUT = timedelta(hours=24)
 """How long the other ranks wait for rank 0 to download and tokenize a corpus (hours for OpenWebText)."""

@@ -25,7 +25,7 @@ import torch
 
 from ...errors import option_error, require
 from ...runtime.checkpoint import RunConfig
-from ...runtime.utils import synchronize
+from ...runtime.devices import synchronize
 from .metrics import (
     Evaluator,
     Likelihood,

@@ -26,7 +26,6 @@ sample files.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -40,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...ar import ARPipeline
 from ...config import DiffusionConfig
 from ...data.markov import MarkovLanguage, metrics_from_counts, sample_transition_counts
 from ...data.tokenizer import Tokenizer
@@ -48,9 +46,10 @@ from ...diffusion.process import Denoiser, LogLinearSchedule, mdlm_token_losses,
 from ...diffusion.sampling import SampleResult
 from ...errors import DataError, DidiError, option_error, require
 from ...models.gpt import next_token_nll
-from ...pipeline import DiffusionPipeline
-from ...runtime.checkpoint import read_run_config
-from ...runtime.utils import pick_device, synchronize
+from ...pipelines.ar import ARPipeline
+from ...pipelines.diffusion import DiffusionPipeline
+from ...runtime.checkpoint import is_run_dir, read_run_config
+from ...runtime.devices import pick_device, synchronize
 
 Model = DiffusionPipeline | ARPipeline
 
@@ -91,21 +90,10 @@ class Evaluator:
     hidden: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # last hidden state (B, L, D)
 
 
-def is_didi_run(path: str | Path) -> bool:
-    """A directory whose ``config.json`` is a didi :class:`~didi.runtime.checkpoint.RunConfig` (has ``kind``)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return "kind" in json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
 def load_evaluator(name_or_path: str, device: str | torch.device = "auto") -> Evaluator:
     """A didi AR run directory, else a Hugging Face causal LM (name or path) whose files are available locally."""
     device = pick_device(str(device)) if not isinstance(device, torch.device) else device
-    if is_didi_run(name_or_path):
+    if is_run_dir(name_or_path):
         return _didi_evaluator(Path(name_or_path), device)
     return _hf_evaluator(name_or_path, device)
 

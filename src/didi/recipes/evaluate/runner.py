@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...ar import ARPipeline
 from ...config import helpfield, parse_int_list
 from ...data.markov import MarkovLanguage
 from ...data.protein import (
@@ -41,10 +40,13 @@ from ...data.tokenizer import Tokenizer, load_tokenizer
 from ...diffusion.rgas import RGASConfig
 from ...diffusion.sampling import SampleResult, SamplingControls
 from ...errors import option_error, require
-from ...pipeline import load
-from ...runtime.checkpoint import RunConfig, read_run_config
-from ...runtime.utils import pick_device
-from ...samples import read_samples
+from ...interop.sample_files import read_samples
+from ...models.load import DISCRIMINATOR_FILE
+from ...pipelines.ar import ARPipeline
+from ...pipelines.diffusion import SAMPLERS, require_discriminator
+from ...pipelines.load import load
+from ...runtime.checkpoint import RunConfig, is_run_dir, read_run_config
+from ...runtime.devices import pick_device
 from ...version import __version__
 from .conditional import check_prefix_tokens, conditional_rows
 from .metrics import (
@@ -59,7 +61,6 @@ from .metrics import (
     bootstrap_interval,
     diffusion_nelbo,
     generative_perplexity,
-    is_didi_run,
     load_evaluator,
     load_mauve_features,
     markov_bootstrap,
@@ -74,7 +75,6 @@ from .metrics import (
 )
 from .report import EvalReport, EvalRow, compute_frontiers, frontier_axis
 
-SAMPLERS = ("ancestral", "rgas")
 FRONTIER_ENTROPIES = {"sample": "entropy", "conditional": "conditional_entropy"}  # --frontier-entropy -> row metric
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
@@ -341,7 +341,7 @@ def _protein_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Seque
     if not models and not recorded:
         require(not config.plddt, "plddt", "pLDDT scores proteins: no --model or --samples here is a protein model")
         return None
-    candidates = models + [Path(m) for m in recorded if m and is_didi_run(m)]
+    candidates = models + [Path(m) for m in recorded if m and is_run_dir(m)]
     reference = protein_reference(candidates[0] if candidates else None, config.data)
     if config.plddt:
         _log("loading ESMFold for pLDDT")
@@ -391,7 +391,7 @@ def heldout_data(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[
         return _split_heldout(ref.name, ref.source.removeprefix("the "), list(ref.sequences), None, n)
     candidates = sorted(((Path(p), run) for p, run in zip(config.models, runs)), key=lambda c: c[1].kind == "ar")
     candidates += [(Path(m), read_run_config(Path(m))) for m in
-                   (str(records[0].get("model") or "") for _, records in files) if m and is_didi_run(m)]
+                   (str(records[0].get("model") or "") for _, records in files) if m and is_run_dir(m)]
     for path, run in candidates:
         tokenizer = load_tokenizer(path, run.tokenizer)
         seq_len = config.seq_len or int(run.training.get("seq_len", run.model.max_seq_len))
@@ -619,7 +619,7 @@ def _file_markov(first: dict[str, Any], tokens: list[list[int]] | None) -> tuple
     file's token ids decoded for it; ``None`` otherwise (text alone would put the letters of ``<|endoftext|>``
     between documents)."""
     model = str(first.get("model") or "")
-    if not tokens or not model or not is_didi_run(model):
+    if not tokens or not model or not is_run_dir(model):
         return None
     language = markov_language(model)
     if language is None:
@@ -668,7 +668,7 @@ def _evaluator_as_model(config: EvalConfig, kinds: Sequence[str], evaluator_name
     """The AR reference row of ``--references``: the evaluator's own samples, when it is a didi AR run and no AR
     ``--model`` is given (that one is the reference then), and unconditional rows are evaluated."""
     if (not config.references or not config.unconditional or not evaluator_name or "ar" in kinds
-            or not is_didi_run(evaluator_name)):
+            or not is_run_dir(evaluator_name)):
         return None
     return evaluator_name if read_run_config(Path(evaluator_name)).kind == "ar" else None
 
@@ -690,12 +690,12 @@ def evaluate(config: EvalConfig) -> EvalReport:
         check_prefix_tokens(config, runs)
     if config.frontier_entropy == "conditional":
         runs_with_files = [*config.models, *(str(records[0].get("model") or "") for _, records in files)]
-        require(any(p and is_didi_run(p) and markov_language(p) is not None for p in runs_with_files),
+        require(any(p and is_run_dir(p) and markov_language(p) is not None for p in runs_with_files),
                 "frontier_entropy", "conditional needs a Markov-language run (markov.json in its directory, from "
                 "--data markov): no --model, and no model of a --samples file, has one")
     for path, kind in zip(config.models, kinds):
-        if config.sampler == "rgas" and kind != "ar" and not (Path(path) / "discriminator.safetensors").is_file():
-            raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; {path} has none")
+        if config.sampler == "rgas" and kind != "ar":
+            require_discriminator((Path(path) / DISCRIMINATOR_FILE).is_file(), path)
     evaluator_name = config.evaluator or next((p for p, k in zip(config.models, kinds) if k == "ar"), None)
     evaluator = None
     if evaluator_name:

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data.protein import is_fasta_path, write_fasta
-from .diffusion.sampling import SampleResult
-from .errors import DataError, option_error
-from .runtime.checkpoint import atomic_write
+from ..data.protein import is_fasta_path, write_fasta
+from ..diffusion.sampling import SampleResult
+from ..errors import DataError, option_error
+from ..runtime.checkpoint import atomic_write
 
 
 def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, Any]]:

@@ -1,11 +1,9 @@
-"""Small runtime helpers: device choice, autocast, seeding and RNG state capture."""
+"""Where and in which precision the networks run: device choice, bf16 autocast, synchronisation for timings."""
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 
-import numpy as np
 import torch
 
 from ..errors import option_error
@@ -51,29 +49,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def step_generator(seed: int, step: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator whose state depends only on ``(seed, step, stream)``.
-
-    Training draws all per-step randomness of the *global* batch (diffusion times, masks) from such a generator,
-    so a run is reproducible across resumes and across world sizes: every rank draws the same global numbers and
-    keeps its own slice.
-    """
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step * 97 + stream * 7_919) % (2**63 - 1))
-    return g
-
-
-def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def synchronize(device: torch.device) -> None:

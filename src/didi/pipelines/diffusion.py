@@ -1,8 +1,9 @@
-"""Ready-to-use model objects: ``didi.load(path)`` returns one, ``.sample()`` generates, ``.decode()`` detokenizes.
+"""The diffusion pipeline: a masked-diffusion network (teacher or distilled student) ready to sample.
 
-``DiffusionPipeline`` wraps a masked-diffusion network (teacher or DiDi-Instruct student) with its schedule,
-tokenizer and, for students, the discriminator used by RGAS. ``from_pretrained``/``save_pretrained`` read and
-write run directories (:mod:`didi.runtime.checkpoint`).
+:class:`DiffusionPipeline` wraps the network with its schedule, tokenizer and, for DiDi-Instruct students, the
+discriminator used by RGAS; ``.sample()`` generates with any sampler of :mod:`didi.diffusion`, ``.generate()``
+completes prompts and templates, ``.decode()`` detokenizes. ``from_pretrained`` reads a run directory
+(:mod:`didi.runtime.checkpoint`); ``didi.load`` (:mod:`.load`) picks the pipeline of any run.
 """
 from __future__ import annotations
 
@@ -14,16 +15,27 @@ from typing import Any
 
 import torch
 
-from .data.prompts import Prompt, PromptBatch, as_prompts, prompt_batches
-from .data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
-from .diffusion.conditioning import semi_autoregressive_sample
-from .diffusion.process import LogLinearSchedule
-from .diffusion.sampling import AncestralConfig, SampleResult, SamplingControls, ancestral_sample
-from .errors import CheckpointError, option_error, require
-from .models.dit import DiT
-from .runtime.checkpoint import RunConfig, load_state_dict_strict, load_tensors, read_run_config, weights_file
-from .runtime.utils import autocast, pick_device, resolve_precision
-from .samples import sample_records
+from ..data.prompts import Prompt, PromptBatch, as_prompts, prompt_batches
+from ..data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
+from ..diffusion.conditioning import semi_autoregressive_sample
+from ..diffusion.process import LogLinearSchedule
+from ..diffusion.sampling import SampleResult, SamplingControls, ancestral_sample, check_num_steps
+from ..errors import CheckpointError, option_error, require
+from ..interop.sample_files import sample_records
+from ..models.dit import DiT
+from ..models.load import load_discriminator, load_network
+from ..runtime.checkpoint import RunConfig, read_run_config
+from ..runtime.devices import autocast, pick_device, resolve_precision
+
+SAMPLERS = ("ancestral", "rgas")
+"""The samplers of a diffusion pipeline (``didi sample/eval --sampler``)."""
+
+
+def require_discriminator(has_one: bool, path: Path | str | None) -> None:
+    """``--sampler rgas`` needs a DiDi-Instruct student with a discriminator (one clear error otherwise)."""
+    if not has_one:
+        raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; "
+                                      f"{path or 'this model'} has none")
 
 
 @dataclass
@@ -64,23 +76,9 @@ class DiffusionPipeline:
         device = pick_device(str(device)) if not isinstance(device, torch.device) else device
         tokenizer = load_tokenizer(run_dir, config.tokenizer)
         check_tokenizer_matches(tokenizer, config, str(run_dir))
-        network = DiT(config.model)
-        path = weights_file(run_dir, weights)
-        load_state_dict_strict(network, load_tensors(path), str(path))
-        network.to(device).eval()
-        discriminator = None
-        disc_path = run_dir / "discriminator.safetensors"
-        if disc_path.exists():
-            from .models.discriminator import empty_discriminator
-
-            spec = config.extra.get("discriminator", {})
-            discriminator = empty_discriminator(config.model, spec.get("time_blocks"), window=spec.get("window", 0),
-                                                normalize=spec.get("normalize", False),
-                                                trainable_blocks=spec.get("trainable_blocks"))
-            load_state_dict_strict(discriminator, load_tensors(disc_path), str(disc_path))
-            discriminator.to(device).eval()
-        return cls(config=config, network=network, tokenizer=tokenizer, device=device, discriminator=discriminator,
-                   path=run_dir, precision=resolve_precision(precision, device))
+        return cls(config=config, network=load_network(run_dir, config, weights, device), tokenizer=tokenizer,
+                   device=device, discriminator=load_discriminator(run_dir, config, device), path=run_dir,
+                   precision=resolve_precision(precision, device))
 
     def denoiser(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -195,7 +193,7 @@ class DiffusionPipeline:
     def _window_frame(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``([BOS], [EOS])``: a wrap-packed model was trained on ``[BOS] chunk [EOS]`` blocks. A crop-packed model
         (one document per block, e.g. proteins) never saw a window inside a document: refused."""
-        from .data.corpora import resolve_packing
+        from ..data.corpora import resolve_packing
 
         packing = resolve_packing(str(self.config.data.get("packing", "auto")), self.tokenizer)
         require(packing == "wrap", "length", f"above the model's {self.config.model.max_seq_len} tokens needs a "
@@ -208,28 +206,22 @@ class DiffusionPipeline:
               ) -> Callable[[int, int, torch.Tensor | None, torch.Tensor | None], SampleResult]:
         """``draw(batch_size, seq_len, prefix, fixed) -> SampleResult`` with the chosen sampler (options checked
         here, before any sampling)."""
-        config = AncestralConfig(num_steps=nfe, use_cache=use_cache, top_p=controls.top_p,
-                                 temperature=controls.temperature, top_k=controls.top_k,
-                                 noise_removal="greedy" if controls.greedy_tail else "ancestral")
-        time_conditioning = self.config.diffusion.time_conditioning
+        check_num_steps(nfe)
+        options = dict(num_steps=nfe, mask_index=self.mask_index, schedule=self.schedule, controls=controls,
+                       use_cache=use_cache, time_conditioning=self.config.diffusion.time_conditioning,
+                       generator=generator, device=self.device, progress=progress)
         if sampler == "ancestral":
-            return lambda b, length, prefix, fixed: ancestral_sample(
-                self.denoiser, batch_size=b, seq_len=length, mask_index=self.mask_index, schedule=self.schedule,
-                config=config, time_conditioning=time_conditioning, generator=generator, device=self.device,
-                progress=progress, prefix=prefix, fixed=fixed)
+            return lambda b, length, prefix, fixed: ancestral_sample(self.denoiser, batch_size=b, seq_len=length,
+                                                                     prefix=prefix, fixed=fixed, **options)
         if sampler == "rgas":
-            from .diffusion.rgas import RGASConfig, rgas_sample
+            from ..diffusion.rgas import RGASConfig, rgas_sample
 
             rgas_config = RGASConfig(**sampler_options)
-            if self.discriminator is None:
-                raise option_error("sampler", f"rgas needs a DiDi-Instruct student with a discriminator; "
-                                              f"{self.path or 'this model'} has none")
-            return lambda b, length, prefix, fixed: rgas_sample(
-                self.denoiser, self.discriminate, batch_size=b, seq_len=length, num_steps=nfe,
-                mask_index=self.mask_index, schedule=self.schedule, time_conditioning=time_conditioning,
-                config=rgas_config, generator=generator, device=self.device, use_cache=use_cache,
-                controls=controls, progress=progress, prefix=prefix, fixed=fixed)
-        raise CheckpointError(f"--sampler: unknown sampler {sampler!r} (expected ancestral or rgas)")
+            require_discriminator(self.discriminator is not None, self.path)
+            return lambda b, length, prefix, fixed: rgas_sample(self.denoiser, self.discriminate, batch_size=b,
+                                                                seq_len=length, prefix=prefix, fixed=fixed,
+                                                                config=rgas_config, **options)
+        raise option_error("sampler", f"unknown sampler {sampler!r} (expected {' or '.join(SAMPLERS)})")
 
     def generate(self, prompt: str | Sequence[str] | None = None, *, infill: str | Sequence[str] | None = None,
                  num_samples: int = 1, nfe: int = 16, **options: Any) -> list[Completion]:
@@ -262,21 +254,3 @@ class Completion:
     def from_record(cls, record: dict[str, Any]) -> Completion:
         return cls(text=record["text"], generated=record["generated"],
                    prompt=record.get("prompt", record.get("infill", "")), tokens=record["tokens"], nfe=record["nfe"])
-
-
-def load(path_or_repo: str | Path, device: str = "auto", weights: str = "ema", precision: str = "auto"):
-    """Load a run directory (any kind) as a pipeline.
-
-    A Lightning ``.ckpt``, a Hugging Face style directory or a Hub repo id is converted once into the cache
-    (``$DIDI_CACHE``, see :func:`didi.interop.as_run_dir`) and loaded from there.
-    """
-    from .interop import as_run_dir
-
-    path = as_run_dir(path_or_repo)
-    config = read_run_config(path)
-    if config.kind == "ar":
-        from .ar import ARPipeline
-
-        return ARPipeline.from_pretrained(path, device=device, weights=weights, precision=precision)
-    return DiffusionPipeline.from_pretrained(path, device=device, weights=weights, precision=precision)
-

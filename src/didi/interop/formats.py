@@ -1,4 +1,4 @@
-"""Checkpoints people already have: ``didi convert`` (foreign format -> run directory) and ``didi export``.
+"""The checkpoint layouts ``didi convert`` reads: key tables, readers, and the model size inferred from the tensors.
 
 Source layouts (key names of the MDLM/DUO and DiDi-Instruct code, ``reference-formats.md`` §1) and the
 run-directory files they become:
@@ -18,38 +18,20 @@ stop the conversion with one line before anything is written. The model size is 
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import re
-import shutil
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import PRESETS, DiffusionConfig, ModelConfig, to_dict
-from .data.tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
-from .errors import CheckpointError, DidiError, option_error
-from .models.discriminator import empty_discriminator
-from .models.dit import DiT, Rotary
-from .runtime.cache import announce, cache_root
-from .runtime.checkpoint import (
-    CONFIG,
-    RunConfig,
-    load_state_dict_strict,
-    load_tensors,
-    read_run_config,
-    save_tensors,
-    weights_file,
-    write_json,
-    write_run_config,
-)
-from .version import __version__
+from ..config import PRESETS, ModelConfig, to_dict
+from ..data.tokenizer import EOT, Tokenizer, gpt2_tokenizer, load_tokenizer
+from ..errors import CheckpointError, DidiError, option_error
+from ..models.dit import DiT, Rotary
+from ..runtime.checkpoint import CONFIG, is_run_dir, load_tensors, read_run_config
 
 # --------------------------------------------------------------------------------------------- key tables
 
@@ -87,7 +69,7 @@ GPT2_MODEL_VOCAB = 50258  # 50257 GPT-2 tokens + the diffusion [MASK]
 GPT2_SPEC = {"type": "gpt2", "vocab_size": GPT2_MODEL_VOCAB - 1, "eot": EOT}
 INV_FREQ = "rotary_emb.inv_freq"
 HUB_PATTERNS = ["*.safetensors", "*.json"]
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
@@ -120,31 +102,6 @@ class Source:
     shadow_params: list[torch.Tensor] | None = None  # Lightning EMA, mapped once the model size is known
 
 
-@dataclass
-class Conversion:
-    """A finished conversion: where it came from, what was written and how every key was mapped."""
-
-    source: Source
-    config: RunConfig
-    destination: Path
-
-    def describe(self, verbose: bool = False) -> list[str]:
-        m, d, tok = self.config.model, self.config.diffusion, self.config.tokenizer
-        lines = [f"converted {self.source.path} ({self.source.layout}) -> {self.destination}",
-                 f"  kind {self.config.kind}: hidden {m.hidden_size}, {m.n_blocks} blocks, {m.n_heads} heads, "
-                 f"cond {m.cond_dim}, vocab {m.vocab_size}, max length {m.max_seq_len}, mask id {d.mask_index}, "
-                 f"tokenizer {tok.get('type')} ({tok.get('vocab_size')} tokens"
-                 + ("" if "file" in tok else ", by reference: its files are not available here") + ")"]
-        for stem, weights in self.source.files.items():
-            lines.append(f"  {weights.origin} -> {stem}.safetensors ({len(weights.tensors)} tensors)")
-            if verbose:
-                lines += [f"    {src} -> {stem}.safetensors['{key}']" for key, src in weights.sources.items()]
-        lines += [f"  ignored: {note}" for note in self.source.ignored]
-        if not verbose:
-            lines.append("  (--verbose lists every key)")
-        return lines
-
-
 # ------------------------------------------------------------------------------------------------ reading
 
 class _Inert:
@@ -160,7 +117,7 @@ class _Inert:
         pass
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """The first sentence of an exception message, to keep errors on one line."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text.split(". ")[0]
@@ -178,7 +135,7 @@ def load_lightning_checkpoint(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(inert):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt archives and pickles
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {_reason(exc)})") \
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {reason(exc)})") \
             from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict' dictionary)")
@@ -240,7 +197,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({_reason(exc)})") from exc
+        raise CheckpointError(f"{path}: invalid JSON ({reason(exc)})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
@@ -294,15 +251,6 @@ def read_run_directory(path: Path) -> Source:
                   diffusion_hints=to_dict(config.diffusion), hints_file=str(path / CONFIG),
                   tokenizer_spec=config.tokenizer,
                   run_fields={"training": config.training, "data": config.data, "extra": config.extra})
-
-
-def is_run_dir(path: Path) -> bool:
-    """A didi run directory: a ``config.json`` with a ``kind`` (exports and HF configs have none)."""
-    config = Path(path) / CONFIG
-    try:
-        return "kind" in json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
 
 
 def read_source(path: Path) -> Source:
@@ -372,7 +320,7 @@ def infer_model_config(source: Source, n_heads: int | None = None, seq_len: int 
         raise CheckpointError(f"{source.hints_file}: invalid model settings ({exc})") from exc
 
 
-def _map_shadow_params(source: Source, config: ModelConfig) -> Weights:
+def map_shadow_params(source: Source, config: ModelConfig) -> Weights:
     """Lightning EMA ``shadow_params`` (``backbone.parameters()`` order) -> named tensors, plus the model's
     buffers, which the EMA does not track."""
     with torch.device("meta"):
@@ -395,7 +343,7 @@ def _map_shadow_params(source: Source, config: ModelConfig) -> Weights:
     return ema
 
 
-def _fill_rotary(files: dict[str, Weights], config: ModelConfig) -> None:
+def fill_rotary(files: dict[str, Weights], config: ModelConfig) -> None:
     """``rotary_emb.inv_freq`` is a function of the head dim; recompute it where a file omits it (reported)."""
     for weights in files.values():
         if INV_FREQ not in weights.tensors:
@@ -431,188 +379,3 @@ def resolve_tokenizer(source: Source, vocab_size: int, tokenizer: Path | None) -
         raise option_error("tokenizer", f"{tok.describe()} needs {tok.model_vocab_size} embedding rows (tokens + "
                                         f"[MASK]) but {source.path} has {vocab_size}: wrong tokenizer")
     return tok
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-def _check_destination(dst: Path, force: bool) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise CheckpointError(f"{dst}: exists and is not a directory")
-    if dst.exists() and any(dst.iterdir()) and not force:
-        raise CheckpointError(f"{dst}: already exists and is not empty (pass --force to replace it)")
-
-
-@contextlib.contextmanager
-def _staged_directory(dst: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``dst`` in one rename once the block succeeds."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if dst.exists():
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def convert(src: str | Path, dst: str | Path, *, tokenizer: str | Path | None = None, n_heads: int | None = None,
-            seq_len: int | None = None, force: bool = False) -> Conversion:
-    """Convert ``src`` (a checkpoint file, a directory or a Hub repo id) into the run directory ``dst``.
-
-    Everything is read and checked (strict key sets and shapes against the inferred model) before ``dst`` is
-    written; ``dst`` appears complete in one rename or not at all.
-    """
-    dst = Path(dst)
-    _check_destination(dst, force)
-    source = read_source(locate(src))
-    model = infer_model_config(source, n_heads=n_heads, seq_len=seq_len)
-    if source.shadow_params is not None:
-        source.files["ema"] = _map_shadow_params(source, model)
-    _fill_rotary(source.files, model)
-    for stem, weights in source.files.items():
-        module = empty_discriminator(model) if stem == "discriminator" else DiT(model)
-        load_state_dict_strict(module, weights.tensors, f"{source.path} {weights.origin}")
-    tok = resolve_tokenizer(source, model.vocab_size, Path(tokenizer) if tokenizer is not None else None)
-    mask_index = tok.diffusion_mask_id if tok is not None else GPT2_MODEL_VOCAB - 1
-    if source.diffusion_hints.get("mask_index", mask_index) != mask_index:
-        raise CheckpointError(f"{source.hints_file}: mask_index is {source.diffusion_hints['mask_index']} but the "
-                              f"tokenizer's [MASK] id is {mask_index}")
-    diffusion = DiffusionConfig(**{**source.diffusion_hints, "mask_index": mask_index})
-    extra = {**source.run_fields.get("extra", {}), "converted_from": str(source.path), "source_layout": source.layout}
-    with _staged_directory(dst) as tmp:
-        spec = tok.save(tmp) if tok is not None else dict(GPT2_SPEC)
-        config = RunConfig(kind=source.kind, model=model, tokenizer=spec, diffusion=diffusion,
-                           training=source.run_fields.get("training", {}), data=source.run_fields.get("data", {}),
-                           extra=extra)
-        for stem, weights in source.files.items():
-            save_tensors(tmp / f"{stem}.safetensors", weights.tensors, {"source_layout": source.layout})
-        write_run_config(tmp, config)
-    return Conversion(source, config, dst)
-
-
-# ------------------------------------------------------------------------------------ Hub, cache, didi.load
-
-def download(repo_id: str) -> Path:
-    """Fetch the safetensors and JSON files of a Hub model repo (``huggingface_hub.snapshot_download``)."""
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-    except ImportError as exc:
-        raise CheckpointError(f"{repo_id}: not a local path, and downloading from the Hugging Face Hub needs "
-                              "huggingface_hub (pip install 'didi[hf]')") from exc
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-    except LocalEntryNotFoundError as exc:
-        raise CheckpointError(f"{repo_id}: not a local path, and the Hugging Face Hub is unreachable (offline, not "
-                              "cached); download the repository files and pass their directory") from exc
-    except (OSError, HfHubHTTPError, HFValidationError) as exc:
-        raise CheckpointError(f"{repo_id}: not a local path, and the Hub download failed ({type(exc).__name__}: "
-                              f"{_reason(exc)})") from exc
-
-
-def locate(src: str | Path) -> Path:
-    """A local path as is; ``owner/name`` that is not a local path is downloaded from the Hub, unless its first
-    part is a local directory (``runs/typo``): that is a mistyped path, not a repo id."""
-    path = Path(src)
-    if path.exists():
-        return path
-    if _REPO_ID.fullmatch(str(src)) and not path.parent.is_dir():
-        return download(str(src))
-    raise CheckpointError(f"{path}: no such file or directory")
-
-
-def cache_dir() -> Path:
-    """The didi cache root (:func:`didi.runtime.cache.cache_root`)."""
-    return cache_root()
-
-
-def _fingerprint(path: Path) -> str:
-    """Identify a source by its resolved path and the names, sizes and mtimes of its files."""
-    digest = hashlib.sha256(f"didi {__version__}\n{path.resolve()}\n".encode())
-    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
-        if file.is_file():
-            stat = file.stat()
-            digest.update(f"{file.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def as_run_dir(path_or_repo: str | Path) -> Path:
-    """``path_or_repo`` itself when it is a run directory, else its conversion, made once under the cache."""
-    path = Path(path_or_repo)
-    if is_run_dir(path):
-        return path
-    source = locate(path_or_repo)
-    target = cache_dir() / "converted" / _fingerprint(source)
-    if not is_run_dir(target):
-        convert(source, target, force=True)
-        announce(f"conversion of {source}", [target])
-    return target
-
-
-# ----------------------------------------------------------------------------------------------- export
-
-def hf_config(config: RunConfig, tokenizer_spec: dict[str, Any], weights: str) -> dict[str, Any]:
-    """The ``config.json`` of an export: model size and diffusion settings under mdlm-owt style names."""
-    sections = {"model": to_dict(config.model), "diffusion": to_dict(config.diffusion)}
-    out: dict[str, Any] = {"didi_kind": config.kind, "didi_version": __version__, "weights": weights}
-    out.update({name: sections[section][key] for name, (section, key) in HF_CONFIG_FIELDS.items()})
-    out["tokenizer"] = tokenizer_spec
-    return out
-
-
-def _model_card(config: RunConfig) -> str:
-    what = "DiDi-Instruct student" if config.kind == "didi" else "masked diffusion (MDLM) language model"
-    return (f"---\ntags: [didi, masked-diffusion]\n---\n\n# {what}\n\n"
-            f"Exported by didi {__version__}: `model.safetensors` (DiT weights, bare keys)"
-            + (", `discriminator.safetensors`" if config.kind == "didi" else "")
-            + ", `config.json`, tokenizer files.\n\n"
-            "```bash\ndidi convert THIS_REPO_OR_DIR run/\ndidi sample --model run/ --nfe 16\n```\n")
-
-
-def export(run_dir: str | Path, dst: str | Path, *, weights: str = "ema", force: bool = False) -> list[Path]:
-    """Write ``run_dir`` in the Hugging Face layout (what the DiDi-Instruct release uses); return the files."""
-    run_dir, dst = Path(run_dir), Path(dst)
-    config = read_run_config(run_dir)
-    if config.kind not in ("mdlm", "didi") or config.diffusion is None:
-        raise CheckpointError(f"{run_dir}: is a {config.kind!r} run; export handles masked-diffusion models")
-    _check_destination(dst, force)
-    paths = {"model": weights_file(run_dir, weights)}
-    if (run_dir / "discriminator.safetensors").is_file():
-        paths["discriminator"] = run_dir / "discriminator.safetensors"
-    tensors = {stem: load_tensors(path) for stem, path in paths.items()}
-    for stem, state in tensors.items():
-        module = empty_discriminator(config.model) if stem == "discriminator" else DiT(config.model)
-        load_state_dict_strict(module, state, str(paths[stem]))
-    tokenizer = load_tokenizer(run_dir, config.tokenizer)
-    with _staged_directory(dst) as tmp:
-        for stem, state in tensors.items():
-            save_tensors(tmp / f"{stem}.safetensors", state, {"didi_kind": config.kind})
-        spec = tokenizer.save(tmp)
-        write_json(tmp / CONFIG, hf_config(config, spec, weights=paths["model"].stem))
-        (tmp / "README.md").write_text(_model_card(config))
-    return sorted(dst.iterdir())
-
-
-def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
-    """Upload an exported folder to a Hub model repo, creating it if needed; return the repo URL."""
-    try:
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-    except ImportError as exc:
-        raise option_error("push-to-hub", "needs huggingface_hub (pip install 'didi[hf]')") from exc
-    api = HfApi()
-    try:
-        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                          commit_message=f"Upload model exported by didi {__version__}")
-    except (OSError, HfHubHTTPError, HFValidationError) as exc:
-        raise option_error("push-to-hub", f"upload to {repo_id} failed ({type(exc).__name__}: {_reason(exc)})") \
-            from exc
-    return str(url)

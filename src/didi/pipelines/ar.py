@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data.prompts import Prompt, as_prompts, prompt_batches
-from .data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
-from .diffusion.sampling import SampleResult, SamplingControls, apply_controls, sample_categorical
-from .errors import CheckpointError, option_error, require
-from .models.gpt import GPT, KVCache, next_token_nll
-from .runtime.checkpoint import RunConfig, load_state_dict_strict, load_tensors, read_run_config, weights_file
-from .runtime.utils import autocast, pick_device, resolve_precision, synchronize
+from ..data.prompts import Prompt, as_prompts, prompt_batches
+from ..data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
+from ..diffusion.sampling import SampleResult, SamplingControls, apply_controls, sample_categorical
+from ..errors import CheckpointError, option_error, require
+from ..models.gpt import GPT, KVCache, next_token_nll
+from ..models.load import load_network
+from ..runtime.checkpoint import RunConfig, read_run_config
+from ..runtime.devices import autocast, pick_device, resolve_precision, synchronize
 
 
 @torch.no_grad()
@@ -103,12 +104,8 @@ class ARPipeline:
         device = pick_device(str(device)) if not isinstance(device, torch.device) else device
         tokenizer = load_tokenizer(run_dir, config.tokenizer)
         check_tokenizer_matches(tokenizer, config, str(run_dir))
-        network = GPT(config.model)
-        path = weights_file(run_dir, weights)
-        load_state_dict_strict(network, load_tensors(path), str(path))
-        network.to(device).eval()
-        return cls(config=config, network=network, tokenizer=tokenizer, device=device, path=run_dir,
-                   precision=resolve_precision(precision, device))
+        return cls(config=config, network=load_network(run_dir, config, weights, device), tokenizer=tokenizer,
+                   device=device, path=run_dir, precision=resolve_precision(precision, device))
 
     def logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -124,10 +121,10 @@ class ARPipeline:
         """Generate ``num_samples`` sequences ``[BOS] x_1 .. x_{L-1}`` in batches; one result per batch.
 
         ``nfe`` is ignored: an AR model always makes ``seq_len - 1`` calls (the signature matches
-        :meth:`didi.pipeline.DiffusionPipeline.sample`). ``temperature``, ``top_k``, ``top_p`` and ``greedy_tail``
-        are :class:`didi.diffusion.sampling.SamplingControls`. ``prompt`` (``[BOS] prompt`` kept, the rest generated;
-        ``seq_len - P`` calls) and ``prefix``/``fixed`` tensors condition as there; templates (``infill``) and
-        lengths above the model's are refused.
+        :meth:`didi.pipelines.diffusion.DiffusionPipeline.sample`). ``temperature``, ``top_k``, ``top_p`` and
+        ``greedy_tail`` are :class:`didi.diffusion.sampling.SamplingControls`. ``prompt`` (``[BOS] prompt`` kept, the
+        rest generated; ``seq_len - P`` calls) and ``prefix``/``fixed`` tensors condition as there; templates
+        (``infill``) and lengths above the model's are refused.
         """
         controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, greedy_tail=greedy_tail)
         if sampler != "ancestral":
