@@ -51,7 +51,7 @@ from didi.diffusion.process import LogLinearSchedule
 from didi.diffusion.sampling import ancestral_sample
 from didi.recipes.didi_instruct import DiDiInstruct, InstructConfig
 from didi.recipes.distill import load_teacher
-from didi.recipes.evaluate.metrics import markov_rows
+from didi.recipes.evaluate.markov import markov_rows
 from didi.recipes.quickstart import MARKOV_DISTILL
 from didi.runtime.distributed import rank_seed
 from didi.runtime.randomness import step_generator

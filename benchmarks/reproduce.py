@@ -65,25 +65,28 @@ from didi.config import to_dict
 from didi.data.corpora import DataConfig
 from didi.diffusion.rgas import RGASConfig
 from didi.recipes.didi_instruct import InstructConfig
-from didi.recipes.distill import distill
-from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, mean_std
+from didi.recipes.distill import distill, method_config
+from didi.recipes.evaluate.markov import MARKOV_METRICS
+from didi.recipes.evaluate.metrics import Perplexity, interpolate_at, mean_std
+from didi.recipes.evaluate.plots import plot_report
+from didi.recipes.evaluate.quality import PPL_METRICS, QUALITY_METRICS
 from didi.recipes.evaluate.report import (
     COND_ENTROPY,
     EvalReport,
     EvalRow,
-    chain_rates,
     compute_frontiers,
     curve_key,
-    fmt_spread,
     frontier_axis,
     frontier_of,
-    plot_report,
 )
+from didi.recipes.evaluate.resume import fingerprint
 from didi.recipes.evaluate.runner import EvalConfig, evaluate
-from didi.recipes.method import RESUMABLE_OPTIONS
+from didi.recipes.evaluate.tables import chain_rates, fmt_spread
+from didi.recipes.method import RESUMABLE_OPTIONS, DistillConfig
 from didi.recipes.quickstart import BYTES_DISTILL, MARKOV_DISTILL, TINY_DISTILL
 from didi.recipes.train import TrainConfig, resume_config, train
-from didi.runtime.checkpoint import completed_steps, latest_snapshot, read_run_config
+from didi.runtime.checkpoint import atomic_write, completed_steps, latest_snapshot, read_run_config
+from didi.version import source_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +112,7 @@ class Scale:
     train_extra: dict = field(default_factory=dict)
     eval_blocks: int = 64
     batch_size: int = 0  # samples per sampling batch (0: num_samples)
-    repeats: int = 2  # timed batches per row at least
+    repeats: int = 5  # timed full batches per row at least (after one warm-up batch)
     top_nfe_samples: int = 0  # samples for the teacher's largest budget (0: num_samples; 1024 NFE is slow on CPU)
     rgas_samples: int = 0  # samples per RGAS row (0: num_samples; RGAS also runs the discriminator)
     ablation_nfe: list[int] = field(default_factory=lambda: [8, 16])
@@ -124,6 +127,7 @@ class Scale:
     distill_seeds: list[int] = field(default_factory=list)  # one student per seed (OUT/student-sN); [] = one
     # student distilled with --seed in OUT/student
     frontier_entropy: str = "sample"  # didi eval --frontier-entropy: sample or conditional (Markov metrics)
+    second_ar: dict | None = None  # a second AR evaluator (OUT/ar2): its seed and model overrides, e.g. a wider one
 
     @property
     def distill_iterations(self) -> int:
@@ -142,7 +146,7 @@ SCALES = {
     "cpu": Scale(data="shakespeare", seq_len=128, preset="tiny", teacher_steps=600, ar_steps=400, distill_steps=300,
                  global_batch_size=32, teacher_lr=1e-3, distill=TINY_DISTILL,
                  teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32], num_samples=128,
-                 batch_size=64, top_nfe_samples=64, rgas_samples=64),
+                 batch_size=64, top_nfe_samples=64, rgas_samples=64, distill_seeds=[0, 1, 2]),
     "paper": Scale(data="openwebtext", seq_len=1024, preset="small", teacher_steps=1_000_000, ar_steps=1_000_000,
                    distill_steps=10_000, global_batch_size=512, teacher_lr=3e-4, distill={},
                    teacher_nfe=[8, 16, 32, 64, 128, 1024], student_nfe=[8, 16, 32, 64, 128], num_samples=64,
@@ -196,7 +200,7 @@ BYTES_SCALES = {
                  distill_steps=1200, global_batch_size=32, teacher_lr=1e-3, distill=BYTES_DISTILL,
                  teacher_nfe=[8, 16, 32, 128], student_nfe=[8, 16], num_samples=128, batch_size=64,
                  train_extra=dict(hidden_size=128), prefix_tokens=0, distill_seeds=[0, 1, 2],
-                 temperatures=[0.6, 0.7, 0.8, 0.9, 1.0, 1.1]),
+                 temperatures=[0.6, 0.7, 0.8, 0.9, 1.0, 1.1], second_ar=dict(seed=1, hidden_size=256)),
     # one H200: as the bpe regime's gpu scale (the byte vocabulary makes the output layer cheaper): ~9 min, an
     # estimate (never measured)
     "gpu": Scale(data="shakespeare", tokenizer="byte", seq_len=256, preset="small", teacher_steps=3000,
@@ -210,10 +214,17 @@ BYTES_SCALES = {
                    distill=dict(batch_size=2, group_size=2, lr=1e-4, disc_lr=1e-3, warmup_steps=1),
                    teacher_nfe=[4, 8], student_nfe=[4], num_samples=16, eval_blocks=2, repeats=1, ablation_nfe=[4],
                    seeds=[0, 1], temperatures=[0.5, 1.0], prefix_tokens=8, train_extra=SMOKE_MODEL,
-                   distill_seeds=[0, 1]),
+                   distill_seeds=[0, 1], second_ar=dict(seed=1)),
 }
 
-REGIMES = {"bpe": SCALES, "markov": MARKOV_SCALES, "bytes": BYTES_SCALES}
+# Shakespeare as bytes in 256-byte rows: the bytes regime's recipe at 4x the length (the scaling study's longer text)
+BYTES_256_SCALES = {
+    "cpu": dataclasses.replace(BYTES_SCALES["cpu"], seq_len=256, teacher_nfe=[8, 16, 128], top_nfe_samples=64,
+                               temperatures=[0.8, 0.9, 1.0], second_ar=None),
+    "smoke": dataclasses.replace(BYTES_SCALES["smoke"], second_ar=None),
+}
+
+REGIMES = {"bpe": SCALES, "markov": MARKOV_SCALES, "bytes": BYTES_SCALES, "bytes-256": BYTES_256_SCALES}
 """The Scale of every regime at every scale (``--regime``, ``--scale``; ``--smoke`` = the "smoke" scale)."""
 
 # The paper's cumulative ablation (notes §6.3) as distillation switches, each row adding one technique. The
@@ -297,7 +308,7 @@ those ``didi distill --resume`` may change, except ``steps`` (a longer schedule 
 paths."""
 
 
-def check_same_settings(out: Path, cfg: InstructConfig) -> None:
+def check_same_settings(out: Path, cfg: DistillConfig) -> None:
     """Refuse to reuse or resume a student run in ``out`` that was made with other distillation settings (say, an
     older MARKOV_DISTILL): its figures would be reported under the new ones."""
     if not (out / "config.json").exists():
@@ -312,8 +323,15 @@ def check_same_settings(out: Path, cfg: InstructConfig) -> None:
                          f"give another --out")
 
 
-def student_config(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> InstructConfig:
-    """The settings of one distillation seed (``switches``: an ablation's overrides)."""
+def student_config(teacher: Path, out: Path, scale: Scale, device: str, seed: int, **switches) -> DistillConfig:
+    """The settings of one distillation seed: the regime's DiDi-Instruct settings with ``switches`` (an ablation's or a
+    control's overrides), or, when ``switches`` name another ``method``, that method's settings (``switches`` are
+    then all of them)."""
+    if switches.get("method", "didi-instruct") != "didi-instruct":
+        cls = method_config(switches["method"])
+        probe = cls(**{k: v for k, v in switches.items()})
+        return cls(teacher=str(teacher), out=str(out), seed=seed, device=device,
+                   save_every=max(1, probe.steps // 3), **switches)
     steps = scale.distill_iterations
     return InstructConfig(teacher=str(teacher), out=str(out), seed=seed, device=device,
                           save_every=max(1, steps // 3), **{**scale.distill, "steps": steps, **switches})
@@ -328,22 +346,41 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
     return _timed(lambda: distill(cfg, resume=resume))
 
 
+def companion(name: str):
+    """A module of this folder (``controls``, ``rivals``, ``compute_cost``), importable however this file was loaded."""
+    import importlib
+
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def variant_families(out: Path, teacher: Path, regime: str, scale: Scale, with_controls: bool,
+                     with_rivals: bool) -> list:
+    """The distillation families of ``--controls`` (:func:`controls.variants`) and ``--rivals`` (SDTT)."""
+    controls, rivals = companion("controls"), companion("rivals")
+    return [*(controls.variants(out, scale) if with_controls else []),
+            *(rivals.variants(out, teacher, scale) if with_rivals else [])]
+
+
 def threads_per_job(jobs: int) -> int:
     """CPU threads of each of ``jobs`` parallel distillations (``--jobs``): the machine's cores shared out, at
     least 1."""
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[str]]], scale: Scale, jobs: int,
+def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[str], int]], scale: Scale, jobs: int,
                             wall: dict) -> None:
-    """Run each unfinished distillation of ``runs`` (its directory and the child's extra arguments, e.g.
-    ``--distill-seed 1``) as a child process, ``jobs`` at a time, each with :func:`threads_per_job` threads, its
-    stdout in RUN.log and its progress in RUN.err; records each run's own wall-clock seconds (they overlap: the
-    page says they ran in parallel) under ``wall[RUN]`` and ``wall["parallel_jobs"]``."""
+    """Run each unfinished distillation of ``runs`` (its directory, the child's extra arguments, e.g.
+    ``--distill-seed 1``, and its iterations) as a child process, ``jobs`` at a time, each with
+    :func:`threads_per_job` threads, its stdout in RUN.log and its progress in RUN.err; records each run's own
+    wall-clock seconds (they overlap: the page says they ran in parallel) under ``wall[RUN]`` and
+    ``wall["parallel_jobs"]``."""
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = [(d, extra) for d, extra in runs if completed_steps(d) < scale.distill_iterations]
+    todo = [(d, extra) for d, extra, steps in runs if completed_steps(d) < steps]
     threads = str(threads_per_job(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     base = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
@@ -368,39 +405,31 @@ def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[
     wall["parallel_jobs"] = jobs if todo else wall.get("parallel_jobs")
 
 
-NEW_EVAL_FIELDS = {"frontier_entropy": "sample"}
-"""EvalConfig fields added after evaluations were first saved: left out of the reuse key at their default, so that
-the evaluations saved before them stay valid."""
-
-
-def _config_key(config: EvalConfig) -> str:
-    text = repr(config)
-    for name, default in NEW_EVAL_FIELDS.items():
-        text = text.replace(f", {name}={default!r}", "")
-    return text
-
-
 def eval_report(tag: str, out: Path, models: list[Path], nfe: list[int], scale: Scale, evaluator: str | None,
                 device: str, seed: int, sampler: str = "ancestral", num_samples: int = 0, **options) -> EvalReport:
     """Evaluate ``models`` at ``nfe`` (``options``: more :class:`EvalConfig` fields, e.g. ``seeds``), saved as
-    OUT/eval/TAG.json and reused while the models' weights and the settings are unchanged (a re-run only adds what
-    is new; a retrained model is evaluated again)."""
+    OUT/eval/TAG.json and reused whole while its key holds: the settings, the models' and the evaluator's files
+    (:func:`didi.recipes.evaluate.resume.fingerprint`: config.json, every weights file, markov.json) and a fingerprint
+    of didi's source code. Otherwise ``didi eval``'s own resume (OUT/eval/TAG.rows.jsonl) recomputes only the rows
+    whose key changed. Every row is timed after one warm-up batch, over at least ``scale.repeats`` full batches,
+    with the machine's load recorded."""
     saved = out / "eval" / f"{tag}.json"
+    saved.parent.mkdir(parents=True, exist_ok=True)
     n = num_samples or scale.num_samples
     config = EvalConfig(models=[str(m) for m in models], nfe=nfe, evaluator=evaluator, num_samples=n,
-                        batch_size=min(n, scale.batch_size or n), warmup=0, repeats=scale.repeats, seed=seed,
+                        batch_size=min(n, scale.batch_size or n), warmup=1, repeats=scale.repeats, seed=seed,
                         sampler=sampler, eval_blocks=scale.eval_blocks, device=device,
                         rgas=RGASConfig() if sampler == "rgas" else None, frontier_entropy=scale.frontier_entropy,
-                        **{"references": False, **options})
-    key = {"weights": [os.stat(Path(m) / "model.safetensors").st_mtime_ns for m in models],
-           "config": _config_key(config)}
+                        json=str(saved), resume=True, **{"references": False, **options})
+    key = {"config": repr(dataclasses.replace(config, json=None)), "code": source_fingerprint(),
+           "files": [fingerprint(m) for m in [*models, *config.evaluator_names]]}
     if saved.exists():
         cached = json.loads(saved.read_text())
-        if isinstance(cached, dict) and cached.get("key") == key and "report" in cached:
+        if isinstance(cached, dict) and cached.get("key") == json.loads(json.dumps(key)) and "report" in cached:
             return EvalReport.from_json(cached["report"])
     report = evaluate(config)
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"key": key, "report": report.to_json()}, default=str))
+    atomic_write(saved, lambda tmp: tmp.write_text(json.dumps({"key": key, "report": report.to_json()},
+                                                              default=str)))
     return report
 
 
@@ -549,6 +578,15 @@ def main(argv: list[str] | None = None) -> int:
                         "distillations finish sooner than 3 two-thread ones in a row); default 1")
     parser.add_argument("--distill-seed", type=int, default=None, help=argparse.SUPPRESS)  # one seed (a --jobs child)
     parser.add_argument("--ablation-key", default=None, help=argparse.SUPPRESS)  # with --distill-seed: an ablation row
+    parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # with --distill-seed: a control or rival
+    parser.add_argument("--controls", action="store_true", help="bytes: the controls (pure distillation, teachers "
+                        "trained with the distillation's compute) and the scaling study (teachers of 1500 and 12000 "
+                        "steps, each distilled), on this page (benchmarks/controls.py)")
+    parser.add_argument("--rivals", action="store_true", help="the few-step rivals on this regime's teacher "
+                        "(confidence-ordered samplers, SDTT, a compute-matched teacher): docs/results-rivals.md "
+                        "(benchmarks/rivals.py)")
+    parser.add_argument("--train-only", action="store_true", help="run the training stages only (no evaluation, no "
+                        "page): e.g. to train everything first and evaluate later in a quiet moment")
     parser.add_argument("--prefix-tokens", type=int, default=None, help="conditional rows: teacher, student and AR "
                         "continue held-out prefixes of this many tokens (default: the scale's, 32; 8 with --smoke; "
                         "none for markov; 0: none)")
@@ -556,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1 (got {args.jobs})")
+    controls, rivals = companion("controls"), companion("rivals")
     regime = args.regime
     scale_name = "smoke" if args.smoke else args.scale
     if scale_name not in REGIMES[regime]:
@@ -587,6 +626,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                        args.seed))]
     if has_ar:
         stages.append(("ar", lambda: train_stage("ar", ar, scale, data, args.device, args.seed)))
+    if has_ar and scale.second_ar:
+        second = {k: v for k, v in scale.second_ar.items() if k != "seed"}
+        stages.append(("ar2", lambda: train_stage(
+            "ar", out / "ar2", dataclasses.replace(scale, train_extra={**scale.train_extra, **second}), data,
+            args.device, scale.second_ar.get("seed", args.seed))))
+    if args.controls:
+        stages += controls.training_stages(sys.modules[__name__], out, scale, data, args.device, args.seed)
+    if args.rivals and not args.controls:  # --controls trains the same compute-matched teacher
+        stages += rivals.training_stages(sys.modules[__name__], out, teacher, scale, data, args.device, args.seed)
     for seed, student in zip(distill_seeds, students):
         stages.append((student.name, lambda seed=seed, student=student: distill_stage(teacher, student, scale,
                                                                                       args.device, seed)))
@@ -601,7 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         switches = {key: sw for key, _, sw in plan}[args.ablation_key] if args.ablation_key else {}
         run = (ablation_dir(out, args.ablation_key, args.distill_seed) if args.ablation_key
                else out / f"student-s{args.distill_seed}")
-        seconds = distill_stage(teacher, run, scale, args.device, args.distill_seed, **switches)
+        source = teacher
+        if args.variant:
+            v = next(v for v in variant_families(out, teacher, regime, scale, True, True) if v.key == args.variant)
+            source, run, switches = v.teacher, v.run(out, args.distill_seed), v.switches
+        seconds = distill_stage(source, run, scale, args.device, args.distill_seed, **switches)
         print(json.dumps({"seconds": seconds}))
         return 0
     parallel = args.jobs > 1 and len(students) > 1
@@ -615,13 +667,36 @@ def main(argv: list[str] | None = None) -> int:
         if seconds is not None or stage not in wall:
             wall[stage] = seconds
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
+    families = variant_families(out, teacher, regime, scale, args.controls, args.rivals)
+    variant_runs = [(v, seed, v.run(out, seed)) for v in families
+                    for seed in (rivals.SDTT_SEEDS if v.key == "sdtt" else distill_seeds)]
+    for v, seed, run in variant_runs:
+        check_same_settings(run, student_config(v.teacher, run, scale, args.device, seed, **v.switches))
     if parallel:
-        children = [(student, ["--distill-seed", str(seed)]) for seed, student in zip(distill_seeds, students)]
-        children += [(run, ["--distill-seed", str(seed), "--ablation-key", key])
+        iterations = scale.distill_iterations
+        children = [(student, ["--distill-seed", str(seed)], iterations) for seed, student in zip(distill_seeds,
+                                                                                                   students)]
+        children += [(run, ["--distill-seed", str(seed), "--ablation-key", key], iterations)
                      for key, seed, run, _ in ablation_runs]
+        children += [(run, ["--distill-seed", str(seed), "--variant", v.key],
+                      student_config(v.teacher, run, scale, args.device, seed, **v.switches).steps)
+                     for v, seed, run in variant_runs]
         parallel_distill_stages(argv, children, scale, args.jobs, wall)
         wall_file.write_text(json.dumps(wall))
+    else:
+        for v, seed, run in variant_runs:
+            seconds = distill_stage(v.teacher, run, scale, args.device, seed, **v.switches)
+            if seconds is not None or run.name not in wall:
+                wall[run.name] = seconds
+            wall_file.write_text(json.dumps(wall))
+    if args.train_only:
+        print(f"training stages done: {', '.join(sorted(k for k in wall if k != 'parallel_jobs'))}")
+        return 0
     evaluator = scale.evaluator or (str(ar) if has_ar else None)
+    evaluators = [evaluator] if evaluator else []
+    if has_ar and scale.second_ar:
+        evaluators.append(str(out / "ar2"))
+        evaluator = evaluators  # every row scored by both; the first drives the frontiers
     names = {str(teacher): "teacher", **{str(s): "student" for s in students}, str(ar): "AR"}
     ev = dict(out=out, scale=scale, evaluator=evaluator, device=args.device, seed=args.seed)
 
@@ -634,15 +709,15 @@ def main(argv: list[str] | None = None) -> int:
                  for seed, student in zip(distill_seeds, students)]
         return EvalReport(rows=mean_over_students([p.rows for p in parts], distill_seeds), meta=parts[0].meta)
 
-    # temperature 1 with every seed; the rest of the sweep with the first seed; the largest teacher budget and RGAS
-    # at temperature 1 with one seed (CPU time); the data reference row comes with the AR (else the teacher) rows
+    # every temperature with every seed (a temperature curve of one set of seeds); RGAS at temperature 1 with one
+    # seed (CPU time); the data reference row comes with the AR (else the teacher) rows
     t1 = dict(seeds=scale.seeds, mauve=scale.mauve)
-    sweep = dict(temperatures=[t for t in scale.temperatures if t != 1.0], mauve=scale.mauve)
+    sweep = dict(temperatures=[t for t in scale.temperatures if t != 1.0], seeds=scale.seeds, mauve=scale.mauve)
     references = dict(references=True)
     reports = [eval_report("teacher", models=[teacher], nfe=scale.teacher_nfe[:-1], **ev, **t1,
                            **({} if has_ar else references))]
     reports.append(eval_report("teacher-top", models=[teacher], nfe=scale.teacher_nfe[-1:],
-                               num_samples=scale.top_nfe_samples, mauve=scale.mauve, **ev))
+                               num_samples=scale.top_nfe_samples, **ev, **t1))
     reports.append(student_report("student", nfe=scale.student_nfe, **t1))
     if scale.rgas:
         reports.append(student_report("student-rgas", nfe=scale.student_nfe, sampler="rgas",
@@ -687,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             "conditional_rows": [r.to_json() for r in conditional], "wall_clock_s": wall}
     command = "python benchmarks/reproduce.py" + ("" if regime == "bpe" else f" --regime {regime}") + (
         " --smoke" if args.smoke else f" --scale {args.scale}") + (" --ablation" if args.ablation else "") + (
+        " --controls" if args.controls else "") + (" --rivals" if args.rivals else "") + (
         "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}") + (
         f" --teacher {args.teacher}" if args.teacher else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
     proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
@@ -694,11 +770,39 @@ def main(argv: list[str] | None = None) -> int:
                   data, proteins, report, regime=regime, distill_seeds=distill_seeds,
                   given_teacher=str(args.teacher) if args.teacher else None)
     text += conditional_section(conditional, names, prefix_tokens)
+    this = sys.modules[__name__]
+    extra_summary = {}
+    if args.controls:
+        cost = controls.compute_cost(out, teacher, scale)
+        control_rows = controls.reports(this, out, scale, ev, distill_seeds)
+        text += controls.controls_section(this, control_rows, rows, names, report, out, scale, evaluators, cost)
+        text += controls.scaling_section(this, control_rows, rows, names, out, scale,
+                                         results.with_name(results.stem + "-scaling.png"),
+                                         controls.long_text_rows(this, args.out / "bytes-256"))
+        full["controls_rows"] = {k: [r.to_json() for r in v] for k, v in control_rows.items()}
+        extra_summary["controls"] = {k: regime_rows(regime, v, names, report, distill_seeds)
+                                     for k, v in control_rows.items()}
+        extra_summary["compute_cost"] = cost
+    if args.rivals:
+        cost = controls.compute_cost(out, teacher, scale)
+        rival_rows = rivals.reports(this, out, teacher, students, distill_seeds, scale, ev)
+        section = rivals.section(this, regime, rival_rows, rows, names, report, scale, cost,
+                                 markov=scale.frontier_entropy == "conditional")
+        full["rival_rows"] = {k: [r.to_json() for r in v] for k, v in rival_rows.items()}
+        extra_summary["rivals"] = {"section": section, "compute_cost": cost,
+                                   "rows": {k: regime_rows(regime, v, names, report, distill_seeds)
+                                            for k, v in rival_rows.items()}}
+        page_json = rivals.load_json(results.with_name("results.json"))
+        sections = {r: v["rivals"]["section"] for r, v in page_json.get("regimes", {}).items() if "rivals" in v}
+        sections[regime] = section
+        speed = rivals.load_json(results.with_name("speed.json")).get("markdown")
+        rivals.write_page(results.with_name("results-rivals.md"), sections, speed)
     if regime == "bpe":
         text += other_regimes_section(results.parent)
     results.write_text(text)
-    summary = {"regime": regime, "scale": scale_name, "command": command, "date": date.today().isoformat(),
-               "machine": machine(), "page": results.name, "settings": dataclasses.asdict(scale),
+    summary = {**extra_summary, "regime": regime, "scale": scale_name, "command": command,
+               "date": date.today().isoformat(), "machine": machine(), "page": results.name,
+               "settings": dataclasses.asdict(scale),
                "frontier_axis": frontier_axis(report.frontiers[0]) if report.frontiers else None,
                "target_entropy": report.target_entropy,
                "rows": regime_rows(regime, rows, names, report, distill_seeds),
@@ -727,34 +831,56 @@ def write_results_json(run_json: Path, page_json: Path, regime: str, summary: di
     page_json.write_text(json.dumps(page, indent=2, default=str))
 
 
+ROW_METRICS = ("gen_ppl", "entropy", "mauve", *PPL_METRICS[1:], *QUALITY_METRICS, *MARKOV_METRICS)
+"""Every per-row metric a table or results.json shows (means over seeds)."""
+
+
+def _spread_over_students(values: list[float], seeds: list[int]) -> dict:
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n_seeds": len(values), "distill_seeds": list(seeds),
+            "method": f"std over the students of distillation seeds {', '.join(map(str, seeds))}, each its mean over "
+                      "the sampling seeds"}
+
+
 def mean_over_students(per_student: list[list[EvalRow]], seeds: list[int]) -> list[EvalRow]:
     """The rows of the students distilled with ``seeds`` (the same evaluation of each, so the same rows in the same
-    order) as one row each: every metric the mean ± std over the students of each student's own value (its mean
-    over the sampling seeds); ``per_seed`` holds every student's sampling seeds, marked with ``distill_seed``."""
+    order) as one row each: every metric (:data:`ROW_METRICS`, under every evaluator) the mean ± std over the
+    students of each student's own value (its mean over the sampling seeds); the pooled gen-PPL object covers every
+    student's samples; ``per_seed`` holds every student's sampling seeds, marked with ``distill_seed``."""
     out = []
     for group in zip(*per_student):
         base = group[0]
         keys = {(r.sampler, r.nfe, r.temperature, r.prefix_tokens) for r in group}
         assert len(keys) == 1, f"the students' evaluations differ: {keys}"
         spread = {}
-        for metric in ("gen_ppl", "entropy", "mauve", *MARKOV_METRICS):
+        for metric in ROW_METRICS:
             values = [r.value(metric) for r in group]
-            if any(v is None for v in values):
-                continue
-            mean, std = mean_std(values)
-            spread[metric] = {"mean": mean, "std": std, "n_seeds": len(values), "distill_seeds": list(seeds),
-                              "method": f"std over the students of distillation seeds {', '.join(map(str, seeds))}, "
-                                        "each its mean over the sampling seeds"}
+            if all(v is not None for v in values):
+                spread[metric] = _spread_over_students(values, seeds)
+        evaluators = {}
+        for name in base.evaluators:
+            parts = [r.evaluators.get(name, {}) for r in group]
+            ppl = [p["gen_ppl"] for p in parts if p.get("gen_ppl") is not None]
+            evaluators[name] = {
+                **base.evaluators[name], "gen_ppl": Perplexity.pooled(ppl) if len(ppl) == len(group) else None,
+                "spread": {m: _spread_over_students([r.value(m, evaluator=name) for r in group], seeds)
+                           for m in PPL_METRICS if all(r.value(m, evaluator=name) is not None for r in group)}}
         markov = None
         if all(r.markov for r in group):
             markov = {**{m: spread.get(m, {}).get("mean") for m in MARKOV_METRICS},
                       "chain_entropy_rate": base.markov["chain_entropy_rate"],
                       "transitions": float(sum(r.markov["transitions"] for r in group))}
+        pooled = [r.gen_ppl for r in group if r.gen_ppl is not None]
         out.append(dataclasses.replace(
-            base, model=re.sub(r"-s\d+$", "", base.model), spread=spread, markov=markov,
+            base, model=re.sub(r"-s\d+$", "", base.model), spread=spread, markov=markov, evaluators=evaluators,
+            gen_ppl=Perplexity.pooled(pooled) if len(pooled) == len(group) else None,
             entropy=spread.get("entropy", {}).get("mean", base.entropy),
             mauve=spread.get("mauve", {}).get("mean"), sample_entropy=[e for r in group for e in r.sample_entropy],
-            per_seed=[{**p, "distill_seed": s} for s, r in zip(seeds, group) for p in r.per_seed]))
+            per_seed=[{**p, "distill_seed": s} for s, r in zip(seeds, group) for p in r.per_seed],
+            nfe_per_batch=[n for r in group for n in r.nfe_per_batch],
+            batch_sizes=[n for r in group for n in r.batch_sizes],
+            latencies_s=[t for r in group for t in r.latencies_s],
+            timing=f"{base.timing} (every student's batches)"))
     return out
 
 
@@ -770,7 +896,7 @@ def regime_rows(regime: str, rows: list[EvalRow], names: dict[str, str], report:
                  "temperature": r.temperature, "prefix_tokens": r.prefix_tokens, "num_samples": r.num_samples,
                  "seeds": r.seeds, "distill_seeds": list(distill_seeds) if name == "student" else None,
                  "entropy": r.value("entropy")}
-        for metric in ("gen_ppl", "entropy", "mauve", *MARKOV_METRICS):
+        for metric in ROW_METRICS:
             value = r.value(metric)
             if value is None:
                 continue

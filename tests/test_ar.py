@@ -160,12 +160,35 @@ def test_pipeline_loads_ema_strictly_and_samples(tmp_path):
     assert [r.tokens.shape for r in results] == [(2, 16), (2, 16), (1, 16)]
     assert all(r.nfe == 15 and r.num_steps == 15 for r in results)
     assert (torch.cat([r.tokens for r in results])[:, 0] == tok.bos_id).all()
-    assert model.decode(results[0].tokens)[0].startswith("<|endoftext|>")
+    assert model.decode(results[0].tokens, keep_special=True)[0].startswith("<|endoftext|>")
+    assert model.decode(results[0].tokens) == [tok.decode(row[1:]) for row in results[0].tokens.tolist()]
     assert model.sample(2, 1, seed=3, seq_len=8)[0].tokens.shape == (2, 8)
     with pytest.raises(ConfigError, match="--sampler: 'rgas' is not available for an autoregressive model"):
         model.sample(2, 16, sampler="rgas")
     with pytest.raises(ConfigError, match="--seq-len"):
         model.sample(2, 16, seq_len=17)
+
+
+def test_generate_continues_prompts_like_sample_and_decode_drops_the_start_token(tmp_path):
+    """`ARPipeline.generate` is `sample(prompt=...)` decoded as the diffusion pipeline's Completions: the prompt and
+    its continuation, the continuation alone, the same tokens; templates are refused as by `sample`."""
+    tok = tiny_tokenizer()
+    make_run(tmp_path / "ar", "ar", tok)
+    model = didi.load(tmp_path / "ar", device="cpu")
+    completions = model.generate(["To be", "or not"], num_samples=2, seed=5, seq_len=12, temperature=0.9)
+    results = model.sample(2, seed=5, seq_len=12, temperature=0.9, prompt=["To be", "or not"])  # a batch each
+    rows = [row for r in results for row in r.tokens.tolist()]
+    assert len(completions) == len(rows) == 4 and [c.tokens for c in completions] == rows
+    for i, (completion, row) in enumerate(zip(completions, rows)):
+        prompt = ["To be", "or not"][i // 2]
+        n = 1 + len(tok.encode(prompt))
+        assert completion.prompt == prompt and completion.nfe == results[i // 2].nfe == 12 - n
+        assert completion.text == tok.decode(row[1:]) == model.decode(torch.tensor([row]))[0]
+        assert completion.text.startswith(prompt) and completion.generated == [tok.decode(row[n:])]
+    with pytest.raises(ConfigError, match="--infill: an autoregressive model continues prompts only"):
+        model.generate(infill="To be [MASK:2]")
+    with pytest.raises(ConfigError, match="--prompt: give a prompt"):
+        model.generate()
 
 
 def test_token_nll_masks_padding(tmp_path):

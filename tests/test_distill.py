@@ -3,6 +3,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,13 +38,18 @@ def potts_target(coupling: float = 2.0) -> torch.Tensor:
     return torch.softmax(coupling * (x[:, 1:] == x[:, :-1]).sum(-1).double(), 0)
 
 
-@pytest.fixture(scope="module")
-def potts_teacher():
+def potts_setup() -> tuple[DiT, torch.Tensor]:
+    """A teacher fitted to :func:`potts_target` and its infinite-step distribution (the limit a sampler can reach)."""
     torch.manual_seed(0)
     p = potts_target()
     teacher = toy.train_teacher(p, steps=400)
     table = toy.denoiser_table(teacher)
     return teacher, toy.infinite_step_distribution(table)
+
+
+@pytest.fixture(scope="module")
+def potts_teacher():
+    return potts_setup()
 
 
 @pytest.mark.parametrize("steps", [2, 3])
@@ -142,7 +148,7 @@ def test_rollouts_use_the_sampling_policy_unless_dropout_is_asked_for(dropout):
                               max_seq_len=toy.L, dropout=0.5))
     randomize_output_layer(teacher, 1.0, seed=3)
     cfg = InstructConfig(teacher="t", out="o", batch_size=8, group_size=4, lr=1e-3, warmup_steps=0, t0=0.0,
-                        rollout_dropout=dropout, progress=False)
+                         rollout_dropout=dropout, progress=False)
     models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     real = toy.CLEAN[torch.arange(8)]
     models.step(real, 0, step_generator(0, 0, 2))
@@ -189,28 +195,41 @@ def zero_share(models: DiDiInstruct, cfg: InstructConfig, n: int = 4096) -> floa
     return float((x == 0).double().mean())
 
 
-def test_policy_gradient_follows_a_given_reward():
-    """With ``reward_fn`` in place of the discriminator, the loop must move the student towards the reward: here
-    the number of 0 tokens in a sample, whose frequency in the student's 2-step samples must rise clearly."""
-    teacher = toy.tiny_dit(1)
+def reward_following(seed: int = 0, credit: str = "sequence") -> tuple[float, float]:
+    """Share of 0 tokens in the student's samples before and after 40 iterations with ``reward_fn`` in place of the
+    discriminator: the number of 0 tokens in a sample (sequence credit, 2-step rollouts) or, per token, 1 where the
+    token is 0 (local credit, 3-step rollouts, τ shared by a group). ``seed`` picks the initialisation and the
+    iterations' random streams (0: the tests'); ``benchmarks/threshold_margins.py`` sweeps it."""
+    teacher = toy.tiny_dit(1 + seed)
+    local = dict(credit="local", credit_window=0, student_steps=3, tau_per="group") if credit == "local" else {}
     cfg = InstructConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
-                        lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False)
+                         lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False, **local)
     models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     before = zero_share(models, cfg)
     real = toy.CLEAN[torch.arange(16)]
+
+    def reward(x: torch.Tensor) -> torch.Tensor:
+        return (x == 0).float() if credit == "local" else (x == 0).sum(-1)
     for step in range(40):
-        models.step(real, step, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).sum(-1))
-    after = zero_share(models, cfg)
+        models.step(real, step, step_generator(seed, step, 2), reward_fn=reward)
+    return before, zero_share(models, cfg)
+
+
+def test_policy_gradient_follows_a_given_reward():
+    """With ``reward_fn`` in place of the discriminator, the loop must move the student towards the reward: here
+    the number of 0 tokens in a sample, whose frequency in the student's 2-step samples must rise clearly."""
+    before, after = reward_following()
     assert after > before + 0.25, (before, after)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_discriminator_separates_a_separable_toy(normalize):
-    teacher = toy.tiny_dit(2)
+def separable_toy_loss(normalize: bool, seed: int = 0) -> tuple[float, float]:
+    """The discriminator trained 150 steps on all-0 (real) against all-1 (fake) rows masked at α = 0.5: its mean
+    loss over the last 30 steps, and the minimum of the smoothed BCE (``seed`` 0: the test's)."""
+    teacher = toy.tiny_dit(2 + seed)
     cfg = InstructConfig(teacher="t", out="o", disc_blocks=2, disc_normalize=normalize, progress=False)
     models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     opt = torch.optim.Adam([p for p in models.discriminator.parameters() if p.requires_grad], lr=3e-3)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(150):
         n = 64
@@ -228,21 +247,28 @@ def test_discriminator_separates_a_separable_toy(normalize):
     # Bernoulli(0.9); one in an all-mask row (prob 1/8, 3 masked positions: 1/4 of the scored positions at
     # α = 0.5, L = 3) is undecidable and costs log 2. Floor = 0.75·0.325 + 0.25·0.693 = 0.417.
     h09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
-    floor = 0.75 * h09 + 0.25 * math.log(2)
-    assert sum(losses[-30:]) / 30 < floor + 0.03
+    return sum(losses[-30:]) / 30, 0.75 * h09 + 0.25 * math.log(2)
 
 
-def test_discriminator_log_odds_approximate_true_log_ratio(potts_teacher):
-    """Trained on real (teacher ∞-step) vs student (2-step) rows corrupted at τ, the per-token logit converges to
-    log q_real(z_τ)/q_student(z_τ), which the test computes exactly for every partially masked state."""
-    teacher, p_inf = potts_teacher
+@pytest.mark.parametrize("normalize", [True, False])
+def test_discriminator_separates_a_separable_toy(normalize):
+    loss, floor = separable_toy_loss(normalize)
+    assert loss < floor + 0.03
+
+
+def log_ratio_fit(teacher: DiT, p_inf: torch.Tensor, seed: int = 0) -> tuple[float, float, float]:
+    """Train the discriminator alone on real (teacher ∞-step) vs student (2-step) rows corrupted at τ = 0.5 and
+    compare its mean per-token logit over the masked positions with the exact ``log q_real(z_τ)/q_student(z_τ)`` of
+    every partially masked state: (correlation, weighted MSE, weighted variance of the truth). ``seed`` 0: the
+    test's."""
     cfg = InstructConfig(teacher="t", out="o", disc_blocks=2, label_smoothing=0.0, t0=0.0, progress=False)
+    torch.manual_seed(seed)
     models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
     opt = torch.optim.Adam([p for p in models.discriminator.parameters() if p.requires_grad], lr=3e-3)
     tau = 0.5
     alpha = float(SCHEDULE.alpha(torch.tensor(tau, dtype=torch.float64)))
     sigma = SCHEDULE.sigma(torch.tensor(tau))
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     n = 512
     for _ in range(250):
         real = toy.CLEAN[torch.multinomial(p_inf, n, replacement=True, generator=g)]
@@ -270,27 +296,48 @@ def test_discriminator_log_odds_approximate_true_log_ratio(potts_teacher):
     corr = torch.corrcoef(torch.stack([estimate[keep].double(), true[keep]]))[0, 1]
     mse = float((((estimate[keep] - true[keep]) ** 2) * weight).sum() / weight.sum())
     variance = float((((true[keep] - (true[keep] * weight).sum() / weight.sum()) ** 2) * weight).sum() / weight.sum())
-    assert corr > 0.9, float(corr)
+    return float(corr), mse, variance
+
+
+def test_discriminator_log_odds_approximate_true_log_ratio(potts_teacher):
+    """Trained on real (teacher ∞-step) vs student (2-step) rows corrupted at τ, the per-token logit converges to
+    log q_real(z_τ)/q_student(z_τ), which the test computes exactly for every partially masked state."""
+    corr, mse, variance = log_ratio_fit(*potts_teacher)
+    assert corr > 0.9, corr
     assert mse < 0.25 * variance, (mse, variance)
 
 
-def test_distillation_lowers_exact_kl_of_the_two_step_sampler(potts_teacher):
-    """The full algorithm (discriminator, grouped rewards, regularisers, EMA) on the Potts toy: the 2-step student
-    gets much closer to the teacher's infinite-step distribution than the undistilled 2-step sampler."""
-    teacher, p_inf = potts_teacher
+def two_step_kl_before_after(teacher: DiT, p_inf: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    """Exact KL(2-step sampler ‖ the teacher's infinite-step distribution) of the teacher and of the distilled
+    student's EMA after 1000 iterations of the full algorithm (discriminator, grouped rewards, regularisers, EMA).
+    ``seed`` picks the discriminator's initialisation and every iteration's random streams (0: the test's)."""
     before = toy.kl(toy.k_step_distribution(toy.denoiser_table(teacher), 2), p_inf)
     # Toy-scale settings: a faster student lr than the 169M model's 1e-6, decayed linearly to 0 (the released
-    # schedule), and two discriminator updates per student update so the density-ratio estimate keeps up.
+    # schedule), two discriminator updates per student update so the density-ratio estimate keeps up, and an EMA
+    # over about 100 updates: the raw student of an adversarial game wanders (with decay 0.9 one run in 16 of
+    # benchmarks/threshold_margins.py ended 3.6x *worse* than the teacher), its average does not.
     cfg = InstructConfig(teacher="t", out="o", steps=1000, batch_size=128, group_size=4, lr=2e-4, disc_lr=3e-3,
-                        warmup_steps=0, lr_schedule="linear", ema_decay=0.9, t0=0.0, disc_blocks=2,
-                        disc_warmup_steps=200, student_update_every=2, label_smoothing=0.0, progress=False)
+                         warmup_steps=0, lr_schedule="linear", ema_decay=0.99, t0=0.0, disc_blocks=2,
+                         disc_warmup_steps=200, student_update_every=2, label_smoothing=0.0, progress=False)
+    torch.manual_seed(seed)
     models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for step in range(cfg.steps):
         real = toy.CLEAN[torch.multinomial(p_inf, cfg.batch_size, replacement=True, generator=g)]
-        models.step(real, step, step_generator(0, step, 2))
-    after = toy.kl(toy.k_step_distribution(toy.denoiser_table(models.ema), 2), p_inf)
-    assert after < before / 2.2, (before, after)  # typically 2.4-2.8x across initialisation seeds
+        models.step(real, step, step_generator(seed, step, 2))
+    return before, toy.kl(toy.k_step_distribution(toy.denoiser_table(models.ema), 2), p_inf)
+
+
+def test_distillation_lowers_exact_kl_of_the_two_step_sampler(potts_teacher):
+    """The full algorithm on the Potts toy: the 2-step student gets much closer to the teacher's infinite-step
+    distribution than the undistilled 2-step sampler: it at least halves the exact KL. The trajectory of 1000
+    adversarial iterations is chaotic (a float rounding difference between CPU kernels changes it), so the claim
+    is statistical: over 8 seeds x 3 kernels (AVX-512, AVX2, no vectorisation) the ratio ranged over the interval
+    that ``python benchmarks/threshold_margins.py --only kl`` prints (docs/performance.md: 2.4-3.1), and 2 is
+    below its minimum by several standard deviations."""
+    teacher, p_inf = potts_teacher
+    before, after = two_step_kl_before_after(teacher, p_inf)
+    assert after < before / 2.0, (before, after)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -417,16 +464,8 @@ def test_local_credit_is_exact_for_an_additive_reward_and_one_step():
 
 def test_local_credit_follows_a_per_token_reward():
     """``credit=local`` with a per-token reward (1 where the token is 0): the student's share of 0 tokens rises."""
-    teacher = toy.tiny_dit(1)
-    cfg = InstructConfig(teacher="t", out="o", batch_size=16, group_size=4, lr=3e-3, warmup_steps=0, t0=0.0,
-                        lr_schedule="constant", regularize=False, ema_decay=0.0, progress=False, credit="local",
-                        credit_window=0, student_steps=3, tau_per="group")
-    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
-    before = zero_share(models, cfg)
-    real = toy.CLEAN[torch.arange(16)]
-    for step in range(40):
-        models.step(real, step, step_generator(0, step, 2), reward_fn=lambda x: (x == 0).float())
-    assert zero_share(models, cfg) > before + 0.25
+    before, after = reward_following(credit="local")
+    assert after > before + 0.25, (before, after)
 
 
 def test_student_warm_up_and_ema_count_student_updates():
@@ -450,3 +489,47 @@ def test_discriminator_updates_per_iteration(updates):
     assert adam_steps(models.opt_student) == {2}
     with pytest.raises(ConfigError, match="--disc-updates"):
         InstructConfig(disc_updates=0)
+
+
+def test_teacher_pool_is_sampled_once_and_shared_by_seeds(tmp_path, teacher_run, capsys, monkeypatch):
+    """``--real-source teacher`` with a pool: the teacher's rows are sampled once (its ancestral sampler at
+    --teacher-nfe, seed --teacher-pool-seed), kept in each run and in the cache, reused by a second seed, and a resumed
+    run trains on the same rows as an uninterrupted one."""
+    from didi.diffusion.sampling import ancestral_sample
+    from didi.recipes.distill import load_teacher
+    from didi.runtime.cache import entries
+
+    monkeypatch.setenv("DIDI_CACHE", str(tmp_path / "cache"))
+    pool = ["--real-source", "teacher", "--teacher-pool", "6", "--teacher-nfe", "3"]
+    a, b, part = tmp_path / "a", tmp_path / "b", tmp_path / "part"
+    assert main(distill_args(teacher_run, a, 4, *pool)) == 0
+    assert "teacher pool: sampling 6 rows" in capsys.readouterr().err
+    assert main(distill_args(teacher_run, b, 4, *pool, "--seed", "1")) == 0
+    assert "teacher pool: 6 samples from the cache" in capsys.readouterr().err
+    rows = np.load(a / "teacher_pool.npy")
+    assert np.array_equal(rows, np.load(b / "teacher_pool.npy"))
+    assert [e.section for e in entries(tmp_path / "cache")].count("teacher-pools") == 1
+    config, teacher = load_teacher(teacher_run)
+    seq_len = checkpoint.read_run_config(a).data["seq_len"]
+    expected = ancestral_sample(lambda z, sigma: teacher(z, sigma), batch_size=6, seq_len=seq_len, num_steps=3,
+                                mask_index=config.diffusion.mask_index,
+                                schedule=LogLinearSchedule(config.diffusion.eps),
+                                generator=torch.Generator().manual_seed(0)).tokens
+    assert np.array_equal(rows, expected.numpy())
+    # a resumed run draws its real rows from its own pool: the same weights as the uninterrupted run
+    assert main(distill_args(teacher_run, part, 2, *pool)) == 0
+    assert main(["distill", "--resume", str(part), "--steps", "4", "--progress", "false"]) == 0
+    for name in ("model", "ema", "discriminator"):
+        x, y = (checkpoint.load_tensors(r / f"{name}.safetensors") for r in (a, part))
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def test_pool_rows_are_the_real_rows():
+    """With a pool, every iteration's real rows are rows of the pool."""
+    teacher = toy.tiny_dit(1)
+    cfg = InstructConfig(teacher="t", out="o", batch_size=4, group_size=2, real_source="teacher", progress=False)
+    models = DiDiInstruct.from_teacher(teacher, cfg, toy.MASK, 1e-3, CPU)
+    models.pool = toy.CLEAN[torch.tensor([5, 17, 26])]
+    rows = models.real_rows_from_teacher(200, toy.L, torch.Generator().manual_seed(0))
+    index = toy.clean_index(rows)
+    assert set(index.tolist()) == {5, 17, 26}

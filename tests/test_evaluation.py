@@ -22,6 +22,7 @@ from didi.recipes.evaluate.metrics import (
     bootstrap_interval,
     diffusion_nelbo,
     evaluator_features,
+    gen_ppl_scored_tokens,
     generative_perplexity,
     interpolate_at,
     load_evaluator,
@@ -30,11 +31,11 @@ from didi.recipes.evaluate.metrics import (
     mean_sample_entropy,
     mean_std,
     sample_entropy,
-    scored_positions,
     timed_sampling,
 )
-from didi.recipes.evaluate.report import EvalReport, EvalRow, compute_frontiers, format_table
+from didi.recipes.evaluate.report import EvalReport, EvalRow, compute_frontiers
 from didi.recipes.evaluate.runner import EvalConfig, _set_speedups, evaluate
+from didi.recipes.evaluate.tables import format_table
 from test_ar import CORPUS, Counting, corpus_runs, make_run, tiny_tokenizer
 
 SEQ_LEN = 16
@@ -98,13 +99,13 @@ def test_gen_ppl_protocol_eos_rule_chunks_and_no_dropped_batch(runs, tok):
     ids = tok.encode(short)
     assert ids.count(tok.eos_id) == 2 and len(ids) <= SEQ_LEN
     assert generative_perplexity([short], evaluator).tokens == len(ids) - 2  # first token and second EOS unscored
-    assert scored_positions([5, 0, 4, 0, 0, 3], eos_id=0) == [True, True, True, False, False, True]
+    assert gen_ppl_scored_tokens([5, 0, 4, 0, 0, 3], eos_id=0) == [True, True, True, False, False, True]
 
     texts = [CORPUS[0] + EOT + CORPUS[1] + EOT + CORPUS[2], CORPUS[3], short]
     total, count, chunks = 0.0, 0, 0
     for text in texts:
         ids = tok.encode(text)
-        scored = scored_positions(ids, tok.eos_id)
+        scored = gen_ppl_scored_tokens(ids, tok.eos_id)
         for start in range(0, len(ids), SEQ_LEN):
             chunk, weight = ids[start:start + SEQ_LEN], torch.tensor(scored[start + 1:start + SEQ_LEN])
             chunks += 1
@@ -327,6 +328,32 @@ def test_cli_eval_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, args,
     assert "sampling" not in err or "cannot encode" in message  # options fail before any work
 
 
+def test_eval_options_are_generated_from_eval_config():
+    """Every option of `didi eval` comes from an EvalConfig field, in the spellings the command always had."""
+    from didi.cli import build_parser, config_from_args
+
+    parser = build_parser("eval")
+    argv = ["eval", "--model", "a", "--model", "b", "--samples", "s.jsonl", "--nfe", "8,16", "--seeds", "0,1,2",
+            "--temperatures", "0.8,1", "--no-likelihood", "--no-references", "--no-cache", "--mauve", "--greedy-tail",
+            "--plddt", "--evaluator", "e1", "--evaluator", "e2", "--unconditional", "false", "--prefix-tokens", "2",
+            "--num-samples", "16", "--copy-window", "4"]
+    config = config_from_args(EvalConfig, parser.parse_args(argv))
+    assert config == EvalConfig(models=["a", "b"], samples=["s.jsonl"], nfe=[8, 16], seeds=[0, 1, 2],
+                                temperatures=[0.8, 1.0], likelihood=False, references=False, use_cache=False,
+                                mauve=True, greedy_tail=True, plddt=True, evaluator=["e1", "e2"], unconditional=False,
+                                prefix_tokens=2, num_samples=16, copy_window=4)
+    assert config.evaluator_names == ["e1", "e2"]
+    assert config_from_args(EvalConfig, parser.parse_args(["eval", "--model", "a"])) == EvalConfig(models=["a"])
+    again = config_from_args(EvalConfig, parser.parse_args(["eval", "--model", "a", "--likelihood", "--references",
+                                                            "--evaluator", "e1"]))
+    assert again.likelihood and again.references and again.evaluator == "e1"  # one evaluator stays a string
+    text = " ".join(parser._subparsers._group_actions[0].choices["eval"].format_help().split())
+    for shown in ("--nfe N[,N...]", "(default: 8,16,32,64,128,1024)", "--likelihood, --no-likelihood",
+                  "--references, --no-references", "--no-cache disable the samplers' caches", "--seeds S[,S...]",
+                  "--temperatures T[,T...]", "--model RUN", "--samples FILE", "--greedy-tail the samplers'"):
+        assert shown in text, shown
+
+
 def test_eval_config_validates():
     assert EvalConfig(models=["x"], nfe="16, 8,16").nfe == [8, 16]
     with pytest.raises(ConfigError, match="--nfe: must be integers >= 1"):
@@ -476,12 +503,16 @@ def test_eval_sweep_seeds_mauve_references_and_matched_entropy(runs, tmp_path, c
     assert saved["frontiers"][0]["bracket"] == [0.25, 4.0] and saved["meta"]["config"]["seeds"] == [0, 1]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # a target no sweep brackets: the table is printed, then one error line, exit 2 and no report file
+    # a target no sweep brackets: "not reached" in the table, one warning line, and the report and plot written
     out_json.unlink()
     out_png.unlink()
-    assert main([*argv, "--target-entropy", "50"]) == 2
+    assert main([*argv, "--target-entropy", "50"]) == 0
     captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("didi: error:")]
-    assert len(errors) == 1 and errors[0].startswith("didi: error: --target-entropy: 50.000 nats")
-    assert "bracketed by no model x NFE" in errors[0] and "| gen-PPL @ entropy 50.000 |" in captured.out
-    assert not out_json.exists() and not out_png.exists()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("[didi] warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("[didi] warning: --target-entropy 50.000 nats")
+    assert "bracketed by no model x NFE" in warnings[0] and "| gen-PPL @ entropy 50.000 |" in captured.out
+    assert "didi: error" not in captured.err and "| not reached |" in captured.out
+    saved = json.loads(out_json.read_text())
+    assert saved["frontiers"][0]["bracket"] is None and saved["frontiers"][0]["gen_ppl"] is None
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[didi eval] mdlm: sampling" not in captured.err  # every row was taken from eval.rows.jsonl

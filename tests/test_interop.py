@@ -344,7 +344,8 @@ def test_export_then_convert_round_trips_bit_exactly(tmp_path, bpe):
 
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
-        "README.md", "config.json", "discriminator.safetensors", "model.safetensors", "tokenizer.json"]
+        "README.md", "config.json", "configuration_didi.py", "discriminator.safetensors", "model.safetensors",
+        "modeling_didi.py", "tokenizer.json", "tokenizer_config.json"]  # Transformers: test_export_transformers.py
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (hf["didi_kind"], hf["weights"], hf["hidden_dim"], hf["n_heads"], hf["n_blocks"], hf["model_length"],
             hf["mask_index"], hf["tokenizer"]["type"]) == ("didi", "ema", 32, 2, 2, 16, tok.vocab_size, "bpe")

@@ -14,9 +14,12 @@ from didi.data.markov import MarkovLanguage, markov_metrics
 from didi.data.tokenizer import ByteTokenizer
 from didi.interop.sample_files import read_samples
 from didi.pipelines.load import load
-from didi.recipes.evaluate.metrics import MARKOV_METRICS, interpolate_at, markov_bootstrap, markov_rows, markov_scores
-from didi.recipes.evaluate.report import EvalReport, compute_frontiers, format_table
-from didi.recipes.evaluate.runner import EvalConfig, evaluate, heldout_data
+from didi.recipes.evaluate.markov import MARKOV_METRICS, markov_bootstrap, markov_rows, markov_scores
+from didi.recipes.evaluate.metrics import interpolate_at
+from didi.recipes.evaluate.references import heldout_data
+from didi.recipes.evaluate.report import EvalReport, compute_frontiers
+from didi.recipes.evaluate.runner import EvalConfig, evaluate
+from didi.recipes.evaluate.tables import format_table
 from didi.runtime.checkpoint import read_run_config
 from test_ar import make_run, tiny_tokenizer
 

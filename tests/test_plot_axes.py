@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from didi.recipes.evaluate.report import PPL_MIN_SPAN, scale_value_axes
+from didi.recipes.evaluate.plots import PPL_MIN_SPAN, scale_value_axes
 
 
 def test_value_axes_do_not_magnify_small_differences():

@@ -38,8 +38,10 @@ def _parse_bool(value: str) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
-                         group: str | None = None, defaults: dict[str, Any] | None = None) -> None:
-    """Add one ``--option`` per field of dataclass ``cls`` (help text from ``metadata['help']``).
+                         group: str | None = None, defaults: dict[str, Any] | None = None,
+                         helps: dict[str, str] | None = None) -> None:
+    """Add one ``--option`` per field of dataclass ``cls`` (help text from ``metadata['help']``, or ``helps``; the
+    default shown from ``defaults``, else the field's).
 
     Defaults are left as ``None`` on the namespace so that :func:`config_from_args` can tell "not given" apart.
     """
@@ -55,7 +57,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude:
         base = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
         default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else
                                (f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
-        help_text = f.metadata.get("help", "")
+        help_text = (helps or {}).get(f.name, f.metadata.get("help", ""))
         shown = "" if default is None or default == "" else f" (default: {default})"  # "": required or unset
         kwargs: dict[str, Any] = dict(dest=f.name, default=None, help=help_text + shown)
         if base is bool:
@@ -69,7 +71,39 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude:
             kwargs.update(type=str)
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        target.add_argument(_option(f.name), **kwargs)
+        _option_form(f.metadata, kwargs, default, help_text)
+        target.add_argument(_option(f.metadata.get("option", f.name)), **kwargs)
+
+
+def _option_form(metadata: Any, kwargs: dict[str, Any], default: Any, help_text: str) -> None:
+    """The option forms a field's metadata asks for, instead of ``--name VALUE`` (``kwargs`` updated in place):
+
+    * ``flag=True`` / ``flag=False``: a switch that stores that value (``--mauve``; ``--no-cache`` with
+      ``option="no-cache"``, the option's name when it is not the field's);
+    * ``negatable=True``: ``--name`` / ``--no-name`` (``argparse.BooleanOptionalAction``; the default shown as on/off);
+    * ``append=True``: repeatable, each use adds one value (``--model A --model B``);
+    * ``comma_list=True``: one comma-separated string (``--nfe 8,16``) that the dataclass parses (its errors name the
+      option); ``metavar`` ``N`` shows as ``N[,N...]``.
+    """
+    metavar = metadata.get("metavar")
+    if "flag" in metadata:
+        for key in ("type", "metavar", "choices"):
+            kwargs.pop(key, None)
+        kwargs.update(action="store_const", const=metadata["flag"], help=help_text)
+    elif metadata.get("negatable"):
+        for key in ("type", "metavar", "choices"):
+            kwargs.pop(key, None)
+        kwargs.update(action=argparse.BooleanOptionalAction,
+                      help=f"{help_text} (default: {'on' if default else 'off'})")
+    elif metadata.get("append"):
+        kwargs.pop("nargs", None)
+        kwargs.update(action="append", type=str, help=help_text, **({"metavar": metavar} if metavar else {}))
+    elif metadata.get("comma_list"):
+        kwargs.pop("nargs", None)
+        shown = f" (default: {','.join(map(str, default))})" if default else ""
+        kwargs.update(type=str, metavar=f"{metavar or 'X'}[,{metavar or 'X'}...]", help=help_text + shown)
+    elif metavar:
+        kwargs["metavar"] = metavar
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
@@ -125,9 +159,17 @@ def _run_info(args: argparse.Namespace) -> None:
     snaps = list_snapshots(args.run_dir)
     if snaps:
         print(f"snapshots:  {', '.join(s.name for s in snaps)}")
+    distilled = config.extra.get("distill") if config.kind == "didi" else None
+    if isinstance(distilled, dict):  # a student: its own steps and method; the teacher's training is its teacher's
+        print(f"method:     {distilled.get('method', 'didi-instruct')} (teacher {config.extra.get('teacher', '?')})")
+        print(f"steps:      {distilled.get('steps', '?')} (distillation; the teacher trained "
+              f"{config.training.get('steps', '?')})")
     for key in ("preset", "steps", "seq_len", "data"):
-        if key in config.training:
+        if key in config.training and not (distilled is not None and key == "steps"):
             print(f"{key + ':':<11} {config.training[key]}")
+    if config.data.get("data"):
+        print(f"split:      split seed {config.data.get('seed', 0)}, valid_fraction "
+              f"{config.data.get('valid_fraction', '?')} (held-out documents of corpora without a natural split)")
 
 
 def _info_checkpoint(args: argparse.Namespace) -> None:
@@ -183,15 +225,22 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     conditioning.add_argument("--prompts", type=Path, default=None, metavar="FILE.jsonl",
                               help="one {\"prompt\": TEXT} or {\"infill\": TEMPLATE} per line, --num-samples each")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--sampler", default="ancestral", choices=["ancestral", "rgas"],
-                   help="ancestral (MDLM with cache) or rgas (reward-guided, DiDi-Instruct students)")
+    p.add_argument("--sampler", default="ancestral", choices=["ancestral", "rgas", "maskgit", "low-confidence",
+                                                              "threshold"],
+                   help="ancestral (MDLM with cache), rgas (reward-guided, DiDi-Instruct students), or a "
+                        "confidence-ordered sampler: maskgit (MaskGIT), low-confidence (LLaDA's remasking) or "
+                        "threshold (Fast-dLLM's parallel decoding; --nfe is then a cap)")
     p.add_argument("--no-cache", action="store_true", help="disable the cache trick (calls the network every step)")
     p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, default=None, help="write samples: .jsonl = JSON lines (tokens, text, nfe, "
                    "seconds; read by didi eval --samples), .txt = plain text as printed, .fasta/.fa/.faa[.gz] = "
                    "FASTA (protein models, which also print FASTA)")
-    p.add_argument("--quiet", action="store_true", help="do not print the samples")
+    p.add_argument("--quiet", action="store_true", help="print neither the samples nor progress (only the summary "
+                                                        "line on stderr)")
+    p.add_argument("--progress", type=_parse_bool, default=None, metavar="BOOL",
+                   help="a progress bar over the sampling steps on a terminal, a plain line every 30 s of a long "
+                        "batch elsewhere (default: true, false with --quiet)")
     _add_control_arguments(p)
     _add_rgas_arguments(p)
 
@@ -215,21 +264,48 @@ def _controls(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_rgas_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the samplers that have some: RGAS and the confidence-ordered samplers."""
+    from .diffusion.confidence import ConfidenceConfig
     from .diffusion.rgas import RGASConfig
 
     add_config_arguments(parser, RGASConfig, group="rgas (with --sampler rgas; see didi.diffusion.rgas)")
+    add_config_arguments(parser, ConfidenceConfig, exclude=("order",),
+                         group="confidence-ordered samplers (with --sampler maskgit, low-confidence or threshold; "
+                               "see didi.diffusion.confidence)")
+
+
+def _sampler_config(args: argparse.Namespace, cls: type, samplers: tuple[str, ...], what: str, **fixed: Any) -> Any:
+    """``cls`` (a sampler's options) from the command line when ``--sampler`` is one of ``samplers``, else ``None``
+    (its options given with another sampler are an error)."""
+    given = [f.name for f in dataclasses.fields(cls) if f.name not in fixed and getattr(args, f.name, None) is not None]
+    if args.sampler not in samplers:
+        if given:
+            raise option_error(given[0], f"is {what} option: it needs --sampler {' or '.join(samplers)}")
+        return None
+    return config_from_args(cls, args, **fixed)
 
 
 def _rgas_config(args: argparse.Namespace) -> Any:
     """The ``RGASConfig`` of the command line with ``--sampler rgas``, else ``None`` (RGAS options are an error)."""
     from .diffusion.rgas import RGASConfig
 
-    given = [f.name for f in dataclasses.fields(RGASConfig) if getattr(args, f.name, None) is not None]
-    if args.sampler != "rgas":
-        if given:
-            raise option_error(given[0], "is an RGAS option: it needs --sampler rgas")
-        return None
-    return config_from_args(RGASConfig, args)
+    return _sampler_config(args, RGASConfig, ("rgas",), "an RGAS")
+
+
+def _confidence_config(args: argparse.Namespace) -> Any:
+    """The ``ConfidenceConfig`` of the command line with a confidence-ordered ``--sampler``, else ``None``."""
+    from .diffusion.confidence import ORDERS, ConfidenceConfig
+
+    return _sampler_config(args, ConfidenceConfig, ORDERS, "a confidence-ordered sampler's",
+                           order=args.sampler if args.sampler in ORDERS else "maskgit")
+
+
+def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``sampler_options`` of ``model.sample`` for the chosen ``--sampler``."""
+    rgas, confidence = _rgas_config(args), _confidence_config(args)
+    if confidence is not None:
+        return {k: v for k, v in dataclasses.asdict(confidence).items() if k != "order"}
+    return dataclasses.asdict(rgas) if rgas else {}
 
 
 def _run_sample(args: argparse.Namespace) -> None:
@@ -242,7 +318,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         raise option_error("num-samples", f"must be >= 1 (got {args.num_samples})")
     if args.out is not None:
         check_sample_path(args.out)
-    rgas = _rgas_config(args)
+    sampler_options = _sampler_options(args)
     controls = _controls(args)
     model = load(args.model, device=args.device, weights=args.weights)
     if model.kind == "ar" and args.nfe is not None:  # a note, not an error: scripts loop over mixed models
@@ -250,10 +326,13 @@ def _run_sample(args: argparse.Namespace) -> None:
               "generated token", file=sys.stderr)
     results = model.sample(args.num_samples, 16 if args.nfe is None else args.nfe, seed=args.seed,
                            batch_size=args.batch_size,
-                           seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache, progress=True,
+                           seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache,
+                           progress=not args.quiet if args.progress is None else args.progress,
                            stride=args.stride, **controls, **_conditioning(args, model),
-                           **(dataclasses.asdict(rgas) if rgas else {}))
-    records = write_samples(model, results, args.out)
+                           **sampler_options)
+    records = write_samples(model, results, args.out, settings=dict(  # where the samples came from
+        seed=args.seed, use_cache=not args.no_cache, weights=args.weights, seq_len=args.seq_len, stride=args.stride,
+        sampler_options=sampler_options))
     if not args.quiet:
         for i, rec in enumerate(records):
             print(format_sample(i, rec))
@@ -290,12 +369,17 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) ->
                                    "model/ema safetensors, tokenizer, trainer_state.pt, checkpoints/).",
                        )
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR exactly where its last snapshot stopped "
-                        "(--steps may be raised to extend it)")
+                   help="continue the run in RUN_DIR exactly where its last intact snapshot stopped (from step 0 "
+                        "if its start was interrupted; --steps may be raised to extend it)")
     p.add_argument("--force", action="store_true",
-                   help="write the new run into --out even if that folder holds other files (never into a run)")
+                   help="write the new run into --out even if that folder holds other files or a run that stopped "
+                        "before its first snapshot (never into a run with a snapshot)")
     add_config_arguments(p, TrainConfig, group="training")
     add_config_arguments(p, DataConfig, exclude=("seed",), group="data")
+    next(g for g in p._action_groups if g.title == "data").add_argument(
+        "--split-seed", type=int, default=None, metavar="INT",
+        help="seed of the held-out documents of a corpus without a natural split (local text/JSONL, FASTA); "
+             "independent of --seed, so runs with different seeds validate on the same text (default: 0)")
 
 
 def _run_train_command(args: argparse.Namespace, kind: str) -> None:
@@ -310,7 +394,7 @@ def _run_train_command(args: argparse.Namespace, kind: str) -> None:
     if not args.out:
         raise option_error("out", "a run directory is required (or --resume RUN_DIR)")
     cfg = config_from_args(TrainConfig, args)
-    data_cfg = config_from_args(DataConfig, args, seed=cfg.seed)
+    data_cfg = config_from_args(DataConfig, argparse.Namespace(**{**vars(args), "seed": args.split_seed}))
     _report_written("run", train(cfg, data_cfg, kind=kind, force=args.force))
 
 
@@ -360,7 +444,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help=SUMMARIES["export"],
                        description="Export a diffusion run directory as model.safetensors (+ discriminator."
                                    "safetensors for DiDi-Instruct students), config.json and tokenizer files, the "
-                                   "layout of the DiDi-Instruct release; `didi convert` reads it back bit-exactly.")
+                                   "layout of the DiDi-Instruct release; `didi convert` reads it back bit-exactly. "
+                                   "The folder also loads in plain transformers, without didi: "
+                                   "AutoModelForMaskedLM.from_pretrained(DST, trust_remote_code=True) and "
+                                   "AutoTokenizer.from_pretrained(DST, trust_remote_code=True); the model's "
+                                   ".sample(n, num_steps=8, seed=0) is didi's ancestral sampler "
+                                   "(configuration_didi.py and modeling_didi.py hold didi's own network and sampler "
+                                   "code).")
     p.add_argument("run_dir", type=Path, help="a didi run directory (mdlm or didi)")
     p.add_argument("dst", type=Path, help="directory to create")
     p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
@@ -378,14 +468,54 @@ def _run_export(args: argparse.Namespace) -> None:
         print(f"pushed to {push_to_hub(args.dst, args.push_to_hub, private=args.private)}")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help=SUMMARIES["serve"],
+                       description="Serve models over HTTP on this machine. POST /api/generate takes JSON (model, "
+                                   "prompt or infill, nfe, sampler, temperature, top_k, top_p, seed, num_samples, "
+                                   "seq_len; all optional) and answers the samples, the network calls made and the "
+                                   "latency; POST /api/stream answers the same as JSON lines, one per sampling step "
+                                   "(the sequence with its masked positions) then the result; GET /api/models lists "
+                                   "the models. The page at / shows every model side by side, its samples filling "
+                                   "in step by step (e.g. a student at 8 steps beside its teacher at 128) and the "
+                                   "time each took. Requests are queued and run one at a time. Needs the serve "
+                                   "extra: pip install 'didi[serve]'.")
+    p.add_argument("--model", dest="models", action="append", required=True, metavar="RUN",
+                   help="a run directory, `didi export` folder, checkpoint or Hub id (repeat to serve several)")
+    p.add_argument("--nfe", type=int, action="append", default=None, metavar="N",
+                   help="default steps of each --model, in order, or one for all (default: 8 for a DiDi-Instruct "
+                        "student, 128 for a teacher)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--weights", default="ema", choices=["ema", "model"], help="EMA weights (default) or raw")
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    try:
+        from .serve.app import serve
+    except ImportError as exc:
+        raise option_error("model", f"serving needs the serve extra: pip install 'didi[serve]' ({exc.name} is "
+                                    "missing)") from None
+    from .serve.api import served_models
+
+    models = served_models(args.models, args.nfe, device=args.device, weights=args.weights)
+    for m in models:
+        print(f"[didi] serving {m.name}: {m.pipeline.kind} from {m.source}", file=sys.stderr)
+    print(f"[didi] page: http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(models, host=args.host, port=args.port)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .recipes.evaluate.runner import EvalConfig
 
     p = sub.add_parser("eval", help=SUMMARIES["eval"],
                        description="Sample every --model at every --nfe budget (an AR model: one row) and every "
                                    "temperature, with every seed; score the samples with an evaluator LM (generative "
-                                   "perplexity, the paper's protocol), their entropy and optionally MAUVE against "
-                                   "held-out text; each model's validation likelihood; time the sampling. Reference "
+                                   "perplexity, the paper's protocol; several side by side), their entropy, "
+                                   "repetition, diversity and copy rate against the training data, and optionally "
+                                   "MAUVE against held-out text; each model's validation likelihood; time the "
+                                   "sampling. With --json, rows are saved as they finish and a re-run resumes. "
+                                   "Reference "
                                    "rows score held-out data and the AR evaluator's own samples alike. A temperature "
                                    "sweep (--temperatures) adds each model x NFE's gen-PPL at a matched entropy. "
                                    "Runs trained on --data markov (markov.json in the run directory) also get the "
@@ -393,39 +523,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "the conditional entropy H(X'|X), which --frontier-entropy conditional makes the "
                                    "entropy axis of the sweeps. "
                                    "Prints Markdown tables; --json and --plot save them.")
-    p.add_argument("--model", dest="models", action="append", default=None, metavar="RUN",
-                   help="run directory of a model to evaluate (repeat for several)")
-    p.add_argument("--samples", dest="samples", action="append", default=None, metavar="FILE",
-                   help="evaluate a JSON-lines file from `didi sample --out` without its model (repeatable)")
-    p.add_argument("--nfe", default=None, metavar="N[,N...]",
-                   help="comma-separated sampling budgets of diffusion models (default: 8,16,32,64,128,1024)")
-    p.add_argument("--likelihood", action=argparse.BooleanOptionalAction, default=None,
-                   help="validation NELBO bound (diffusion) / perplexity (AR) of every model (default: on)")
-    p.add_argument("--no-cache", dest="use_cache", action="store_const", const=False, default=None,
-                   help="disable the samplers' caches (diffusion: call every step; AR: no KV cache)")
-    p.add_argument("--plddt", action="store_true", default=None,
-                   help="protein models: also report ESMFold's mean pLDDT (needs ESMFold and its weights)")
-    fields = EvalConfig.__dataclass_fields__
-    p.add_argument("--temperatures", default=None, metavar="T[,T...]", help=fields["temperatures"].metadata["help"])
-    p.add_argument("--seeds", default=None, metavar="S[,S...]", help=fields["seeds"].metadata["help"])
-    p.add_argument("--greedy-tail", action="store_true", default=None, help=fields["greedy_tail"].metadata["help"])
-    p.add_argument("--mauve", action="store_true", default=None, help=fields["mauve"].metadata["help"])
-    p.add_argument("--references", action=argparse.BooleanOptionalAction, default=None,
-                   help=fields["references"].metadata["help"] + " (default: on)")
-    add_config_arguments(p, EvalConfig, exclude=("models", "samples", "nfe", "likelihood", "use_cache", "rgas",
-                                                 "plddt", "temperatures", "seeds", "greedy_tail", "mauve",
-                                                 "references"))
+    add_config_arguments(p, EvalConfig, exclude=("rgas", "confidence"))
     _add_rgas_arguments(p)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from .recipes.evaluate.report import format_table, plot_report, write_report
-    from .recipes.evaluate.runner import EvalConfig, check_frontiers, evaluate
+    from .recipes.evaluate.plots import plot_report
+    from .recipes.evaluate.report import write_report
+    from .recipes.evaluate.runner import EvalConfig, evaluate, frontier_warning
+    from .recipes.evaluate.tables import format_table
 
-    config = config_from_args(EvalConfig, args, rgas=_rgas_config(args))
+    config = config_from_args(EvalConfig, args, rgas=_rgas_config(args), confidence=_confidence_config(args))
     report = evaluate(config)
     print(format_table(report))
-    check_frontiers(report)  # a target entropy no sweep brackets: an error, and no report file
+    warning = frontier_warning(report)  # a target entropy no sweep brackets: "not reached", and the report kept
+    if warning:
+        print(f"[didi] warning: {warning}", file=sys.stderr)
     if config.json:
         write_report(report, Path(config.json))
         print(f"[didi] report written to {config.json}", file=sys.stderr)
@@ -451,13 +564,26 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
                    help="continue a distillation run from its last snapshot")
     p.add_argument("--force", action="store_true",
                    help="write the new student into --out even if that folder holds other files (never into a run)")
-    add_config_arguments(p, DistillConfig, group="distillation (every --method)")
-    declared = {f.name for f in dataclasses.fields(DistillConfig)}
+    add_config_arguments(p, DistillConfig, group="distillation (every --method; the defaults shown are "
+                                                  "didi-instruct's)")
+    base = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    declared = set(base)
     for name, (cls, _) in METHODS.items():
-        own = {f.name for f in dataclasses.fields(cls)} - declared
-        add_config_arguments(p, cls, group=f"{name} (--method {name})",
-                             exclude=tuple(f.name for f in dataclasses.fields(cls) if f.name not in own))
-        declared |= own
+        fields = dataclasses.fields(cls)
+        changed = [f"--{f.name.replace('_', '-')} {f.default}" for f in fields
+                   if f.name in base and f.name not in ("method", "steps") and f.default != base[f.name].default]
+        shared = {f.name: f for f in fields if f.name not in declared}
+        helps, defaults = {}, {}
+        for other, (other_cls, _) in METHODS.items():  # an option of several methods: one flag, every meaning
+            for f in dataclasses.fields(other_cls) if other != name else ():
+                if f.name in shared and f.name not in base:
+                    mine = shared[f.name]
+                    helps[f.name] = f"{name}: {mine.metadata['help']}; {other}: {f.metadata['help']}"
+                    defaults[f.name] = f"{mine.default} ({name}), {f.default} ({other})"
+        title = f"{name} (--method {name}" + (f"; its defaults: {', '.join(changed)}" if changed else "") + ")"
+        add_config_arguments(p, cls, group=title, exclude=tuple(f.name for f in fields if f.name not in shared),
+                             helps=helps, defaults=defaults)
+        declared |= set(shared)
     add_config_arguments(p, DataConfig, group="data (default: the teacher's corpus and settings)",
                          exclude=tuple(f for f in DataConfig.__dataclass_fields__ if f not in DISTILL_DATA_OPTIONS))
 
@@ -544,6 +670,7 @@ SUMMARIES: dict[str, str] = {
     "export": "write a run directory in the Hugging Face layout (optionally push it)",
     "eval": "gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of samples)",
     "cache": "list or clear the cache (token blocks, converted checkpoints)",
+    "serve": "serve models over HTTP, with a page that shows generation step by step",
 }
 """The one-line help of each command in ``didi --help``, declared without importing the command's modules."""
 
@@ -558,6 +685,7 @@ COMMANDS: list[tuple[str, Callable, Callable]] = [
     ("export", _add_export, _run_export),
     ("eval", _add_eval, _run_eval),
     ("cache", _add_cache, _run_cache),
+    ("serve", _add_serve, _run_serve),
 ]
 
 

@@ -59,27 +59,28 @@ SHORT_RUN_WARMUP = 0.1
 """Fraction of the run a warm-up is scaled to when it would cover more than half of it (:func:`fit_warmups`)."""
 
 
-def fit_warmups(config: T, *names: str) -> tuple[T, dict[str, dict[str, int]], str | None]:
+def fit_warmups(config: T, *names: str, span: str = "steps") -> tuple[T, dict[str, dict[str, int]], str | None]:
     """``config`` with its warm-ups ``names`` fitted to a short run, what was changed, and the line that says so.
 
-    A warm-up (a field counted in steps) that covers more than half of ``config.steps`` becomes
-    ``round(SHORT_RUN_WARMUP * steps)``: a 1000-step learning-rate warm-up in a 5-step run would keep the rate near
-    0 throughout, a discriminator warm-up as long as the run would never train the student. The record maps each
-    changed field to ``{"requested": ..., "used": ...}`` (runs keep it in ``config.json``)::
+    A warm-up (a field counted in steps) that covers more than half of ``config.<span>`` (the run's ``steps``, or
+    e.g. the length of one round) becomes ``round(SHORT_RUN_WARMUP * span)``: a 1000-step learning-rate warm-up in
+    a 5-step run would keep the rate near 0 throughout, a discriminator warm-up as long as the run would never
+    train the student. The record maps each changed field to ``{"requested": ..., "used": ...}`` (runs keep it in
+    ``config.json``)::
 
-        fit_warmups(DistillConfig(steps=5), "warmup_steps", "disc_warmup_steps")
+        fit_warmups(InstructConfig(steps=5), "warmup_steps", "disc_warmup_steps")
         -> (... warmup_steps=0 ..., {"warmup_steps": {"requested": 1000, "used": 0}},
             "--warmup-steps 1000 is more than half of --steps 5: using 0 (10% of the run)")
     """
-    steps = config.steps
+    steps = getattr(config, span)
     fitted = {name: {"requested": getattr(config, name), "used": round(SHORT_RUN_WARMUP * steps)}
               for name in names if getattr(config, name) > steps / 2}
     if not fitted:
         return config, {}, None
     changes = ", ".join(f"--{name.replace('_', '-')} {change['requested']}" for name, change in fitted.items())
     used = ", ".join(str(change["used"]) for change in fitted.values())
-    note = (f"{changes} {'is' if len(fitted) == 1 else 'are'} more than half of --steps {steps}: using {used} "
-            f"({SHORT_RUN_WARMUP:.0%} of the run)")
+    note = (f"{changes} {'is' if len(fitted) == 1 else 'are'} more than half of --{span.replace('_', '-')} {steps}: "
+            f"using {used} ({SHORT_RUN_WARMUP:.0%} of the {'run' if span == 'steps' else span.replace('_', ' ')})")
     return dataclasses.replace(config, **{name: change["used"] for name, change in fitted.items()}), fitted, note
 
 

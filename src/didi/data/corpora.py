@@ -1,8 +1,8 @@
-"""Corpora, train/validation splits, tokenization, packing ("wrap" or "crop") and deterministic batches.
+"""Corpora, train/validation splits and tokenization: what ``--data`` names, and its packed blocks.
 
-Pipeline: :func:`load_corpus` gives the documents of both splits, :func:`build_tokenizer` the tokenizer,
-:func:`prepare_data` tokenizes each split once into packed blocks cached as ``.npy`` memmaps, and
-:class:`BatchSchedule` + :func:`shard` say which blocks every process reads at every step.
+Pipeline: :func:`load_corpus` gives the documents of both splits, :func:`build_tokenizer` the tokenizer, and
+:func:`prepare_data` tokenizes each split once into packed blocks cached as ``.npy`` memmaps (packing, the cache
+files and the batch schedule are in :mod:`didi.data.blocks`; their names are importable from here too).
 
 Corpora (``--data``):
 
@@ -20,16 +20,9 @@ Validation data: Shakespeare holds out fixed plays; a Hugging Face dataset uses 
 datasets) holds out a seeded choice of ``valid_fraction`` of the documents; a corpus with too few documents for
 that (a single ``.txt`` file) gives instead the last ``valid_fraction`` of each document's text, cut at a line
 start, as nanoGPT does. ``valid_fraction=0`` means no validation data: ``PreparedData.valid`` then has 0 blocks.
-
-Packing (``--packing``, see :func:`pack_blocks`):
-
-* ``wrap`` (MDLM's, the default for text): every document's ids plus EOS are concatenated and cut into chunks of
-  ``seq_len - 2`` tokens; each block is ``[BOS] chunk [EOS]`` and the final partial chunk is dropped;
-* ``crop`` (the default for proteins): one whole document per block, ``[BOS] doc [EOS] [PAD] ...``. A document of
-  more than ``seq_len - 2`` tokens keeps its *start* (``[BOS]`` and its first ``seq_len - 1`` tokens, no EOS: it
-  does not end there), so every block begins at a document's beginning (a protein's N-terminus) and cropping
-  needs no random numbers. PAD is an ordinary token to the diffusion model: it is masked and predicted like any
-  other, so the model learns where a sequence ends and a sample's length is where its first EOS/PAD falls.
+The seed of that choice is ``DataConfig.seed``, the *split seed* (``--split-seed``, default 0), which is not the
+training ``--seed``: runs trained with different seeds are validated on the same documents.
+:func:`held_out_overlap` tells whether one run (an evaluator) trained on text another run held out.
 """
 from __future__ import annotations
 
@@ -37,25 +30,46 @@ import hashlib
 import importlib.resources
 import json
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from ..config import helpfield
 from ..errors import DataError, option_error, require
-from ..runtime.cache import announce, cache_root
-from ..runtime.checkpoint import atomic_write, write_json
+from ..runtime.cache import announce, cache_root, ensure_directory
+from ..runtime.checkpoint import write_json
+from ..runtime.integrity import file_record
+from .blocks import (
+    PACKINGS,
+    BatchSchedule,
+    BlockPacker,
+    TokenBlocks,
+    crop_documents,
+    pack_blocks,
+    pack_documents,
+    resolve_packing,
+    shard,
+    token_cache_problem,
+    write_token_cache,
+)
 from .protein import FASTA_SUFFIXES, PROTEIN_CORPUS, builtin_protein_fasta, is_fasta_path, read_fasta, split_by_sequence
+from .splits import NATURAL_SPLITS, VALID_FRACTION, held_out_overlap, holdout, split_documents, text_tails
 from .tokenizer import ByteTokenizer, ProteinTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 
+__all__ = [  # this module's public names and those of .blocks and .splits it re-exports
+    "FOLIO_TO_MODERN", "OPENWEBTEXT_VALID_DOCUMENTS", "PACKINGS", "SHAKESPEARE_INSTALL", "SHAKESPEARE_VALID_PLAYS",
+    "TEXT_FIELD", "TOKENIZERS", "VALID_FRACTION", "BatchSchedule", "BlockPacker", "Corpus", "DataConfig",
+    "PreparedData", "TokenBlocks", "available_corpora", "build_tokenizer", "crop_documents", "default_cache_dir",
+    "held_out_overlap", "load_corpus", "load_protein_corpus", "pack_blocks", "pack_documents", "play_key",
+    "prepare_data", "register_corpus", "resolve_packing", "shakespeare_files", "shakespeare_texts_dir", "shard",
+    "split_documents", "tokenizer_fingerprint",
+]
+
 TOKENIZERS = ("auto", "bpe", "gpt2", "byte", "protein")
-PACKINGS = ("auto", "wrap", "crop")
 TEXT_FIELD = "text"
 """The field holding a document's text in ``.jsonl`` records and Hugging Face datasets."""
 
@@ -74,13 +88,15 @@ class DataConfig:
     packing: str = helpfield("auto", "wrap (documents concatenated and cut into blocks, MDLM), crop (one document "
                                      "per block, [BOS] doc [EOS] [PAD]..., long ones keep their start) or auto (crop "
                                      "for protein tokenizers, wrap otherwise)", choices=PACKINGS)
-    valid_fraction: float = helpfield(0.05, "share of documents held out for validation in corpora without a "
+    valid_fraction: float = helpfield(VALID_FRACTION, "share of documents held out for validation in corpora without a "
                                             "natural split (0 = no validation)")
     folio: bool = helpfield(False, "shakespeare: also use the First Folio spelling of the plays")
     cache_dir: str | None = helpfield(None, "directory of cached token blocks (default: tokens/ under $DIDI_CACHE, "
                                             "else $XDG_CACHE_HOME/didi, else ~/.cache/didi; see `didi cache`)")
     max_documents: int | None = helpfield(None, "use at most this many documents per split (for huge corpora)")
-    seed: int = helpfield(0, "seed of the held-out document choice in corpora without a natural split")
+    seed: int = helpfield(0, "split seed: which documents are held out in corpora without a natural split (local "
+                             "text/JSONL, FASTA); independent of the training --seed (--split-seed on the command "
+                             "line; runs saved before it existed used their training seed)")
 
     def __post_init__(self) -> None:
         require(bool(self.data), "data", "must name a corpus, a path or a dataset")
@@ -92,7 +108,7 @@ class DataConfig:
         require(0.0 <= self.valid_fraction < 1.0, "valid_fraction", f"must be in [0, 1) (got {self.valid_fraction})")
         require(self.max_documents is None or self.max_documents >= 1, "max_documents",
                 f"must be >= 1 (got {self.max_documents})")
-        require(self.seed >= 0, "seed", f"must be >= 0 (got {self.seed})")
+        require(self.seed >= 0, "split_seed", f"must be >= 0 (got {self.seed})")
 
 
 # ------------------------------------------------------------------------------------------------------ corpora
@@ -116,11 +132,15 @@ class Corpus:
 _CORPORA: dict[str, tuple[Callable[[DataConfig], Corpus], str]] = {}
 
 
-def register_corpus(name: str, loader: Callable[[DataConfig], Corpus], description: str) -> None:
-    """Make ``--data NAME`` call ``loader(config)``; registering a name again replaces it."""
+def register_corpus(name: str, loader: Callable[[DataConfig], Corpus], description: str, *,
+                    natural_split: bool = False) -> None:
+    """Make ``--data NAME`` call ``loader(config)``; registering a name again replaces it. ``natural_split``: the
+    loader's validation documents never depend on ``valid_fraction`` or the split seed (see
+    :func:`held_out_overlap`)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith((".txt", ".jsonl")):
         raise ValueError(f"invalid corpus name {name!r}")
     _CORPORA[name] = (loader, description)
+    (NATURAL_SPLITS.add if natural_split else NATURAL_SPLITS.discard)(name)
 
 
 def available_corpora() -> dict[str, str]:
@@ -153,33 +173,6 @@ def load_corpus(config: DataConfig) -> Corpus:
 def _files_fingerprint(paths: Iterable[Path]) -> str:
     stats = [(str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in paths]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
-
-
-def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Document indices ``(train, valid)``: a seeded choice of ``int(n * fraction)`` documents, in corpus order."""
-    valid = np.sort(np.random.default_rng(seed).choice(n, int(n * fraction), replace=False))
-    keep = np.ones(n, dtype=bool)
-    keep[valid] = False
-    return np.flatnonzero(keep), valid
-
-
-def _text_tails(documents: Sequence[str], fraction: float) -> tuple[list[str], list[str]]:
-    """Split every document at a line start near ``1 - fraction`` of its length: heads train, tails validate."""
-    train, valid = [], []
-    for text in documents:
-        cut = int(len(text) * (1.0 - fraction))
-        cut = text.rfind("\n", 0, cut) + 1 or cut
-        train.append(text[:cut])
-        valid.append(text[cut:])
-    return [t for t in train if t.strip()], [t for t in valid if t.strip()]
-
-
-def split_documents(documents: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """The generic train/validation rule for corpora without a natural split (see the module docstring)."""
-    if 0 < len(documents) * fraction < 1:
-        return _text_tails(documents, fraction)
-    train, valid = _holdout(len(documents), fraction, seed)
-    return [documents[i] for i in train], [documents[i] for i in valid]
 
 
 # Shakespeare -------------------------------------------------------------------------------------------------
@@ -243,7 +236,8 @@ def _load_shakespeare(config: DataConfig) -> Corpus:
 
 
 register_corpus("shakespeare", _load_shakespeare,
-                "Gutenberg Shakespeare, 37 plays and 5 poems (5 MB, embedded; --folio adds First Folio spelling)")
+                "Gutenberg Shakespeare, 37 plays and 5 poems (5 MB, embedded; --folio adds First Folio spelling)",
+                natural_split=True)
 
 
 # Proteins ----------------------------------------------------------------------------------------------------
@@ -290,7 +284,8 @@ def _load_markov(config: DataConfig) -> Corpus:
 
 
 register_corpus("markov", _load_markov, "synthetic language with a known distribution: a sparse first-order Markov "
-                                        "chain over 48 letters (3 M characters, generated from a fixed seed)")
+                                        "chain over 48 letters (3 M characters, generated from a fixed seed)",
+                natural_split=True)
 register_corpus(PROTEIN_CORPUS, load_protein_corpus, "protein FASTA: 20,000 UniProt sequences from Debian "
                 "mmseqs2-examples, else 2,100 proteins from the pyhmmer wheel")
 
@@ -383,10 +378,10 @@ def _load_hf(spec: str, config: DataConfig, *, bare: bool = False) -> Corpus:
             cut = max(n - OPENWEBTEXT_VALID_DOCUMENTS, 0)
             train, valid = train.select(range(cut)), train.select(range(cut, n))
         elif 0 < n * config.valid_fraction < 1:  # a handful of documents: split their texts (small, in memory)
-            heads, tails = _text_tails(train[TEXT_FIELD], config.valid_fraction)
+            heads, tails = text_tails(train[TEXT_FIELD], config.valid_fraction)
             train, valid = (datasets.Dataset.from_dict({TEXT_FIELD: texts}) for texts in (heads, tails))
         else:
-            train_idx, valid_idx = _holdout(n, config.valid_fraction, config.seed)
+            train_idx, valid_idx = holdout(n, config.valid_fraction, config.seed)
             train, valid = train.select(train_idx), train.select(valid_idx)
     if config.max_documents is not None:
         train = train.select(range(min(config.max_documents, len(train))))
@@ -425,129 +420,6 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return digest.hexdigest()
 
 
-# ------------------------------------------------------------------------------------------ packing and storage
-
-class BlockPacker:
-    """Streaming wrap packing: :meth:`add` takes documents and returns the blocks they complete."""
-
-    def __init__(self, *, bos_id: int, eos_id: int, seq_len: int):
-        require(seq_len >= 3, "seq_len", f"must be >= 3 to hold BOS, a token and EOS (got {seq_len})")
-        self.bos_id, self.eos_id, self.seq_len = bos_id, eos_id, seq_len
-        self._eos = np.array([eos_id], dtype=np.int32)
-        self._carry = np.empty(0, dtype=np.int32)
-
-    def add(self, token_lists: Iterable[Sequence[int]]) -> np.ndarray:
-        pieces = [self._carry]
-        for ids in token_lists:
-            pieces += [np.asarray(ids, dtype=np.int32), self._eos]
-        stream = np.concatenate(pieces)
-        chunk = self.seq_len - 2
-        n = len(stream) // chunk
-        self._carry = stream[n * chunk:]
-        blocks = np.empty((n, self.seq_len), dtype=np.int32)
-        blocks[:, 0] = self.bos_id
-        blocks[:, 1:-1] = stream[:n * chunk].reshape(n, chunk)
-        blocks[:, -1] = self.eos_id
-        return blocks
-
-
-def pack_documents(token_lists: Iterable[Sequence[int]], *, bos_id: int, eos_id: int, seq_len: int) -> np.ndarray:
-    """MDLM wrap packing: ``(N, seq_len)`` int32 blocks ``[BOS] chunk [EOS]`` over the stream ``doc EOS doc EOS...``
-    cut into chunks of ``seq_len - 2`` (the last partial chunk is dropped)."""
-    return BlockPacker(bos_id=bos_id, eos_id=eos_id, seq_len=seq_len).add(token_lists)
-
-
-def crop_documents(token_lists: Iterable[Sequence[int]], *, bos_id: int, eos_id: int, pad_id: int,
-                   seq_len: int) -> np.ndarray:
-    """Crop packing: one ``(seq_len,)`` int32 block per document, ``[BOS] doc [EOS] [PAD] ...``.
-
-    A document of more than ``seq_len - 2`` tokens is cut to its first ``seq_len - 1`` and gets no EOS (it does
-    not end there).
-    """
-    require(seq_len >= 3, "seq_len", f"must be >= 3 to hold BOS, a token and EOS (got {seq_len})")
-    token_lists = list(token_lists)
-    blocks = np.full((len(token_lists), seq_len), pad_id, dtype=np.int32)
-    blocks[:, 0] = bos_id
-    for row, ids in zip(blocks, token_lists):
-        kept = np.asarray(ids[:seq_len - 1], dtype=np.int32)
-        row[1:1 + len(kept)] = kept
-        if len(ids) <= seq_len - 2:
-            row[1 + len(kept)] = eos_id
-    return blocks
-
-
-def resolve_packing(packing: str, tokenizer: Tokenizer) -> str:
-    """``auto`` is ``crop`` for protein tokenizers (whole proteins per block) and ``wrap`` otherwise."""
-    require(packing in PACKINGS, "packing", f"must be one of {', '.join(PACKINGS)} (got {packing!r})")
-    if packing == "auto":
-        return "crop" if tokenizer.kind == "protein" else "wrap"
-    return packing
-
-
-def pack_blocks(token_lists: Sequence[Sequence[int]], tokenizer: Tokenizer, *, packing: str, seq_len: int,
-                packer: BlockPacker | None = None) -> np.ndarray:
-    """Blocks of ``token_lists`` packed as ``packing`` (``auto`` resolved by :func:`resolve_packing`).
-
-    ``wrap`` goes through ``packer`` when given (streaming: its carry continues into the next call). ``crop``
-    pads with the tokenizer's PAD, or with EOS for a tokenizer without one (text BPEs).
-    """
-    if resolve_packing(packing, tokenizer) == "crop":
-        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        return crop_documents(token_lists, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=pad_id,
-                              seq_len=seq_len)
-    packer = packer or BlockPacker(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seq_len=seq_len)
-    return packer.add(token_lists)
-
-
-def _write_npy_header(fh: Any, rows: int, seq_len: int) -> None:
-    np.lib.format.write_array_header_1_0(fh, {"descr": "<i4", "fortran_order": False, "shape": (rows, seq_len)})
-
-
-class TokenBlocks:
-    """``(N, L)`` packed token blocks, in memory or memory-mapped from an ``.npy`` file."""
-
-    def __init__(self, array: np.ndarray):
-        if array.ndim != 2 or array.dtype.kind not in "iu":
-            raise ValueError(f"token blocks must be a 2-D integer array (got {array.dtype} {array.shape})")
-        self.array = array
-
-    @property
-    def num_blocks(self) -> int:
-        return self.array.shape[0]
-
-    @property
-    def seq_len(self) -> int:
-        return self.array.shape[1]
-
-    def __len__(self) -> int:
-        return self.num_blocks
-
-    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Rows ``indices`` as a ``(len(indices), L)`` LongTensor."""
-        return torch.from_numpy(np.asarray(self.array[np.asarray(indices, dtype=np.int64)], dtype=np.int64))
-
-    def save(self, path: str | Path) -> None:
-        """Write an ``.npy`` file atomically."""
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.asarray(self.array))
-
-        atomic_write(Path(path), write)
-
-    @classmethod
-    def load(cls, path: str | Path, mmap: bool = True) -> TokenBlocks:
-        path = Path(path)
-        try:
-            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npy file ({exc})") from None
-        if array.ndim != 2 or array.dtype.kind not in "iu":
-            raise DataError(f"{path}: expected 2-D integer token blocks (got {array.dtype} {array.shape})")
-        return cls(array)
-
-
 # ------------------------------------------------------------------------------------------------ prepare_data
 
 @dataclass
@@ -580,46 +452,15 @@ def _texts_fingerprint(corpus: Corpus) -> str:
     return digest.hexdigest()
 
 
-def _tokenize_to_npy(path: Path, documents: Sequence[str], tokenizer: Tokenizer, seq_len: int, packing: str, *,
-                     what: str, progress: bool) -> dict[str, int]:
-    """Tokenize and pack ``documents`` straight into an ``.npy`` file (blocks never all held in memory)."""
-    stats = {"documents": 0, "tokens": 0, "blocks": 0, **({"cropped": 0} if packing == "crop" else {})}
-
-    def write(tmp: Path) -> None:
-        packer = BlockPacker(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seq_len=seq_len)
-        with open(tmp, "wb") as fh, tqdm(total=len(documents), desc=f"tokenizing {what}", unit="doc",
-                                         disable=not progress) as bar:
-            _write_npy_header(fh, 0, seq_len)
-            data_start = fh.tell()
-            for start in range(0, len(documents), _ENCODE_BATCH):
-                ids = tokenizer.encode_batch(list(documents[start:start + _ENCODE_BATCH]))
-                blocks = pack_blocks(ids, tokenizer, packing=packing, seq_len=seq_len, packer=packer)
-                fh.write(blocks.astype("<i4", copy=False).tobytes())
-                stats["documents"] += len(ids)
-                stats["tokens"] += sum(len(i) + 1 for i in ids)
-                stats["blocks"] += len(blocks)
-                if packing == "crop":
-                    stats["cropped"] += sum(len(i) > seq_len - 2 for i in ids)
-                bar.update(len(ids))
-            if stats["blocks"] == 0:
-                raise DataError(f"{what}: {stats['tokens']} tokens are too few for one block of --seq-len {seq_len}"
-                                f" ({seq_len - 2} tokens plus BOS/EOS); lower --seq-len or add text")
-            fh.seek(0)
-            _write_npy_header(fh, stats["blocks"], seq_len)  # numpy pads headers so the row count can grow in place
-            if fh.tell() != data_start:
-                raise RuntimeError("numpy changed the .npy header size; cannot finalise the token cache")
-
-    atomic_write(path, write)
-    return stats
-
 
 def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, progress: bool = True) -> PreparedData:
     """Load the corpus, build (or use the given) tokenizer, and return both splits as packed memmapped blocks.
 
-    Each split is tokenized once and cached under ``cache_dir`` as ``<corpus>-<split>-<key>.npy`` (plus a
-    ``.json`` with its stats); the key hashes the corpus source, the split options, the tokenizer, the packing
-    (resolved: ``auto`` becomes ``wrap`` or ``crop``) and ``seq_len``, so any change re-tokenizes and an unchanged
-    setup loads the memmap directly.
+    Each split is tokenized once and cached under ``cache_dir`` as ``<corpus>-<split>-<key>.npy`` plus a ``.json``
+    manifest (its stats, identity and :func:`~didi.runtime.integrity.file_record`); the key hashes the corpus
+    source, the split options, the tokenizer, the packing (resolved: ``auto`` becomes ``wrap`` or ``crop``) and
+    ``seq_len``, so any change re-tokenizes and an unchanged setup loads the memmap directly. A cached file that
+    no longer matches its manifest (truncated, overwritten) is rebuilt, with a one-line note.
     """
     corpus = load_corpus(config)
     if tokenizer is None:
@@ -629,6 +470,7 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
                         f"a {tokenizer.kind} tokenizer (vocabulary mismatch)")
     packing = resolve_packing(config.packing, tokenizer)
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    ensure_directory(cache, "--cache-dir" if config.cache_dir else "the token cache")
     source = corpus.fingerprint or _texts_fingerprint(corpus)
     identity = {"format": 1, "corpus": corpus.name, "source": source, "folio": config.folio,
                 "valid_fraction": config.valid_fraction, "seed": config.seed, "max_documents": config.max_documents,
@@ -644,13 +486,15 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
             continue
         key = hashlib.sha256(json.dumps({**identity, "split": split}, sort_keys=True).encode()).hexdigest()[:16]
         path = cache / f"{slug}-{split}-{key}.npy"
-        meta = path.with_suffix(".json")
-        if path.exists() and meta.exists():
-            stats[split] = json.loads(meta.read_text())["stats"]
+        cached = _cached_stats(path, config.seq_len)
+        if cached is not None:
+            stats[split] = cached
         else:
-            stats[split] = _tokenize_to_npy(path, documents, tokenizer, config.seq_len, packing,
-                                            what=f"{corpus.name} {split}", progress=progress)
-            write_json(meta, {"stats": stats[split], **identity, "split": split})
+            stats[split] = write_token_cache(path, documents, tokenizer, config.seq_len, packing,
+                                             what=f"{corpus.name} {split}", progress=progress,
+                                             encode_batch=_ENCODE_BATCH)
+            write_json(path.with_suffix(".json"), {"stats": stats[split], **identity, "split": split,
+                                                   "file": file_record(path)})
             written.append(path)
         splits[split] = TokenBlocks.load(path, mmap=True)
     if written:
@@ -659,53 +503,18 @@ def prepare_data(config: DataConfig, tokenizer: Tokenizer | None = None, *, prog
                         stats=stats, run_files=dict(corpus.run_files))
 
 
-# ------------------------------------------------------------------------------------------------------ batches
-
-class BatchSchedule:
-    """Which blocks form the global batch of each step: a pure function of ``(seed, step)``.
-
-    The blocks are read as a stream of epochs, epoch ``e`` in the order of a permutation seeded by ``(seed, e)``
-    (or in storage order without ``shuffle``); step ``s`` (counted from 0) takes positions
-    ``[s * B, (s + 1) * B)`` of that stream, so a batch may straddle two epochs and resuming needs only the step.
-    """
-
-    def __init__(self, num_blocks: int, global_batch_size: int, seed: int = 0, shuffle: bool = True):
-        if num_blocks < 1:
-            raise DataError("no training blocks to draw batches from")
-        require(global_batch_size >= 1, "global_batch_size", f"must be >= 1 (got {global_batch_size})")
-        require(seed >= 0, "seed", f"must be >= 0 (got {seed})")
-        self.num_blocks, self.global_batch_size, self.seed, self.shuffle = num_blocks, global_batch_size, seed, shuffle
-        self._orders: dict[int, np.ndarray] = {}
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:  # batches move forward: keep the current and the next epoch only
-                self._orders.pop(min(self._orders))
-            rng = np.random.default_rng([self.seed, epoch])
-            self._orders[epoch] = rng.permutation(self.num_blocks) if self.shuffle else np.arange(self.num_blocks)
-        return self._orders[epoch]
-
-    def indices(self, step: int) -> np.ndarray:
-        """Block indices of the global batch of ``step``."""
-        positions = np.arange(step * self.global_batch_size, (step + 1) * self.global_batch_size)
-        epochs, offsets = np.divmod(positions, self.num_blocks)
-        out = np.empty(len(positions), dtype=np.int64)
-        for epoch in np.unique(epochs):
-            where = epochs == epoch
-            out[where] = self._order(int(epoch))[offsets[where]]
-        return out
-
-    def epoch(self, step: int) -> float:
-        """Epochs completed before ``step`` (fractional)."""
-        return step * self.global_batch_size / self.num_blocks
-
-
-def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """The contiguous, equal share of a global batch that process ``rank`` of ``world_size`` reads."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
-    if len(indices) % world_size:
-        raise option_error("global_batch_size", f"{len(indices)} is not divisible by the world size {world_size}")
-    per_rank = len(indices) // world_size
-    return indices[rank * per_rank:(rank + 1) * per_rank]
-
+def _cached_stats(path: Path, seq_len: int) -> dict[str, int] | None:
+    """The stats of the cache entry ``path`` when it exists and matches its manifest; ``None`` when it must be
+    (re)built, after a one-line note if it was there but damaged."""
+    manifest_path = path.with_suffix(".json")
+    if not path.exists() or not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    problem = token_cache_problem(path, manifest if isinstance(manifest, dict) else {}, seq_len)
+    if problem is None:
+        return manifest["stats"]
+    print(f"[didi] token cache entry {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+    return None

@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import require
+from ..runtime.progress import track
 from .sampling import SampleResult, conditioned_start
 
 WindowSampler = Callable[[torch.Tensor, torch.Tensor], SampleResult]
@@ -75,8 +75,8 @@ def semi_autoregressive_sample(sample_window: WindowSampler, *, batch_size: int,
     edge = torch.ones((batch_size, len(head)), dtype=torch.bool, device=device)
     end = torch.ones((batch_size, len(tail)), dtype=torch.bool, device=device)
     windows, results = [], []
-    for a in tqdm(window_starts(seq_len, width, stride) if seq_len > width else [0], desc="windows",
-                  disable=not progress, leave=False):
+    for a in track(window_starts(seq_len, width, stride) if seq_len > width else [0], "windows",
+                   enabled=progress, unit="window"):
         inside = slice(a, a + width)
         result = sample_window(torch.cat([head_ids, z[:, inside], tail_ids], 1),
                                torch.cat([edge, decided[:, inside], end], 1))

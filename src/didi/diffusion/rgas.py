@@ -70,13 +70,14 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import helpfield
 from ..errors import require
+from ..runtime.progress import track
 from .instruct import LOG_ODDS_EPS, REWARD_CLIP, DiscriminatorFn, sequence_rewards
 from .process import Denoiser, LogLinearSchedule, subs_log_probs
 from .sampling import (
@@ -188,7 +189,8 @@ def rgas_sample(denoiser: Denoiser, discriminator: DiscriminatorFn, *, batch_siz
                 use_cache: bool = True, time_conditioning: bool = False, generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu", prefix: torch.Tensor | None = None,
                 fixed: torch.Tensor | None = None, progress: bool = False,
-                config: RGASConfig | None = None) -> SampleResult:
+                config: RGASConfig | None = None,
+                on_step: Callable[[int, torch.Tensor], None] | None = None) -> SampleResult:
     """Sample ``batch_size`` sequences from all-mask (or from ``prefix`` with its ``fixed`` positions kept, see
     :func:`didi.diffusion.sampling.conditioned_start`) in ``num_steps`` RGAS steps (see the module docstring).
 
@@ -197,7 +199,7 @@ def rgas_sample(denoiser: Denoiser, discriminator: DiscriminatorFn, *, batch_siz
     networks run under the caller's device and autocast (:meth:`didi.pipelines.diffusion.DiffusionPipeline.sample`
     passes its ``denoiser`` and ``discriminate``). ``controls`` (temperature, top-k, top-p) shape every draw,
     candidates included, as in the ancestral sampler; with ``controls.greedy_tail`` the last step takes the argmax
-    (its candidates are then one state: no re-ranking).
+    (its candidates are then one state: no re-ranking). ``on_step(n, z)``, if given, sees the state after step ``n``.
     """
     config = config or RGASConfig()
     check_num_steps(num_steps)
@@ -210,7 +212,7 @@ def rgas_sample(denoiser: Denoiser, discriminator: DiscriminatorFn, *, batch_siz
     z, fixed = conditioned_start(batch_size, seq_len, mask, device, prefix, fixed)
     net = CachedDenoiser(denoiser, schedule, time_conditioning=time_conditioning, use_cache=use_cache, device=device)
     disc_forward = disc_backward = 0
-    for n in tqdm(range(num_steps), desc="rgas", disable=not progress, leave=False):
+    for n in track(range(num_steps), "rgas", enabled=progress, unit="step"):
         if not (z == mask).any():
             break  # nothing left to fill: every further step is the identity
         t, s = grid[n], grid[n + 1]
@@ -233,6 +235,8 @@ def rgas_sample(denoiser: Denoiser, discriminator: DiscriminatorFn, *, batch_siz
             disc_forward += int(distinct)
         else:
             z = step(logits)
+        if on_step is not None:
+            on_step(n, z)
     return SampleResult(tokens=z, nfe=net.calls, seconds=time.perf_counter() - start, num_steps=num_steps,
                         sampler="rgas",
                         extra_calls={"discriminator": disc_forward, "discriminator_backward": disc_backward},

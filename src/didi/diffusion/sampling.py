@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import helpfield
 from ..errors import require
+from ..runtime.progress import track
 from .process import Denoiser, LogLinearSchedule, sigma_input
 
 
@@ -252,9 +253,11 @@ def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, num_s
                      schedule: LogLinearSchedule, controls: SamplingControls | None = None, use_cache: bool = True,
                      time_conditioning: bool = False, generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu", prefix: torch.Tensor | None = None,
-                     fixed: torch.Tensor | None = None, progress: bool = False) -> SampleResult:
+                     fixed: torch.Tensor | None = None, progress: bool = False,
+                     on_step: Callable[[int, torch.Tensor], None] | None = None) -> SampleResult:
     """Ancestral sampling in ``num_steps`` steps from all-mask, or from ``prefix`` (B, L) with its ``fixed`` positions
     kept (:func:`conditioned_start`; without ``fixed``, a partially masked start whose non-[MASK] positions are kept).
+    ``on_step(i, z)``, if given, sees the state ``z`` (B, L) after step ``i`` (it must not modify it).
 
     Per step ``t -> s``: the network's logits give the SUBS denoiser ``x_hat(z_t)``; see
     :func:`ancestral_transition`. ``controls`` shape every draw; with ``controls.greedy_tail`` the last step takes the
@@ -268,12 +271,14 @@ def ancestral_sample(denoiser: Denoiser, *, batch_size: int, seq_len: int, num_s
     z, fixed = conditioned_start(batch_size, seq_len, mask_index, device, prefix, fixed)
     grid = time_grid(num_steps, device)
     net = CachedDenoiser(denoiser, schedule, time_conditioning=time_conditioning, use_cache=use_cache, device=device)
-    for i in tqdm(range(num_steps), desc="sampling", disable=not progress, leave=False):
+    for i in track(range(num_steps), "sampling", enabled=progress, unit="step"):
         if not (z == mask_index).any():
             break  # nothing left to fill: every further step is the identity
         t, s = grid[i], grid[i + 1]
         z = ancestral_transition(z, net(z, t), schedule.alpha(t), schedule.alpha(s), mask_index=mask_index,
                                  generator=generator, controls=controls,
                                  greedy=controls.greedy_tail and i == num_steps - 1)
+        if on_step is not None:
+            on_step(i, z)
     return SampleResult(tokens=z, nfe=net.calls, seconds=time.perf_counter() - start, num_steps=num_steps,
                         fixed=None if prefix is None else fixed)

@@ -1,5 +1,11 @@
-"""``didi export``: a diffusion run directory in the Hugging Face layout (what the DiDi-Instruct release uses), and
-its upload to the Hub."""
+"""``didi export``: a diffusion run directory in the Hugging Face layout (what the DiDi-Instruct release uses), which
+plain ``transformers`` also loads (``trust_remote_code=True``, without didi), and its upload to the Hub.
+
+The folder: ``model.safetensors`` (bare DiT keys; ``discriminator.safetensors`` for a student), ``config.json``
+(the mdlm-owt style fields ``didi convert`` reads, plus ``model_type``, ``auto_map`` and the special token ids that
+Transformers reads), ``configuration_didi.py`` and ``modeling_didi.py`` (:mod:`.remote_code`), the tokenizer as
+``tokenizer.json`` + ``tokenizer_config.json`` (:mod:`.hf_tokenizer`) and a model card.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,24 +29,43 @@ from ..runtime.checkpoint import (
 )
 from ..version import __version__
 from .formats import HF_CONFIG_FIELDS, reason
+from .hf_tokenizer import write_hf_tokenizer
+from .remote_code import write_remote_code
+
+MODEL_TYPE = "didi"
+AUTO_MAP = {"AutoConfig": "configuration_didi.DiDiConfig", "AutoModel": "modeling_didi.DiDiForMaskedLM",
+            "AutoModelForMaskedLM": "modeling_didi.DiDiForMaskedLM"}
 
 
-def hf_config(config: RunConfig, tokenizer_spec: dict[str, Any], weights: str) -> dict[str, Any]:
-    """The ``config.json`` of an export: model size and diffusion settings under mdlm-owt style names."""
+def hf_config(config: RunConfig, tokenizer_spec: dict[str, Any], weights: str,
+              special_ids: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``config.json`` of an export: model size and diffusion settings under mdlm-owt style names, and what
+    Transformers needs (``model_type``, ``architectures``, ``auto_map``, special token ids)."""
     sections = {"model": to_dict(config.model), "diffusion": to_dict(config.diffusion)}
-    out: dict[str, Any] = {"didi_kind": config.kind, "didi_version": __version__, "weights": weights}
+    out: dict[str, Any] = {"model_type": MODEL_TYPE, "architectures": ["DiDiForMaskedLM"], "auto_map": AUTO_MAP,
+                           "didi_kind": config.kind, "didi_version": __version__, "weights": weights}
     out.update({name: sections[section][key] for name, (section, key) in HF_CONFIG_FIELDS.items()})
+    out.update(special_ids or {})
     out["tokenizer"] = tokenizer_spec
     return out
 
 
 def _model_card(config: RunConfig) -> str:
     what = "DiDi-Instruct student" if config.kind == "didi" else "masked diffusion (MDLM) language model"
-    return (f"---\ntags: [didi, masked-diffusion]\n---\n\n# {what}\n\n"
+    nfe = 8 if config.kind == "didi" else 128
+    return (f"---\ntags: [didi, masked-diffusion]\nlibrary_name: transformers\n---\n\n# {what}\n\n"
             f"Exported by didi {__version__}: `model.safetensors` (DiT weights, bare keys)"
-            + (", `discriminator.safetensors`" if config.kind == "didi" else "")
-            + ", `config.json`, tokenizer files.\n\n"
-            "```bash\ndidi convert THIS_REPO_OR_DIR run/\ndidi sample --model run/ --nfe 16\n```\n")
+            + (", `discriminator.safetensors` (for didi's RGAS sampler)" if config.kind == "didi" else "")
+            + ", `config.json`, the tokenizer (`tokenizer.json`, `tokenizer_config.json`) and the model's code "
+            "(`configuration_didi.py`, `modeling_didi.py`: didi's own network and ancestral sampler).\n\n"
+            "With Transformers alone:\n\n```python\n"
+            "from transformers import AutoModelForMaskedLM, AutoTokenizer\n\n"
+            "model = AutoModelForMaskedLM.from_pretrained(THIS_REPO_OR_DIR, trust_remote_code=True)\n"
+            "tok = AutoTokenizer.from_pretrained(THIS_REPO_OR_DIR, trust_remote_code=True)\n"
+            f"out = model.sample(4, num_steps={nfe}, seed=0)  # out.tokens, out.nfe; prompt_ids=tok(text).input_ids\n"
+            "print(tok.batch_decode(out.tokens, skip_special_tokens=True))\n```\n\n"
+            "With didi:\n\n"
+            f"```bash\ndidi convert THIS_REPO_OR_DIR run/\ndidi sample --model run/ --nfe {nfe}\n```\n")
 
 
 def export(run_dir: str | Path, dst: str | Path, *, weights: str = "ema", force: bool = False) -> list[Path]:
@@ -62,7 +87,10 @@ def export(run_dir: str | Path, dst: str | Path, *, weights: str = "ema", force:
         for stem, state in tensors.items():
             save_tensors(tmp / f"{stem}.safetensors", state, {"didi_kind": config.kind})
         spec = tokenizer.save(tmp)
-        write_json(tmp / CONFIG, hf_config(config, spec, weights=paths["model"].stem))
+        special_ids = write_hf_tokenizer(tokenizer, tmp, mask_id=config.diffusion.mask_index,
+                                         model_length=config.model.max_seq_len)
+        write_json(tmp / CONFIG, hf_config(config, spec, weights=paths["model"].stem, special_ids=special_ids))
+        write_remote_code(tmp)
         (tmp / "README.md").write_text(_model_card(config))
     return sorted(dst.iterdir())
 

@@ -17,15 +17,29 @@ from ..errors import DataError, option_error
 from ..runtime.checkpoint import atomic_write
 
 
-def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, Any]]:
+def decode_as_sampled(model: Any, tokens: Any) -> list[str]:
+    """Every token of each row of ``tokens`` (B, L) decoded, the [BOS] a sample starts with included: the text that
+    sample files record and evaluation scores (an AR pipeline's ``decode`` drops that start token)."""
+    return [model.tokenizer.decode(row) for row in tokens.cpu().tolist()]
+
+
+def sample_records(model: Any, results: list[SampleResult], settings: dict[str, Any] | None = None
+                   ) -> list[dict[str, Any]]:
     """One record per generated sequence; ``nfe``/``seconds`` are those of the batch it was generated in.
 
-    A conditioned row (``result.info["conditioning"]``, see :func:`conditioned_fields`) also records its prompt or
-    template and its generated text; a semi-autoregressive batch records its ``windows``.
+    Every record says where it came from: the ``model`` path, ``kind`` and ``tokenizer``, the ``sampler``, its
+    requested ``num_steps`` and sampling ``controls``, and from ``settings`` (what `didi sample` was given) the
+    ``seed`` and the other ``settings`` (cache, weights, length, sampler options); ``didi eval --samples`` puts files
+    that differ only in their seed in one row. A conditioned row (``result.info["conditioning"]``, see
+    :func:`conditioned_fields`) also records its prompt or template and its generated text; a semi-autoregressive
+    batch records its ``windows``.
     """
+    settings = dict(settings or {})
+    provenance = {**({"seed": settings.pop("seed")} if "seed" in settings else {}),
+                  **({"settings": settings} if settings else {})}
     records = []
     for result in results:
-        texts = model.decode(result.tokens)
+        texts = decode_as_sampled(model, result.tokens)
         rows = result.info.get("conditioning") or [None] * len(texts)
         for row, text, conditioning in zip(result.tokens.cpu().tolist(), texts, rows):
             records.append({
@@ -35,7 +49,7 @@ def sample_records(model: Any, results: list[SampleResult]) -> list[dict[str, An
                 "kind": getattr(model, "kind", ""), "tokenizer": model.tokenizer.kind,
                 **({"controls": result.info["controls"]} if "controls" in result.info else {}),
                 **(conditioned_fields(model.tokenizer, row, conditioning) if conditioning else {}),
-                **({"windows": result.info["windows"]} if "windows" in result.info else {}),
+                **({"windows": result.info["windows"]} if "windows" in result.info else {}), **provenance,
             })
     return records
 
@@ -77,10 +91,11 @@ def check_sample_path(path: Path) -> None:
                                   "by didi eval --samples), .txt (plain text) or .fasta (protein models)")
 
 
-def write_samples(model: Any, results: list[SampleResult], path: Path | None) -> list[dict[str, Any]]:
-    """Build the records and, if ``path`` is given, write them atomically: JSON lines, plain text (``.txt``) or
-    FASTA (protein models)."""
-    records = sample_records(model, results)
+def write_samples(model: Any, results: list[SampleResult], path: Path | None,
+                  settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Build the records (:func:`sample_records`, with ``settings``) and, if ``path`` is given, write them
+    atomically: JSON lines, plain text (``.txt``) or FASTA (protein models)."""
+    records = sample_records(model, results, settings)
     if path is not None:
         path = Path(path)
         check_sample_path(path)

@@ -106,7 +106,10 @@ class TimestepEmbedder(nn.Module):
 class EmbeddingLayer(nn.Module):
     """Token embedding as a raw parameter ``embedding`` (V, D).
 
-    Integer input: row lookup. Float input (B, L, V): ``softmax(x) @ embedding`` (differentiable soft tokens).
+    Integer input: row lookup (``F.embedding``: its CPU backward sums each row's gradient in a fixed order with any
+    number of threads, where indexing ``embedding[x]`` accumulates in a thread-dependent order, so multi-threaded
+    CPU training was not reproducible; both give the same values in one thread). Float input (B, L, V):
+    ``softmax(x) @ embedding`` (differentiable soft tokens).
     """
 
     def __init__(self, dim: int, vocab_size: int):
@@ -118,7 +121,7 @@ class EmbeddingLayer(nn.Module):
         if x.is_floating_point():
             probs = torch.softmax(x.float(), dim=-1)
             return probs @ self.embedding.float()
-        return self.embedding[x]
+        return F.embedding(x, self.embedding)
 
 
 class DDiTBlock(nn.Module):

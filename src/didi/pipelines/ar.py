@@ -1,7 +1,7 @@
 """The autoregressive model ready to use: :func:`generate` (left to right from ``[BOS]``, KV cache) and
-:class:`ARPipeline` (run kind ``ar``: ``didi.load``, ``.sample()``, ``.token_nll()``), the baseline and the default
-offline evaluator. The network itself is :class:`didi.models.gpt.GPT`; every token is drawn with the float64
-categorical of :mod:`didi.diffusion.sampling`.
+:class:`ARPipeline` (run kind ``ar``: ``didi.load``, ``.sample()``, ``.generate()``, ``.decode()``, ``.token_nll()``),
+the baseline and the default offline evaluator. The network itself is :class:`didi.models.gpt.GPT`; every token is
+drawn with the float64 categorical of :mod:`didi.diffusion.sampling`.
 """
 from __future__ import annotations
 
@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.prompts import Prompt, as_prompts, prompt_batches
 from ..data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
 from ..diffusion.sampling import SampleResult, SamplingControls, apply_controls, sample_categorical
 from ..errors import CheckpointError, option_error, require
+from ..interop.sample_files import sample_records
 from ..models.gpt import GPT, KVCache, next_token_nll
 from ..models.load import load_network
 from ..runtime.checkpoint import RunConfig, read_run_config
 from ..runtime.devices import autocast, pick_device, resolve_precision, synchronize
+from ..runtime.progress import track
+from .diffusion import Completion
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def generate(model: Callable[..., torch.Tensor], *, batch_size: int, seq_len: in
         first = max(1, int(free[0])) if len(free) else seq_len
     cache = KVCache(seq_len) if use_cache else None
     nfe = 0
-    for i in tqdm(range(first, seq_len), desc="sampling", disable=not progress, leave=False):
+    for i in track(range(first, seq_len), "sampling", enabled=progress, unit="token"):
         inputs = tokens[:, :i] if cache is None or i == first else tokens[:, i - 1:i]
         logits = model(inputs, cache=cache)[:, -1]
         nfe += 1
@@ -168,8 +170,22 @@ class ARPipeline:
         with autocast(self.device, self.precision):
             return self.network.hidden(ids.to(self.device)).float()
 
-    def decode(self, tokens: torch.Tensor) -> list[str]:
-        return [self.tokenizer.decode(row.tolist()) for row in tokens.cpu()]
+    def generate(self, prompt: str | Sequence[str] | None = None, *, infill: str | Sequence[str] | None = None,
+                 num_samples: int = 1, nfe: int | None = None, **options: Any) -> list[Completion]:
+        """Continue prompts: ``num_samples`` :class:`~didi.pipelines.diffusion.Completion` per prompt, in order, as
+        :meth:`DiffusionPipeline.generate <didi.pipelines.diffusion.DiffusionPipeline.generate>` (``text`` is the prompt
+        and its continuation, ``generated`` the continuation). ``options`` are those of :meth:`sample`; ``nfe`` is
+        ignored (one call per token) and templates (``infill``) are refused."""
+        require(prompt is not None or infill is not None, "prompt", "give a prompt to continue")
+        return [Completion.from_record(r) for r in
+                sample_records(self, self.sample(num_samples, nfe, prompt=prompt, infill=infill, **options))]
+
+    def decode(self, tokens: torch.Tensor, keep_special: bool = False) -> list[str]:
+        """The text of each row of ``tokens`` (B, L), without the ``[BOS]`` start token that frames every sample
+        (position 0) unless ``keep_special``; other tokens, end-of-text included, are decoded as they are."""
+        bos = self.tokenizer.bos_id
+        return [self.tokenizer.decode(row if keep_special or not row or row[0] != bos else row[1:])
+                for row in tokens.cpu().tolist()]
 
     @torch.no_grad()
     def token_nll(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -18,6 +18,7 @@ import torch
 from ..data.prompts import Prompt, PromptBatch, as_prompts, prompt_batches
 from ..data.tokenizer import Tokenizer, check_tokenizer_matches, load_tokenizer
 from ..diffusion.conditioning import semi_autoregressive_sample
+from ..diffusion.confidence import ORDERS, ConfidenceConfig, confidence_sample
 from ..diffusion.process import LogLinearSchedule
 from ..diffusion.sampling import SampleResult, SamplingControls, ancestral_sample, check_num_steps
 from ..errors import CheckpointError, option_error, require
@@ -27,8 +28,9 @@ from ..models.load import load_discriminator, load_network
 from ..runtime.checkpoint import RunConfig, read_run_config
 from ..runtime.devices import autocast, pick_device, resolve_precision
 
-SAMPLERS = ("ancestral", "rgas")
-"""The samplers of a diffusion pipeline (``didi sample/eval --sampler``)."""
+SAMPLERS = ("ancestral", "rgas", *ORDERS)
+"""The samplers of a diffusion pipeline (``didi sample/eval --sampler``): the ancestral sampler, RGAS (students with
+a discriminator) and the confidence-ordered samplers of :mod:`didi.diffusion.confidence`."""
 
 
 def require_discriminator(has_one: bool, path: Path | str | None) -> None:
@@ -97,13 +99,17 @@ class DiffusionPipeline:
                greedy_tail: bool = False, prompt: str | Prompt | Sequence[str | Prompt] | None = None,
                infill: str | Sequence[str] | None = None, prefix: torch.Tensor | None = None,
                fixed: torch.Tensor | None = None, stride: int | None = None,
+               on_step: Callable[[int, torch.Tensor], None] | None = None,
                **sampler_options: Any) -> list[SampleResult]:
         """Generate ``num_samples`` sequences in batches; one :class:`SampleResult` per batch.
 
-        ``sampler``: ``ancestral`` (MDLM ancestral with the cache trick) or ``rgas`` (students only, see
+        ``sampler``: ``ancestral`` (MDLM ancestral with the cache trick), ``rgas`` (students only, see
         :mod:`didi.diffusion.rgas`; ``sampler_options`` are :class:`didi.diffusion.rgas.RGASConfig` fields, e.g.
-        ``num_candidates=8``). ``temperature``, ``top_k``, ``top_p`` and ``greedy_tail`` (the last step takes the
-        argmax) shape every draw of either sampler (:class:`didi.diffusion.sampling.SamplingControls`).
+        ``num_candidates=8``) or a confidence-ordered sampler, ``maskgit``, ``low-confidence`` or ``threshold``
+        (:mod:`didi.diffusion.confidence`; ``sampler_options`` are
+        :class:`~didi.diffusion.confidence.ConfidenceConfig` fields, e.g. ``threshold=0.8``). ``temperature``,
+        ``top_k``, ``top_p`` and ``greedy_tail`` (the last step takes the argmax) shape every draw of every sampler
+        (:class:`didi.diffusion.sampling.SamplingControls`).
 
         Conditioning (docs/conditioning.md), with ``num_samples`` rows per text: ``prompt`` (a text, a
         :class:`~didi.data.prompts.Prompt` or a list; continued up to ``seq_len``) or ``infill`` (a template or a
@@ -115,6 +121,8 @@ class DiffusionPipeline:
         (:func:`didi.diffusion.conditioning.semi_autoregressive_sample`) in windows of the training length framed by
         [BOS] ... [EOS], ``stride`` new tokens per window (default: half a window); ``nfe`` is then the budget of
         each window and a result's ``nfe`` counts every call of every window.
+
+        ``on_step(i, z)`` sees the state (B, L) of the batch being sampled after each step ``i`` (of each window).
         """
         controls = SamplingControls(temperature=temperature, top_k=top_k, top_p=top_p, greedy_tail=greedy_tail)
         require(num_samples >= 1, "num_samples", f"must be >= 1 (got {num_samples})")
@@ -128,7 +136,7 @@ class DiffusionPipeline:
                                                   "(semi-autoregressive generation; raise --length)")
         frame = self._window_frame() if long else ((), ())
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        draw = self._draw(nfe, sampler, use_cache, controls, progress, sampler_options, generator)
+        draw = self._draw(nfe, sampler, use_cache, controls, progress, sampler_options, generator, on_step)
         window = self.seq_len - len(frame[0]) - len(frame[1])
         if long:
             require(stride is None or 1 <= stride < window, "stride",
@@ -202,14 +210,15 @@ class DiffusionPipeline:
         return (self.tokenizer.bos_id,), (self.tokenizer.eos_id,)
 
     def _draw(self, nfe: int, sampler: str, use_cache: bool, controls: SamplingControls, progress: bool,
-              sampler_options: dict[str, Any], generator: torch.Generator
+              sampler_options: dict[str, Any], generator: torch.Generator,
+              on_step: Callable[[int, torch.Tensor], None] | None = None
               ) -> Callable[[int, int, torch.Tensor | None, torch.Tensor | None], SampleResult]:
         """``draw(batch_size, seq_len, prefix, fixed) -> SampleResult`` with the chosen sampler (options checked
         here, before any sampling)."""
         check_num_steps(nfe)
         options = dict(num_steps=nfe, mask_index=self.mask_index, schedule=self.schedule, controls=controls,
                        use_cache=use_cache, time_conditioning=self.config.diffusion.time_conditioning,
-                       generator=generator, device=self.device, progress=progress)
+                       generator=generator, device=self.device, progress=progress, on_step=on_step)
         if sampler == "ancestral":
             return lambda b, length, prefix, fixed: ancestral_sample(self.denoiser, batch_size=b, seq_len=length,
                                                                      prefix=prefix, fixed=fixed, **options)
@@ -221,7 +230,12 @@ class DiffusionPipeline:
             return lambda b, length, prefix, fixed: rgas_sample(self.denoiser, self.discriminate, batch_size=b,
                                                                 seq_len=length, prefix=prefix, fixed=fixed,
                                                                 config=rgas_config, **options)
-        raise option_error("sampler", f"unknown sampler {sampler!r} (expected {' or '.join(SAMPLERS)})")
+        if sampler in ORDERS:
+            confidence = ConfidenceConfig(order=sampler, **sampler_options)
+            return lambda b, length, prefix, fixed: confidence_sample(self.denoiser, batch_size=b, seq_len=length,
+                                                                      prefix=prefix, fixed=fixed, config=confidence,
+                                                                      **options)
+        raise option_error("sampler", f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLERS)})")
 
     def generate(self, prompt: str | Sequence[str] | None = None, *, infill: str | Sequence[str] | None = None,
                  num_samples: int = 1, nfe: int = 16, **options: Any) -> list[Completion]:

@@ -10,11 +10,16 @@ Choices where the sources disagree (notes §8) are documented on :class:`Instruc
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -25,8 +30,11 @@ from ..diffusion.sampling import ancestral_sample
 from ..errors import ConfigError, TrainingError, require
 from ..models.discriminator import build_discriminator, default_trainable_blocks
 from ..runtime import distributed as dist
-from ..runtime.checkpoint import load_state_dict_strict, load_tensors, load_trainer_state
+from ..runtime.cache import announce, cache_root
+from ..runtime.checkpoint import atomic_write, load_state_dict_strict, load_tensors, load_trainer_state, write_json
 from ..runtime.devices import autocast
+from ..runtime.progress import say, track
+from ..version import __version__
 from .loop import ema_decay_at, ema_update, lr_at, set_lr
 from .method import DistillConfig
 
@@ -115,8 +123,15 @@ class InstructConfig(DistillConfig):
     kl_lo: float = helpfield(0.01, "regulariser weight at z_τ (second step)")
     kl_one_step: float = helpfield(0.05, "regulariser weight in the 1-step ablation (kl_beta)")
     entropy_weight: float = helpfield(5e-4, "entropy bonus on the student's predictions")
-    real_source: str = helpfield("data", "what the discriminator treats as real: data or teacher samples")
+    real_source: str = helpfield("data", "what the discriminator treats as real: data or teacher samples (pure "
+                                         "distillation)")
     teacher_nfe: int = helpfield(64, "steps of the teacher sampler when --real-source teacher")
+    teacher_pool: int = helpfield(4096, "with --real-source teacher: sample this many teacher rows once (kept in the "
+                                        "run and in the cache, so every seed of a teacher reuses them) and draw "
+                                        "each iteration's real rows from them; 0: fresh teacher samples every "
+                                        "iteration (--teacher-nfe calls per iteration)")
+    teacher_pool_seed: int = helpfield(0, "seed of the teacher pool's samples (not the distillation's --seed: the "
+                                          "seeds of a teacher share one pool)")
     sigma_mode: str = helpfield("disc", "who is told the noise level σ_τ: disc (the discriminator's trainable "
                                         "blocks), released (teacher and every discriminator block), or zero")
     regularize: bool = helpfield(True, "apply the KL and entropy regularisers (ablation switch)")
@@ -153,6 +168,7 @@ class InstructConfig(DistillConfig):
                 f"must be masked or all (got {self.disc_positions!r})")
         require(self.real_source in ("data", "teacher"), "real_source", "must be data or teacher")
         require(self.teacher_nfe >= 1, "teacher_nfe", "must be >= 1")
+        require(self.teacher_pool >= 0, "teacher_pool", f"must be >= 0 (got {self.teacher_pool})")
         require(self.sigma_mode in ("disc", "released", "zero"), "sigma_mode", "must be disc, released or zero")
         require(self.disc_warmup_steps >= 0, "disc_warmup_steps", "must be >= 0")
         require(self.disc_updates >= 1, "disc_updates", f"must be >= 1 (got {self.disc_updates})")
@@ -206,6 +222,7 @@ class DiDiInstruct:
     frozen_disc_blocks: int = 0
     last_rollout: torch.Tensor | None = None
     last_token_rewards: torch.Tensor | None = None
+    pool: torch.Tensor | None = None  # teacher samples the real rows are drawn from (real_source=teacher)
 
     shown: ClassVar[tuple[str, ...]] = ("disc_loss", "reward", "advantage_std", "kl", "entropy", "samples_per_s")
 
@@ -266,6 +283,19 @@ class DiDiInstruct:
                                 seq_len=seq_len, num_steps=self.cfg.teacher_nfe, mask_index=self.mask_index,
                                 schedule=self.schedule, generator=generator, device=self.device).tokens
 
+    def real_rows_from_teacher(self, n: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` teacher samples as the real rows: drawn from the pool (:meth:`prepare`), else sampled now."""
+        if self.pool is None:
+            return self.teacher_samples(n, seq_len, generator)
+        rows = torch.randint(len(self.pool), (n,), generator=generator, device=generator.device)
+        return self.pool[rows.cpu()].to(self.device)
+
+    def prepare(self, run_dir: Path, seq_len: int, progress: bool = True) -> None:
+        """Before the first iteration (new or resumed run): with ``real_source=teacher`` and a ``teacher_pool``,
+        load the run's pool or build it (:func:`teacher_pool`)."""
+        if self.cfg.real_source == "teacher" and self.cfg.teacher_pool > 0:
+            self.pool = teacher_pool(self, Path(run_dir), seq_len, progress=progress)
+
     # ---------------------------------------------------------------------------------------- one iteration
 
     def step(self, x_real: torch.Tensor, step: int, generator: torch.Generator,
@@ -283,7 +313,7 @@ class DiDiInstruct:
         self.last_rollout = self.last_token_rewards = None
         x_real = x_real.to(dev)
         if cfg.real_source == "teacher":
-            x_real = self.teacher_samples(x_real.shape[0], x_real.shape[1], generator)
+            x_real = self.real_rows_from_teacher(x_real.shape[0], x_real.shape[1], generator)
         x_real = x_real.repeat_interleave(G, dim=0)
         n, seq_len = x_real.shape
 
@@ -442,3 +472,71 @@ class DiDiInstruct:
     def zero_grads(self) -> None:
         self.opt_student.zero_grad(set_to_none=True)
         self.opt_disc.zero_grad(set_to_none=True)
+
+
+POOL_FILE = "teacher_pool.npy"
+POOL_BATCH = 256
+
+
+def _fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a network's tensors (names, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_pool(path: Path, tokens: np.ndarray, spec: dict[str, Any]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, tokens)
+    atomic_write(path, write)
+    write_json(path.with_suffix(".json"), spec)
+
+
+def teacher_pool(method: DiDiInstruct, run_dir: Path, seq_len: int, progress: bool = True) -> torch.Tensor:
+    """The teacher samples a pure-distillation run (``--real-source teacher``) draws its real rows from.
+
+    ``teacher_pool`` rows sampled once by the teacher's ancestral sampler at ``teacher_nfe`` steps (seed
+    ``teacher_pool_seed``, batches of 256). They are kept in the run (``teacher_pool.npy`` and its settings in
+    ``teacher_pool.json``: a resumed run trains on the same rows) and in the cache under ``teacher-pools/``, keyed by
+    the teacher's weights and the settings, so that every distillation seed of one teacher reuses one pool. Before
+    sampling, a line gives the pool's size and, after the first batch, its estimated time.
+    """
+    cfg = method.cfg
+    own = run_dir / POOL_FILE
+    if own.exists():  # a resumed run: the rows it trained on
+        return torch.from_numpy(np.load(own).astype(np.int64))
+    spec = {"teacher": str(Path(cfg.teacher)), "weights_sha256": _fingerprint(method.teacher), "nfe": cfg.teacher_nfe,
+            "size": cfg.teacher_pool, "seed": cfg.teacher_pool_seed, "seq_len": seq_len,
+            "mask_index": method.mask_index, "didi_version": __version__}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_root() / "teacher-pools" / f"{key}.npy"
+    if cached.exists():
+        tokens = np.load(cached)
+        print(f"[didi] teacher pool: {len(tokens)} samples from the cache ({cached})", file=sys.stderr)
+    else:
+        tokens = _sample_pool(method, seq_len, progress)
+        if dist.is_main():
+            _save_pool(cached, tokens, spec)
+            announce(f"teacher pool ({cfg.teacher_pool} samples at {cfg.teacher_nfe} NFE)", [cached])
+    if dist.is_main():
+        _save_pool(own, tokens, {**spec, "cache_key": key})
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def _sample_pool(method: DiDiInstruct, seq_len: int, progress: bool) -> np.ndarray:
+    cfg = method.cfg
+    generator = torch.Generator(device=method.device).manual_seed(cfg.teacher_pool_seed)
+    sizes = [min(POOL_BATCH, cfg.teacher_pool - start) for start in range(0, cfg.teacher_pool, POOL_BATCH)]
+    say(f"[didi] teacher pool: sampling {cfg.teacher_pool} rows of {seq_len} tokens at {cfg.teacher_nfe} NFE "
+        f"({cfg.teacher_pool * seq_len * 4 / 2**20:.1f} MiB) in {len(sizes)} batches")
+    rows, started = [], time.perf_counter()
+    for i, size in enumerate(track(sizes, "teacher pool", enabled=progress, unit="batch")):
+        rows.append(method.teacher_samples(size, seq_len, generator).cpu().numpy().astype(np.int32))
+        if i == 0 and len(sizes) > 1:
+            first = time.perf_counter() - started
+            say(f"[didi] teacher pool: first batch {first:.1f}s, about {first * len(sizes) / 60:.1f} min in all")
+    return np.concatenate(rows)

@@ -2,7 +2,7 @@
 
 One loop for every method (:mod:`.method`): load the teacher and its corpus, build the method from the teacher,
 then per iteration draw the real rows and the random streams, call the method's ``step``, log, snapshot, and stop
-gracefully. Methods: :mod:`.didi_instruct` (DiDi-Instruct, the default).
+gracefully. Methods: :mod:`.didi_instruct` (DiDi-Instruct, the default) and :mod:`.sdtt` (SDTT).
 """
 from __future__ import annotations
 
@@ -21,20 +21,28 @@ from ..runtime import distributed as dist
 from ..runtime.checkpoint import (
     RunConfig,
     check_new_run_dir,
+    claim_new_run,
+    claim_run,
     clean_stale_tmp,
-    latest_snapshot,
+    completed_steps,
+    config_section,
     read_run_config,
+    resume_snapshot,
     save_snapshot,
+    trim_metrics,
     write_run_config,
     write_run_files,
 )
 from ..runtime.devices import resolve_precision
+from ..runtime.lock import RunLock
 from .didi_instruct import DiDiInstruct, InstructConfig
 from .loop import StepLoop, resumed_config
 from .method import RESUMABLE_OPTIONS, DistillConfig, DistillMethod
+from .sdtt import SDTT, SDTTConfig
 
 METHODS: dict[str, tuple[type[DistillConfig], type]] = {
     "didi-instruct": (InstructConfig, DiDiInstruct),
+    "sdtt": (SDTTConfig, SDTT),
 }
 """``--method`` name -> (its config class, its :class:`~.method.DistillMethod` class)."""
 
@@ -64,8 +72,6 @@ def resume_config(out: str | Path, **overrides: Any) -> DistillConfig:
     student_config = read_run_config(out)
     if student_config.kind != "didi":
         raise CheckpointError(f"{out}: is not a distilled student run")
-    if latest_snapshot(out) is None:
-        raise CheckpointError(f"{out}: no complete snapshot to resume from")
     saved = {"method": "didi-instruct", **student_config.extra.get("distill", {})}
     cls = method_config(saved["method"])
     return resumed_config(cls, saved, overrides, RESUMABLE_OPTIONS, out, ignore=("out", "teacher"))
@@ -80,43 +86,65 @@ def distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None = None, *,
     rank's rows comes from ``(seed, step, rank)``, so a run is reproducible for a given world size. Rank 0 prepares
     the data first, logs rank-averaged metrics and writes every file. A new run scales warm-ups longer than half
     of it (:func:`didi.config.fit_warmups`, recorded in ``config.json``); ``force`` writes into a directory that
-    holds other files; a run stopped by SIGINT/SIGTERM snapshots and raises :class:`didi.errors.RunInterrupted`.
+    holds other files, or starts again a run that stopped before its first snapshot (``resume`` continues such a
+    run from step 0); the writing process (rank 0) holds the run directory's lock until it returns, so a second
+    writer is refused; a run stopped by SIGINT/SIGTERM snapshots and raises :class:`didi.errors.RunInterrupted`.
     """
     require(bool(cfg.out), "out", "a student run directory is required")
+    with RunLock(cfg.out) as lock:
+        return _distill(cfg, data_overrides, resume, force, lock)
+
+
+def _distill(cfg: DistillConfig, data_overrides: dict[str, Any] | None, resume: bool, force: bool,
+             lock: RunLock) -> Path:
     out = Path(cfg.out)
     ctx = dist.init(cfg.device)
-    with dist.main_process_first():  # rank 0 checks the run directory and tokenizes first
+    snapshot = None
+    with dist.main_process_first():  # rank 0 takes the run directory and tokenizes first
+        if resume and ctx.is_main:
+            claim_run(out, lock)
         if resume:
             cfg = _resumed(out, cfg, write=ctx.is_main)
+            data_overrides = _resumed_data(out, data_overrides)
         elif ctx.is_main:
-            check_new_run_dir(out, force)
+            check_new_run_dir(out, force, lock)
         teacher_config, teacher, tokenizer, data_cfg, prepared = _teacher_and_data(cfg, data_overrides, ctx.device)
+        if ctx.is_main and resume:  # the newest intact snapshot (none: step 0); metrics.jsonl trimmed to it
+            snapshot = resume_snapshot(out)
+            trim_metrics(out, completed_steps(out))
+        elif ctx.is_main:
+            claim_new_run(out, lock, force)
     if cfg.batch_size % ctx.world_size:
         raise ConfigError(f"--batch-size: {cfg.batch_size} real rows per iteration cannot be split evenly over "
                           f"{ctx.world_size} processes")
     precision = resolve_precision(cfg.precision, ctx.device)
-    cfg, fitted, note = (cfg, {}, None) if resume else fit_warmups(cfg, *cfg.WARMUPS)
+    cfg, fitted, note = (cfg, {}, None) if resume else fit_warmups(cfg, *cfg.WARMUPS, span=cfg.WARMUP_SPAN)
 
     torch.manual_seed(cfg.seed)
     method: DistillMethod = METHODS[cfg.method][1].from_teacher(
         teacher, cfg, teacher_config.diffusion.mask_index, teacher_config.diffusion.eps, ctx.device, precision)
-    snapshot = dist.broadcast_object(latest_snapshot(out)) if resume else None
+    snapshot = dist.broadcast_object(snapshot) if resume else None
     start = 0
     if snapshot is not None:
         start = method.restore(snapshot)
         if ctx.is_main:
             print(f"[didi] resuming from step {start} of {cfg.steps} ({snapshot})", file=sys.stderr)
+    elif ctx.is_main and resume:
+        print(f"[didi] {out}: no snapshot yet (its start was interrupted): starting from step 0", file=sys.stderr)
+        write_run_files(out, prepared.run_files)
     elif ctx.is_main:
         extra = {"distill": to_dict(cfg), "teacher": str(Path(cfg.teacher)), **method.run_extra(),
                  **({"fitted_warmups": fitted} if fitted else {})}
+        write_run_files(out, prepared.run_files)  # config.json last: with it, the run has all a resume needs
         write_run_config(out, RunConfig(kind="didi", model=teacher_config.model, tokenizer=tokenizer.save(out),
                                         diffusion=teacher_config.diffusion, training=teacher_config.training,
                                         data=to_dict(data_cfg), extra=extra))
-        write_run_files(out, prepared.run_files)
         if note:
             print(f"[didi] {note}", file=sys.stderr)
     if ctx.is_main:
         clean_stale_tmp(out)
+    with dist.main_process_first():  # rank 0 writes what the method prepares (a teacher pool); the others read it
+        method.prepare(out, data_cfg.seq_len, progress=cfg.progress and ctx.is_main)
     if ctx.enabled:
         method.distribute(ctx.device)
     _run(out, method, cfg, prepared.train, start)
@@ -133,6 +161,16 @@ def _resumed(out: Path, cfg: DistillConfig, write: bool) -> DistillConfig:
     return cfg
 
 
+def _resumed_data(out: Path, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The data settings the student in ``out`` was started with; a data option given again must agree (only
+    ``cache_dir`` may move)."""
+    saved = read_run_config(out).data
+    for key, value in (overrides or {}).items():
+        if key != "cache_dir" and key in saved and saved[key] != value:
+            raise ConfigError(f"--{key.replace('_', '-')}: cannot change when resuming (saved: {saved[key]!r})")
+    return {**saved, **(overrides or {})}
+
+
 def _teacher_and_data(cfg: DistillConfig, data_overrides: dict[str, Any] | None, device: torch.device) -> tuple:
     """The teacher (config, network, tokenizer) and its corpus prepared with ``data_overrides``."""
     from ..data.corpora import DataConfig, prepare_data
@@ -145,7 +183,9 @@ def _teacher_and_data(cfg: DistillConfig, data_overrides: dict[str, Any] | None,
     if data_values.get("tokenizer") not in (None, "auto", tokenizer.kind):
         raise ConfigError(f"--tokenizer: the teacher uses a {tokenizer.kind} tokenizer, data asks for "
                           f"{data_values['tokenizer']}")
-    data_cfg = DataConfig(**{k: v for k, v in data_values.items() if k in DataConfig.__dataclass_fields__})
+    saved = config_section(DataConfig, teacher_config.data, "data", str(Path(cfg.teacher) / "config.json"))
+    data_cfg = DataConfig(**{**to_dict(saved), **{k: v for k, v in (data_overrides or {}).items()
+                                                  if k in DataConfig.__dataclass_fields__}})
     if data_cfg.seq_len > teacher_config.model.max_seq_len:
         raise ConfigError(f"--seq-len: {data_cfg.seq_len} exceeds the teacher's maximum "
                           f"{teacher_config.model.max_seq_len}")
@@ -162,7 +202,7 @@ def _run(out: Path, method: DistillMethod, cfg: DistillConfig, train: Any, start
     skipped = 0
     last = time.perf_counter()
     with StepLoop(out, desc="distill", start=start, steps=cfg.steps, save_every=cfg.save_every,
-                  progress=cfg.progress, save=lambda done: _save(out, done, method, cfg),
+                  progress=cfg.progress, save=lambda done: _save(out, done, method, cfg), log_to=cfg.log_to,
                   resume_command=f"didi distill --resume {out}") as loop:
         for step in range(start, cfg.steps):
             x = train.batch(shard(batches.indices(step), ctx.rank, ctx.world_size))

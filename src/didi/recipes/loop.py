@@ -1,23 +1,23 @@
 """What every training loop of didi shares (``didi train``, ``didi train-ar``, ``didi distill`` and every method):
 the learning-rate schedule, the EMA of the weights, and :class:`StepLoop`, the loop's frame (progress, metrics
-file, snapshots, graceful stop).
+files, snapshots, graceful stop).
 
 Everything here takes plain values, never a recipe's config.
 """
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..runtime import distributed as dist
 from ..runtime.checkpoint import resumed_options
+from ..runtime.metrics_log import MetricsLog, parse_log_to
+from ..runtime.progress import Progress, step_line
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -67,29 +67,34 @@ def resumed_config(cls: type, saved: dict[str, Any], overrides: dict[str, Any], 
 
 
 class StepLoop:
-    """The frame of a training loop: a progress bar, ``metrics.jsonl``, snapshots, and a graceful stop.
+    """The frame of a training loop: progress, ``metrics.jsonl`` (and ``--log-to``'s writers), snapshots, and a
+    graceful stop.
 
     ::
 
         with StepLoop(run_dir, ...) as loop:
             for step in range(start, steps):
                 ...one optimisation step...
-                loop.log(step + 1, record)          # every log_every steps: the metrics file and the bar
+                loop.log(record, show)              # every log_every steps: the metrics file, and the bar or a line
                 if loop.end_step(step + 1):         # snapshot when due; True after a SIGINT/SIGTERM
                     break
         # leaving the block re-raises the interruption (RunInterrupted) after every rank is done
 
+    Progress: a bar with ``show`` beside it when ``progress`` and stderr is a terminal; otherwise (a log file, or
+    ``--progress false``) one plain line per :meth:`log` with ``show`` in it (:func:`~didi.runtime.progress.step_line`).
     ``save(step)`` writes a snapshot (every rank calls it: gathering FSDP2 weights is a collective). Only the main
-    process writes the metrics file and prints.
+    process writes the metrics and prints.
     """
 
     def __init__(self, run_dir: Path, *, desc: str, start: int, steps: int, save_every: int, progress: bool,
-                 save: Callable[[int], None], resume_command: str):
-        self.run_dir, self.steps, self.save_every = Path(run_dir), steps, save_every
+                 save: Callable[[int], None], resume_command: str, log_to: str | Sequence[str] = ""):
+        self.run_dir, self.desc, self.start, self.steps, self.save_every = Path(run_dir), desc, start, steps, save_every
         self.save, self.resume_command = save, resume_command
         self.is_main = dist.is_main()
-        self.bar = tqdm(total=steps, initial=start, desc=desc, disable=not (progress and self.is_main),
-                        dynamic_ncols=True)
+        self.metrics = MetricsLog(run_dir, parse_log_to(log_to), start=start) if self.is_main else None
+        self.bar = Progress(steps, desc, initial=start, enabled=progress and self.is_main, unit="step", lines=False,
+                            leave=True)
+        self.lines = self.is_main and not self.bar.is_bar  # off a terminal, or --progress false
         self.stop = dist.StopRequest()
         self.interrupted: Exception | None = None
 
@@ -100,23 +105,28 @@ class StepLoop:
     def __exit__(self, *exc: Any) -> None:
         self.stop.__exit__(*exc)
         self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if exc[0] is None:
             dist.barrier()
             if self.interrupted is not None:
                 raise self.interrupted
 
     def say(self, message: str) -> None:
-        """A line above the progress bar (main process only)."""
+        """``[didi] DESC message``, above the progress bar if there is one (main process only)."""
         if self.is_main:
-            self.bar.write(message)
+            self.bar.write(f"[didi] {self.desc} {message}")
 
     def log(self, record: dict[str, Any], show: dict[str, str] | None = None) -> None:
-        """Append ``record`` (with its ``step``) to ``metrics.jsonl`` and show ``show`` beside the bar."""
-        if show:
+        """Append ``record`` (with its ``step``) to ``metrics.jsonl`` and show ``show`` beside the bar, or print it
+        as a line."""
+        if self.metrics is not None:
+            self.metrics.write(record)
+        if show and self.lines:
+            self.bar.write(step_line(self.desc, record["step"], self.steps, show, elapsed=self.bar.elapsed,
+                                     done=record["step"] - self.start))
+        elif show:
             self.bar.set_postfix(show)
-        if self.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
 
     def end_step(self, done: int) -> bool:
         """After step ``done`` (1-based): advance the bar, snapshot when due; ``True`` when the run must stop now."""
@@ -124,6 +134,8 @@ class StepLoop:
         stopping = self.stop.agreed()
         if done % self.save_every == 0 or done == self.steps or stopping:
             self.save(done)
+            if self.metrics is not None:
+                self.metrics.flush()
             if stopping and done < self.steps:
                 self.interrupted = self.stop.interrupted(done, self.steps, self.resume_command)
                 return True

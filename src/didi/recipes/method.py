@@ -1,6 +1,6 @@
 """What a distillation method is to the loop of ``didi distill`` (:func:`didi.recipes.distill.distill`).
 
-A method is two things, in one file of its own (:mod:`.didi_instruct`):
+A method is two things, in one file of its own (:mod:`.didi_instruct`, :mod:`.sdtt`):
 
 * a config, a subclass of :class:`DistillConfig` (the options every method shares: teacher, steps, batch, learning
   rate, EMA, snapshots) with its own options, validated in ``__post_init__``;
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..config import helpfield
 from ..errors import require
-from .loop import SCHEDULES
+from .loop import SCHEDULES, parse_log_to
 
 
 @dataclass
@@ -30,11 +30,13 @@ class DistillConfig:
     """Options of every distillation method (the defaults are DiDi-Instruct's; a method may change them)."""
 
     WARMUPS: ClassVar[tuple[str, ...]] = ("warmup_steps",)
-    """Fields counted in steps that :func:`didi.config.fit_warmups` scales down in a short run."""
+    """Fields counted in steps that :func:`didi.config.fit_warmups` scales down in a short run ..."""
+    WARMUP_SPAN: ClassVar[str] = "steps"
+    """... one longer than half of this field."""
 
     teacher: str = helpfield("", "run directory of the teacher MDLM")
     out: str = helpfield("", "student run directory to create")
-    method: str = helpfield("didi-instruct", "distillation method (didi-instruct)")
+    method: str = helpfield("didi-instruct", "distillation method: didi-instruct or sdtt")
     steps: int = helpfield(10_000, "distillation iterations (DiDi-Instruct paper: 10,000)")
     batch_size: int = helpfield(4, "real rows per iteration, summed over all processes under torchrun")
     lr: float = helpfield(1e-6, "student peak learning rate (DiDi-Instruct paper: 1e-6)")
@@ -50,11 +52,15 @@ class DistillConfig:
                                         "--ema-decay, released)")
     save_every: int = helpfield(200, "snapshot every N iterations")
     keep_checkpoints: int = helpfield(2, "snapshots kept")
-    log_every: int = helpfield(10, "metrics interval")
+    log_every: int = helpfield(10, "metrics interval in steps: a record in OUT/metrics.jsonl and, off a terminal (or "
+                                   "with --progress false), a plain progress line")
     seed: int = helpfield(0, "random seed")
     device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, ...")
     precision: str = helpfield("auto", "auto (bf16 autocast on CUDA), bf16 or fp32")
-    progress: bool = helpfield(True, "show a progress bar")
+    progress: bool = helpfield(True, "a progress bar on a terminal (false, or off a terminal: a plain line every "
+                                     "--log-every steps)")
+    log_to: str = helpfield("", "also write the metrics records to: tensorboard (OUT/tensorboard/, needs the "
+                                "tensorboard extra), csv (OUT/metrics.csv), or both: tensorboard,csv")
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
@@ -67,9 +73,10 @@ class DistillConfig:
         require(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1) (got {self.ema_decay})")
         require(self.save_every >= 1, "save_every", "must be >= 1")
         require(self.log_every >= 1, "log_every", f"must be >= 1 (got {self.log_every})")
+        parse_log_to(self.log_to)
 
 
-RESUMABLE_OPTIONS = ("steps", "device", "progress", "save_every", "log_every", "keep_checkpoints")
+RESUMABLE_OPTIONS = ("steps", "device", "progress", "log_to", "save_every", "log_every", "keep_checkpoints")
 """Options that may differ when a distillation is resumed; everything else is taken from the saved run."""
 
 
@@ -91,6 +98,9 @@ class DistillMethod(Protocol):
 
     def run_extra(self) -> dict[str, Any]:
         """What the student's ``config.json`` records besides the options (e.g. how to rebuild its networks)."""
+
+    def prepare(self, run_dir: Path, seq_len: int, progress: bool = True) -> None:
+        """Once before the first iteration, new run or resumed (e.g. a pool of teacher samples kept in the run)."""
 
     def distribute(self, device: torch.device) -> None:
         """Wrap the networks that train for ``torchrun`` (called once, after a resume)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..config import helpfield
 from ..data.corpora import DataConfig
 from ..errors import require
-from ..runtime.checkpoint import completed_steps, latest_snapshot
+from ..runtime.checkpoint import completed_steps, is_run_dir
 
 TINY_DISTILL = dict(batch_size=4, lr=1e-4, disc_lr=1e-3, disc_blocks=2, warmup_steps=20, disc_warmup_steps=50)
 """DiDi-Instruct settings for a tiny teacher distilled for a few hundred iterations on a CPU. The published ones
@@ -85,6 +85,8 @@ class QuickstartConfig:
                                                "markov 256)")
     seed: int = helpfield(0, "random seed")
     device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, ...")
+    progress: bool = helpfield(True, "progress bars on a terminal (false, or off a terminal: plain lines, e.g. one "
+                                     "per 10 training steps)")
 
     def __post_init__(self) -> None:
         require(self.regime in REGIMES, "regime", f"must be one of {', '.join(REGIMES)} (got {self.regime!r})")
@@ -111,13 +113,14 @@ def _train(kind: str, run_dir: Path, cfg: QuickstartConfig, steps: int) -> None:
     if completed_steps(run_dir) >= steps:
         print(f"[didi] {run_dir} is complete, reusing it")
         return
-    if latest_snapshot(run_dir) is not None:
-        train(resume_config(run_dir, steps=steps), DataConfig(), kind=kind, resume=True)
+    if is_run_dir(run_dir):  # a run folder, even one killed before its first snapshot, resumes
+        train(resume_config(run_dir, steps=steps, progress=cfg.progress), DataConfig(), kind=kind, resume=True)
         return
     hidden = REGIMES[cfg.regime]["hidden_size"]
     train_cfg = TrainConfig(out=str(run_dir), preset="tiny", steps=steps, lr=1e-3, warmup_steps=50,
                             global_batch_size=32, eval_every=max(1, steps // 3), save_every=max(1, steps // 3),
-                            seed=cfg.seed, device=cfg.device, **({"hidden_size": hidden} if hidden else {}))
+                            seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+                            **({"hidden_size": hidden} if hidden else {}))
     data_cfg = DataConfig(data=cfg.data, seq_len=cfg.seq_len, vocab_size=cfg.vocab_size, seed=cfg.seed,
                           tokenizer=REGIMES[cfg.regime]["tokenizer"])
     train(train_cfg, data_cfg, kind=kind)
@@ -130,9 +133,9 @@ def _distill(teacher: Path, student: Path, cfg: QuickstartConfig) -> None:
     if completed_steps(student) >= cfg.distill_steps:
         print(f"[didi] {student} is complete, reusing it")
         return
-    resume = latest_snapshot(student) is not None
+    resume = is_run_dir(student)
     distill_cfg = InstructConfig(teacher=str(teacher), out=str(student), save_every=max(1, cfg.distill_steps // 3),
-                                 seed=cfg.seed, device=cfg.device,
+                                 seed=cfg.seed, device=cfg.device, progress=cfg.progress,
                                  **{**REGIMES[cfg.regime]["distill"], "steps": cfg.distill_steps})
     distill(distill_cfg, resume=resume)
 
@@ -141,7 +144,7 @@ def _show(label: str, run_dir: Path, nfe: int, cfg: QuickstartConfig) -> None:
     from ..pipelines.load import load
 
     model = load(run_dir, device=cfg.device)
-    [result] = model.sample(cfg.num_samples, nfe, seed=cfg.seed)
+    [result] = model.sample(cfg.num_samples, nfe, seed=cfg.seed, progress=cfg.progress)
     _say(f"{label} @ {nfe} NFE: {result.nfe} network calls, {result.seconds:.2f} s for {cfg.num_samples} samples")
     for i, text in enumerate(model.decode(result.tokens)):
         print(f"--- sample {i} ---\n{text.strip()}")
@@ -174,8 +177,10 @@ def quickstart(cfg: QuickstartConfig) -> Path:
 
 def _evaluate(teacher: Path, student: Path, evaluator: Path, cfg: QuickstartConfig, stages: int,
               evaluate_with_ar: bool, few: int, many: int) -> None:
-    from .evaluate.report import format_table, plot_report, write_report
+    from .evaluate.plots import plot_report
+    from .evaluate.report import write_report
     from .evaluate.runner import EvalConfig, evaluate
+    from .evaluate.tables import format_table
 
     out = Path(cfg.out)
     if evaluate_with_ar:
@@ -189,7 +194,7 @@ def _evaluate(teacher: Path, student: Path, evaluator: Path, cfg: QuickstartConf
     report = evaluate(EvalConfig(models=[str(m) for m in models], nfe=[few, many],
                                  evaluator=str(evaluator) if evaluate_with_ar else None,
                                  num_samples=cfg.eval_samples, batch_size=min(cfg.eval_samples, 64), seed=cfg.seed,
-                                 eval_blocks=32, warmup=0, repeats=1, device=cfg.device))
+                                 eval_blocks=32, warmup=0, repeats=1, device=cfg.device, progress=cfg.progress))
     print(format_table(report))
     write_report(report, out / "eval.json")
     plot_report(report, out / "eval.png")

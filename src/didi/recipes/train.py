@@ -43,19 +43,26 @@ from ..runtime import distributed as dist
 from ..runtime.checkpoint import (
     RunConfig,
     check_new_run_dir,
+    claim_new_run,
+    claim_run,
     clean_stale_tmp,
+    completed_steps,
+    config_section,
     latest_snapshot,
     load_state_dict_strict,
     load_tensors,
     load_trainer_state,
     read_run_config,
+    resume_snapshot,
     save_snapshot,
+    trim_metrics,
     write_run_config,
     write_run_files,
 )
 from ..runtime.devices import autocast, resolve_precision
+from ..runtime.lock import RunLock
 from ..runtime.randomness import seed_everything, step_generator
-from .loop import SCHEDULES, StepLoop, ema_decay_at, ema_update, lr_at, resumed_config, set_lr
+from .loop import SCHEDULES, StepLoop, ema_decay_at, ema_update, lr_at, parse_log_to, resumed_config, set_lr
 
 
 @dataclass
@@ -86,7 +93,8 @@ class TrainConfig:
     eval_batches: int = helpfield(4, "validation batches (of --global-batch-size sequences) per evaluation")
     save_every: int = helpfield(500, "write a snapshot every N steps (and always at the end)")
     keep_checkpoints: int = helpfield(2, "how many snapshots to keep in RUN_DIR/checkpoints")
-    log_every: int = helpfield(10, "progress-bar/metrics update interval in steps")
+    log_every: int = helpfield(10, "metrics interval in steps: a record in RUN_DIR/metrics.jsonl and, off a terminal "
+                                   "(or with --progress false), a plain progress line")
     seed: int = helpfield(0, "random seed (data order, diffusion times, masks, init)")
     device: str = helpfield("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     precision: str = helpfield("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), bf16 or fp32")
@@ -94,10 +102,14 @@ class TrainConfig:
     grad_checkpointing: bool = helpfield(False, "activation checkpointing (saves memory on large presets)")
     fsdp: bool = helpfield(False, "under torchrun: shard weights, gradients and optimizer state with FSDP2 instead of "
                                   "replicating them with DDP (medium/large presets; no effect in one process)")
-    progress: bool = helpfield(True, "show a progress bar")
+    progress: bool = helpfield(True, "a progress bar on a terminal (false, or off a terminal: a plain line every "
+                                     "--log-every steps)")
+    log_to: str = helpfield("", "also write the metrics records to: tensorboard (RUN_DIR/tensorboard/, needs the "
+                                "tensorboard extra), csv (RUN_DIR/metrics.csv), or both: tensorboard,csv")
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", f"must be >= 1 (got {self.steps})")
+        parse_log_to(self.log_to)
         require(self.global_batch_size >= 1, "global_batch_size", f"must be >= 1 (got {self.global_batch_size})")
         require(self.micro_batch_size >= 0, "micro_batch_size", f"must be >= 0 (got {self.micro_batch_size})")
         require(self.lr > 0, "lr", f"must be > 0 (got {self.lr})")
@@ -114,13 +126,15 @@ class TrainConfig:
                 f"must be in [0, 1) (got {self.dropout})")
 
 
-def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer, seq_len: int) -> ModelConfig:
+def build_model_config(cfg: TrainConfig, kind: str, tokenizer: Tokenizer | None, seq_len: int) -> ModelConfig:
+    """The network of a new run; with ``tokenizer=None`` a stand-in vocabulary, to check the shape options
+    (``--preset``, ``--n-heads``, ...) before the corpus is tokenized."""
     overrides = dict(hidden_size=cfg.hidden_size or None, n_blocks=cfg.n_blocks or None,
                      n_heads=cfg.n_heads or None, cond_dim=cfg.cond_dim or None)
+    vocab_size = 2 if tokenizer is None else tokenizer.vocab_size if kind == "ar" else tokenizer.model_vocab_size
     return ModelConfig.from_preset(
         cfg.preset, **overrides, max_seq_len=seq_len, arch="gpt" if kind == "ar" else "dit",
-        vocab_size=tokenizer.vocab_size if kind == "ar" else tokenizer.model_vocab_size,
-        dropout=None if cfg.dropout < 0 else cfg.dropout)
+        vocab_size=vocab_size, dropout=None if cfg.dropout < 0 else cfg.dropout)
 
 
 # --------------------------------------------------------------------------------------------- objectives
@@ -186,50 +200,63 @@ def validation_loss(model: nn.Module, blocks: TokenBlocks, *, kind: str, objecti
 
 # --------------------------------------------------------------------------------------------- the recipe
 
-def _create_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, run_dir: Path, progress: bool,
+def _create_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, run_dir: Path, progress: bool, lock: RunLock,
                 force: bool = False, fitted: dict[str, Any] | None = None) -> tuple[RunConfig, PreparedData]:
-    """Tokenize the corpus (or find its cache) and write ``config.json`` and the tokenizer of a new run."""
-    check_new_run_dir(run_dir, force)
+    """Tokenize the corpus (or find its cache), then take the run directory (:func:`claim_new_run`: the lock, and
+    the checks again under it) and write the tokenizer, the corpus' run files and, last, ``config.json``: a run
+    directory with a ``config.json`` has everything a resume from step 0 needs."""
+    check_new_run_dir(run_dir, force, lock)
+    build_model_config(cfg, kind, None, data_cfg.seq_len)  # a bad --preset / --n-heads fails before tokenizing
     prepared = prepare_data(data_cfg, progress=progress)
     tokenizer = prepared.tokenizer
     model_config = build_model_config(cfg, kind, tokenizer, data_cfg.seq_len)
     diffusion = None if kind == "ar" else DiffusionConfig(mask_index=tokenizer.diffusion_mask_id)
+    claim_new_run(run_dir, lock, force)
     run_config = RunConfig(kind=kind, model=model_config, tokenizer=tokenizer.save(run_dir), diffusion=diffusion,
                            training={**to_dict(cfg), "seq_len": data_cfg.seq_len, "data": data_cfg.data,
                                      **({"fitted_warmups": fitted} if fitted else {})},
                            data=to_dict(data_cfg))
-    write_run_config(run_dir, run_config)
     write_run_files(run_dir, prepared.run_files)
+    write_run_config(run_dir, run_config)
     return run_config, prepared
 
 
-def _open_run(run_dir: Path, kind: str, resume: bool, progress: bool) -> tuple[RunConfig, PreparedData]:
+def _open_run(run_dir: Path, kind: str, progress: bool) -> tuple[RunConfig, PreparedData]:
     """Read an existing run's configuration and tokenizer and load its token blocks (cached by rank 0)."""
     run_config = read_run_config(run_dir)
     if run_config.kind != kind:
         raise CheckpointError(f"{run_dir}: is a {run_config.kind!r} run; resume it with the matching command")
-    if resume and latest_snapshot(run_dir) is None:
-        raise CheckpointError(f"{run_dir}: no complete snapshot to resume from")
     tokenizer = load_tokenizer(run_dir, run_config.tokenizer)
-    saved = DataConfig(**{k: v for k, v in run_config.data.items() if k in DataConfig.__dataclass_fields__})
+    saved = config_section(DataConfig, run_config.data, "data", str(run_dir / "config.json"))
     return run_config, prepare_data(saved, tokenizer=tokenizer, progress=progress)
 
 
-def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool, force: bool = False,
+def _prepare_run(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool, lock: RunLock, force: bool = False,
                  fitted: dict[str, Any] | None = None) -> tuple[RunConfig, PreparedData, Path | None]:
-    """Rank 0 first: it tokenizes (or finds the token cache) and creates a new run directory; the other ranks then
-    read the run directory and load the cached blocks. Rank 0 also decides which snapshot every rank resumes from."""
+    """Rank 0 first: it takes the run directory (:class:`~didi.runtime.lock.RunLock`), tokenizes (or finds the
+    token cache) and creates a new run directory; the other ranks then read the run directory and load the cached
+    blocks. On a resume rank 0 also picks the snapshot every rank starts from (the newest intact one, see
+    :func:`resume_snapshot`; none: step 0) and trims ``metrics.jsonl`` to it."""
     run_dir = Path(cfg.out)
     progress = cfg.progress and dist.is_main()
+    snapshot = None
     with dist.main_process_first():
         if dist.is_main() and not resume:
-            run_config, prepared = _create_run(cfg, data_cfg, kind, run_dir, progress, force, fitted)
+            run_config, prepared = _create_run(cfg, data_cfg, kind, run_dir, progress, lock, force, fitted)
         else:
-            run_config, prepared = _open_run(run_dir, kind, resume, progress)
-            if resume and dist.is_main() and run_config.training.get("steps") != cfg.steps:
-                run_config.training["steps"] = cfg.steps  # an extended run resumes to its new length
-                write_run_config(run_dir, run_config)
-    snapshot = dist.broadcast_object(latest_snapshot(run_dir)) if resume else None
+            if dist.is_main():
+                claim_run(run_dir, lock)
+            run_config, prepared = _open_run(run_dir, kind, progress)
+            if resume and dist.is_main():
+                snapshot = resume_snapshot(run_dir)
+                if snapshot is None:
+                    print(f"[didi] {run_dir}: no snapshot yet (its start was interrupted): starting from step 0",
+                          file=sys.stderr)
+                trim_metrics(run_dir, completed_steps(run_dir))
+                if run_config.training.get("steps") != cfg.steps:
+                    run_config.training["steps"] = cfg.steps  # an extended run resumes to its new length
+                    write_run_config(run_dir, run_config)
+    snapshot = dist.broadcast_object(snapshot) if resume else None
     return run_config, prepared, snapshot
 
 
@@ -254,11 +281,17 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     from the run directory and ``data_cfg`` is ignored. Under ``torchrun`` every rank calls this function.
     A new run whose ``warmup_steps`` covers more than half of ``steps`` has it scaled to the run
     (:func:`didi.config.fit_warmups`); ``config.json`` records the value used. ``force``: write a new run into an
-    existing directory that holds other files. A run stopped by SIGINT/SIGTERM writes its snapshot and raises
-    :class:`didi.errors.RunInterrupted`.
+    existing directory that holds other files, or start again a run that stopped before its first snapshot. The
+    writing process (rank 0) holds the run directory's lock until it returns: a second writer is refused. A run
+    stopped by SIGINT/SIGTERM writes its snapshot and raises :class:`didi.errors.RunInterrupted`.
     """
     require(kind in ("mdlm", "ar"), "kind", f"must be mdlm or ar (got {kind!r})")
     require(bool(cfg.out), "out", "a run directory is required")
+    with RunLock(cfg.out) as lock:
+        return _train(cfg, data_cfg, kind, resume, force, lock)
+
+
+def _train(cfg: TrainConfig, data_cfg: DataConfig, kind: str, resume: bool, force: bool, lock: RunLock) -> Path:
     ctx = dist.init(cfg.device)
     cfg, fitted, note = (cfg, {}, None) if resume else fit_warmups(cfg, "warmup_steps")
     device, world = ctx.device, ctx.world_size
@@ -266,7 +299,7 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     micro, accumulation = batch_split(cfg.global_batch_size, cfg.micro_batch_size, world)
     per_rank = micro * accumulation
     run_dir = Path(cfg.out)
-    run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume, force, fitted)
+    run_config, prepared, snapshot = _prepare_run(cfg, data_cfg, kind, resume, lock, force, fitted)
     if note and ctx.is_main:
         print(f"[didi] {note}", file=sys.stderr)
     seq_len = prepared.train.seq_len
@@ -292,7 +325,7 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
     last_log = time.perf_counter()
     tokens_since_log = 0
     with StepLoop(run_dir, desc=f"train {kind}", start=start_step, steps=cfg.steps, save_every=cfg.save_every,
-                  progress=cfg.progress, resume_command=f"didi {command} --resume {run_dir}",
+                  progress=cfg.progress, resume_command=f"didi {command} --resume {run_dir}", log_to=cfg.log_to,
                   save=lambda done: _save(run_dir, done, model, ema, optimizer, cfg)) as loop:
         while step < cfg.steps:
             torch.manual_seed(dist.rank_seed(cfg.seed, step, ctx.rank))  # dropout masks of this rank's rows
@@ -332,7 +365,8 @@ def train(cfg: TrainConfig, data_cfg: DataConfig, *, kind: str = "mdlm", resume:
                 record = {"step": step, "loss": float(total_loss), "lr": lr, "grad_norm": float(grad_norm),
                           "tokens_per_s": tokens_since_log / max(1e-9, now - last_log)}
                 last_log, tokens_since_log = now, 0
-                show = dict(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", lr=f"{lr:.2e}")
+                show = dict(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                            grad_norm=f"{record['grad_norm']:.3g}")
             if eval_rows and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
                 val = validation_loss(ema if ema is not None else model, prepared.valid, kind=kind,
                                       objective=objective, diffusion=run_config.diffusion, num_rows=eval_rows,
@@ -369,8 +403,8 @@ def _networks(model_config: ModelConfig, cfg: TrainConfig, snapshot: Path | None
     return model, ema, wrapped, optimizer
 
 
-RESUMABLE_OPTIONS = ("steps", "device", "progress", "compile", "save_every", "eval_every", "log_every",
-                     "keep_checkpoints", "fsdp", "micro_batch_size", "grad_checkpointing")
+RESUMABLE_OPTIONS = ("steps", "device", "progress", "log_to", "compile", "save_every", "eval_every",
+                     "log_every", "keep_checkpoints", "fsdp", "micro_batch_size", "grad_checkpointing")
 """Options that may differ when a run is resumed; everything else is taken from the saved run."""
 
 

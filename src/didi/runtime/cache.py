@@ -1,9 +1,10 @@
-"""The didi cache: token blocks of tokenized corpora (``tokens/``) and converted copies of checkpoints that
-``didi sample`` / ``didi.load`` were given in another layout (``converted/``).
+"""The didi cache: token blocks of tokenized corpora (``tokens/``), converted copies of checkpoints that
+``didi sample`` / ``didi.load`` were given in another layout (``converted/``) and the teacher samples that
+``didi distill --real-source teacher`` trains on (``teacher-pools/``).
 
 Where: ``$DIDI_CACHE``, else ``$XDG_CACHE_HOME/didi``, else ``~/.cache/didi``. Every new entry is announced on
 stderr with its path when it is written (:func:`announce`); ``didi cache list`` shows the entries with their
-sizes (:func:`entries`) and ``didi cache clear`` removes them (:func:`clear`). Only the two folders didi writes
+sizes (:func:`entries`) and ``didi cache clear`` removes them (:func:`clear`). Only the folders didi writes
 are ever listed or removed, so a cache root shared with other files is safe. Imports nothing heavy (no torch).
 """
 from __future__ import annotations
@@ -15,17 +16,43 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("tokens", "converted")
+from ..errors import ConfigError
+
+SECTIONS = ("tokens", "converted", "teacher-pools")
 """The folders didi writes under the cache root."""
 
 
 def cache_root() -> Path:
-    """``$DIDI_CACHE``, else ``$XDG_CACHE_HOME/didi``, else ``~/.cache/didi`` (empty variables are ignored)."""
+    """``$DIDI_CACHE``, else ``$XDG_CACHE_HOME/didi``, else ``~/.cache/didi`` (empty variables are ignored). A
+    root that cannot be a directory (it, or a folder above it, is a file) is one clear error naming the variable."""
     if os.environ.get("DIDI_CACHE"):
-        return Path(os.environ["DIDI_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "didi"
-    return Path.home() / ".cache" / "didi"
+        root, source = Path(os.environ["DIDI_CACHE"]).expanduser(), "$DIDI_CACHE"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root, source = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "didi", "$XDG_CACHE_HOME"
+    else:
+        root, source = Path.home() / ".cache" / "didi", "the didi cache"
+    check_directory(root, source)
+    return root
+
+
+def check_directory(path: Path, what: str) -> None:
+    """Raise a one-line :class:`~didi.errors.ConfigError` naming ``what`` (an option or variable) when ``path``
+    cannot be created as a directory because it, or a folder above it, is a file."""
+    blocker = Path(path)
+    while not blocker.exists() and blocker != blocker.parent:
+        blocker = blocker.parent
+    if blocker.exists() and not blocker.is_dir():
+        where = "is a file" if blocker == Path(path) else f"is below {blocker}, a file"
+        raise ConfigError(f"{what}: {path} {where}; it must be a directory")
+
+
+def ensure_directory(path: Path, what: str) -> None:
+    """Create the directory ``path`` (with its parents) or raise :func:`check_directory`'s one-line error."""
+    check_directory(path, what)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot create {path} ({exc.strerror or exc})") from None
 
 
 def size_of(path: Path) -> int:
@@ -91,6 +118,21 @@ def _converted_entries(folder: Path) -> list[Entry]:
     return out
 
 
+def _pool_entries(folder: Path) -> list[Entry]:
+    out = []
+    for npy in sorted(folder.glob("*.npy")):
+        meta = npy.with_suffix(".json")
+        paths = [npy] + ([meta] if meta.exists() else [])
+        about = ""
+        try:
+            info = json.loads(meta.read_text())
+            about = f"{info['size']} samples of {info['teacher']} at {info['nfe']} NFE"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        out.append(Entry("teacher-pools", npy.name, paths, sum(size_of(p) for p in paths), about))
+    return out
+
+
 def entries(root: Path | None = None) -> list[Entry]:
     """The entries of the cache at ``root`` (default :func:`cache_root`), tokens first."""
     root = cache_root() if root is None else Path(root)
@@ -99,11 +141,13 @@ def entries(root: Path | None = None) -> list[Entry]:
         found += _token_entries(root / "tokens")
     if (root / "converted").is_dir():
         found += _converted_entries(root / "converted")
+    if (root / "teacher-pools").is_dir():
+        found += _pool_entries(root / "teacher-pools")
     return found
 
 
 def clear(root: Path | None = None) -> int:
-    """Remove the ``tokens/`` and ``converted/`` folders of the cache; return the bytes freed."""
+    """Remove the folders of :data:`SECTIONS` from the cache; return the bytes freed."""
     root = cache_root() if root is None else Path(root)
     freed = 0
     for section in SECTIONS:

@@ -8,15 +8,23 @@ Layout::
       model.safetensors        latest weights        } hard links to the newest complete snapshot
       ema.safetensors          latest EMA weights    } (copies where hard links are unsupported)
       trainer_state.pt         optimiser, step, RNG  }
-      checkpoints/step-00000200/   complete snapshots, newest ``keep`` kept; used by --resume
+      metrics.jsonl            one JSON record per logged step
+      .didi-lock               the writer's lock and its record (pid, host, command, start time)
+      checkpoints/step-00000200/   complete snapshots (+ manifest.json), newest ``keep`` kept; used by --resume
 
 Atomicity: a snapshot is written into ``checkpoints/.tmp-step-N-<pid>`` and renamed into place in one
 ``os.replace``; a directory without the ``.tmp`` prefix is therefore always complete, and a crash mid-save
 leaves the previous snapshot (and the top-level files) untouched. Single files are written as temp + fsync +
-rename. Safetensors files carry ``{"step": ..., "format": "pt"}`` metadata.
+rename. Safetensors files carry ``{"step": ..., "format": "pt"}`` metadata; each snapshot has a ``manifest.json``
+of its files' sizes and digests, checked on resume (:func:`resume_snapshot` falls back to the newest intact one).
 
-Also here, for every loader and recipe: :func:`is_run_dir` (is a folder a run directory) and :func:`weights_file`
-(which weights of a run to load).
+One writer: the recipes take a run directory with :func:`claim_new_run` / :func:`claim_run`, which hold its
+:class:`~didi.runtime.lock.RunLock` (``.didi-lock``) for the run's life; ``config.json`` is the last file a new
+run writes before training, so a folder with one and no snapshot resumes from step 0.
+
+Also here, for every loader and recipe: :func:`is_run_dir` (is a folder a run directory), :func:`weights_file`
+(which weights of a run to load) and :func:`config_section` (a config dataclass from a saved file, with one-line
+errors naming the field).
 """
 from __future__ import annotations
 
@@ -26,10 +34,15 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
+import types
+import typing
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -38,10 +51,17 @@ from safetensors.torch import load_file, save_file
 from ..config import DiffusionConfig, ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError, require
 from ..version import __version__
+from .integrity import check_file, file_record
+from .lock import LOCK_FILE, RunLock
+
+T = TypeVar("T")
 
 CONFIG = "config.json"
 SNAPSHOT_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
+MANIFEST = "manifest.json"
+"""In every snapshot: the step and the size and digest of each file (:mod:`didi.runtime.integrity`)."""
+METRICS = "metrics.jsonl"
 _SNAPSHOT_RE = re.compile(r"^step-(\d{8,})$")
 
 KINDS = ("mdlm", "ar", "didi")
@@ -66,19 +86,61 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = CONFIG) -> RunConfig:
-        try:
-            kind = data["kind"]
-            if kind not in KINDS:
-                raise CheckpointError(f"{source}: unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
-            diffusion = data.get("diffusion")
-            return cls(kind=kind, model=from_dict(ModelConfig, data["model"]), tokenizer=dict(data["tokenizer"]),
-                       diffusion=from_dict(DiffusionConfig, diffusion) if diffusion else None,
-                       training=dict(data.get("training", {})), data=dict(data.get("data", {})),
-                       extra=dict(data.get("extra", {})), didi_version=data.get("didi_version", "unknown"))
-        except KeyError as exc:
-            raise CheckpointError(f"{source}: missing field {exc.args[0]!r}") from exc
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: invalid configuration ({exc})") from exc
+        """Read a ``config.json``; a missing field, a value of the wrong type or out of range is one
+        :class:`CheckpointError` naming the field (``config.json: model.hidden_size must be int (got '32')``)."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: must hold a JSON object (got {type(data).__name__})")
+        for name in ("kind", "model", "tokenizer"):
+            if name not in data:
+                raise CheckpointError(f"{source}: missing field {name!r}")
+        kind = data["kind"]
+        if kind not in KINDS:
+            raise CheckpointError(f"{source}: unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
+        sections = {}
+        for name in ("tokenizer", "training", "data", "extra"):
+            value = data.get(name, {})
+            if not isinstance(value, dict):
+                raise CheckpointError(f"{source}: {name} must be a JSON object (got {type(value).__name__})")
+            sections[name] = dict(value)
+        model = config_section(ModelConfig, data["model"], "model", source)
+        diffusion = config_section(DiffusionConfig, data["diffusion"], "diffusion", source) \
+            if data.get("diffusion") else None
+        if diffusion is not None and not diffusion.mask_index < model.vocab_size:
+            raise CheckpointError(f"{source}: diffusion.mask_index {diffusion.mask_index} is not a token of the model "
+                                  f"(model.vocab_size {model.vocab_size})")
+        return cls(kind=kind, model=model, diffusion=diffusion, didi_version=str(data.get("didi_version", "unknown")),
+                   **sections)
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether a JSON ``value`` fits a dataclass field annotated ``hint`` (int, float, bool, str, X | None)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    return True
+
+
+def config_section(cls: type[T], data: Any, section: str, source: str) -> T:
+    """The config dataclass ``cls`` from the ``section`` object of a saved file (unknown keys ignored); a wrong
+    type or an invalid value is one :class:`CheckpointError` naming ``section.field``."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: {section} must be a JSON object (got {type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data and not _accepts(hints[f.name], data[f.name]):
+            expected = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            raise CheckpointError(f"{source}: {section}.{f.name} must be {expected} (got {data[f.name]!r})")
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: {section}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------------- atomic files
@@ -113,11 +175,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def check_destination(dst: Path, force: bool) -> None:
-    """Refuse to replace a non-empty folder (or a file) ``dst`` unless ``force`` (``didi convert``/``export``)."""
+    """Refuse to replace a non-empty folder (or a file) ``dst`` unless ``force`` (``didi convert``/``export``), and
+    a run folder that a training or distillation is writing, even with ``force``."""
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"{dst}: exists and is not a directory")
     if dst.exists() and any(dst.iterdir()) and not force:
         raise CheckpointError(f"{dst}: already exists and is not empty (pass --force to replace it)")
+    if (dst / LOCK_FILE).exists():
+        with RunLock(dst) as lock:
+            lock.acquire(create=False)  # raises, naming the writer, while a run is being written there
 
 
 @contextlib.contextmanager
@@ -285,16 +351,47 @@ def latest_snapshot(run_dir: Path) -> Path | None:
     return snaps[-1] if snaps else None
 
 
-def check_new_run_dir(run_dir: Path, force: bool = False) -> None:
-    """Refuse to start a new run in ``run_dir`` when it already holds a run (continue that with ``--resume``) or,
-    unless ``force``, other files (the rule of ``didi convert``/``export``: never write among the user's files)."""
+def check_new_run_dir(run_dir: Path, force: bool = False, lock: RunLock | None = None) -> None:
+    """Refuse to start a new run in ``run_dir`` when it holds a run with a complete snapshot (continue that with
+    ``--resume``) or, unless ``force``, anything else: other files (the rule of ``didi convert``/``export``: never
+    write among the user's files) or a run whose start was interrupted before its first snapshot (``--force``
+    restarts it, ``--resume`` continues it from step 0). The run's lock file alone does not count. With ``lock``,
+    a folder that holds a run is first locked, so that a run another process is writing is refused as such."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: exists and is not a directory")
-    if (run_dir / CONFIG).exists() or latest_snapshot(run_dir) is not None:
+    if lock is not None and ((run_dir / CONFIG).exists() or latest_snapshot(run_dir) is not None):
+        lock.acquire(create=False)
+    if latest_snapshot(run_dir) is not None:
         raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
-    if run_dir.is_dir() and not force and any(run_dir.iterdir()):
+    if force:
+        return
+    if (run_dir / CONFIG).exists():
+        raise CheckpointError(f"{run_dir}: holds a run that stopped before its first snapshot: continue it from step 0 "
+                              "with --resume, or start it again with --force")
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise CheckpointError(f"{run_dir}: already exists and is not empty (pass --force to write the run into it)")
+
+
+def claim_new_run(run_dir: Path, lock: RunLock, force: bool = False) -> None:
+    """Take ``run_dir`` for a new run: the write lock (refused while another process writes there), the checks of
+    :func:`check_new_run_dir` under it (another run may have started since they were first made), and the leftovers
+    of an interrupted start (its ``metrics.jsonl``, partial snapshots) removed. Call it before the first write."""
+    lock.acquire(create=True)
+    check_new_run_dir(run_dir, force)
+    if is_run_dir(run_dir) and (run_dir / METRICS).exists():
+        (run_dir / METRICS).unlink()
+    clean_stale_tmp(run_dir)
+    lock.report_takeover()
+
+
+def claim_run(run_dir: Path, lock: RunLock) -> None:
+    """Take the existing run ``run_dir`` to continue it (``--resume``): it must be a run directory, and no other
+    process may be writing it."""
+    lock.acquire(create=False)
+    if not (Path(run_dir) / CONFIG).exists():
+        raise CheckpointError(f"{run_dir / CONFIG}: not found (is {run_dir} a didi run directory?)")
+    lock.report_takeover()
 
 
 def completed_steps(run_dir: Path) -> int:
@@ -315,13 +412,22 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _publish_snapshot(run_dir: Path, snapshot: Path) -> None:
+    """Show ``snapshot``'s files at the top level of the run directory (its manifest stays inside)."""
+    for f in sorted(snapshot.iterdir()):
+        if f.name != MANIFEST:
+            _publish(f, run_dir / f.name)
+    _fsync_dir(run_dir)
+
+
 def save_snapshot(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
                   *, keep: int = 2) -> Path:
     """Write a complete snapshot and publish it at the top level of the run directory.
 
     ``tensors`` maps a file stem (``model``, ``ema``, ``discriminator``, ...) to a state dict; ``state`` is the
-    trainer state (optimisers, step, RNG) saved as ``trainer_state.pt``. Older snapshots beyond ``keep`` are
-    removed only after the new one is in place.
+    trainer state (optimisers, step, RNG) saved as ``trainer_state.pt``; ``manifest.json`` records every file's
+    size and digest (:func:`verify_snapshot`). Older snapshots beyond ``keep`` are removed only after the new one
+    is in place.
     """
     run_dir = Path(run_dir)
     root = run_dir / SNAPSHOT_DIR
@@ -335,6 +441,7 @@ def save_snapshot(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.T
         for stem, sd in tensors.items():
             save_tensors(tmp / f"{stem}.safetensors", sd, {"step": step})
         atomic_write(tmp / TRAINER_STATE, lambda p: torch.save({**state, "step": step}, p))
+        write_json(tmp / MANIFEST, {"step": step, "files": {f.name: file_record(f) for f in sorted(tmp.iterdir())}})
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -343,12 +450,81 @@ def save_snapshot(run_dir: Path, step: int, tensors: dict[str, dict[str, torch.T
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for f in sorted(final.iterdir()):
-        _publish(f, run_dir / f.name)
-    _fsync_dir(run_dir)
+    _publish_snapshot(run_dir, final)
     for old in list_snapshots(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def verify_snapshot(snapshot: Path) -> str | None:
+    """Why ``snapshot`` cannot be resumed from (a short phrase), or ``None``. With a manifest: every file it lists
+    has its recorded size and digest. Snapshots written before manifests: the safetensors headers and the trainer
+    state's archive directory are readable."""
+    snapshot = Path(snapshot)
+    manifest_path = snapshot / MANIFEST
+    if manifest_path.exists():
+        try:
+            files = json.loads(manifest_path.read_text())["files"]
+            records = [(name, dict(record)) for name, record in files.items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{MANIFEST} is unreadable"
+        for name, record in records:
+            problem = check_file(snapshot / name, record)
+            if problem:
+                return problem
+        return None
+    if not (snapshot / TRAINER_STATE).is_file() or not zipfile.is_zipfile(snapshot / TRAINER_STATE):
+        return f"{TRAINER_STATE} is missing or not a torch archive"
+    for weights in sorted(snapshot.glob("*.safetensors")):
+        try:
+            tensors_metadata(weights)
+        except CheckpointError:
+            return f"{weights.name} is not a readable safetensors file"
+    return None
+
+
+def resume_snapshot(run_dir: Path) -> Path | None:
+    """The snapshot a resume starts from: the newest one that :func:`verify_snapshot` accepts. Newer, damaged ones
+    are moved aside to ``checkpoints/damaged-step-N-TIME`` (kept for inspection, never listed again) with a warning,
+    and the intact one is published at the top level again. ``None``: the run has no snapshot (its start was
+    interrupted; it resumes from step 0). Only the writer (rank 0, holding the lock) calls this."""
+    run_dir = Path(run_dir)
+    damaged = []
+    for snapshot in reversed(list_snapshots(run_dir)):
+        problem = verify_snapshot(snapshot)
+        if problem is None:
+            if damaged:
+                _publish_snapshot(run_dir, snapshot)
+            return snapshot
+        aside = snapshot.with_name(f"damaged-{snapshot.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(snapshot, aside)
+        print(f"[didi] warning: snapshot {snapshot} is damaged ({problem}); moved aside to {aside.name}, falling back "
+              "to the previous snapshot", file=sys.stderr)
+        damaged.append(snapshot.name)
+    if damaged:
+        raise CheckpointError(f"{run_dir}: no intact snapshot to resume from (damaged ones moved aside: "
+                              f"{', '.join(damaged)}); start the run again with --force")
+    return None
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (where a resume starts): the lines a stopped run wrote
+    after its last snapshot, and a line cut by a crash, go, so that the resumed run's file reads like an
+    uninterrupted run's."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    lines = path.read_text(errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    if kept != lines:
+        atomic_write(path, lambda p: p.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def load_trainer_state(snapshot: Path) -> dict[str, Any]:

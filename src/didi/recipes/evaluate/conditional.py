@@ -7,7 +7,7 @@
 * gen-PPL of the continuations *given their prefixes* (:func:`continuation_perplexity`): prefix text and
   continuation text are re-tokenised separately by the evaluator and concatenated; only continuation tokens are
   scored (``exp(sum NLL / #scored)`` over all samples, the EOS rule of
-  :func:`~.metrics.scored_positions` applied to the continuation).
+  :func:`~.metrics.gen_ppl_scored_tokens` applied to the continuation).
 * entropy: unigram entropy of each continuation's own token ids, mean over samples.
 
 The rows are ordinary :class:`~.report.EvalRow` objects with ``prefix_tokens`` set; the report prints them in their
@@ -15,7 +15,6 @@ own table (:func:`~.report.conditional_table`).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ...errors import option_error, require
+from ...interop.sample_files import decode_as_sampled
 from ...runtime.checkpoint import RunConfig
 from ...runtime.devices import synchronize
 from .metrics import (
@@ -33,10 +33,11 @@ from .metrics import (
     Perplexity,
     UnencodableText,
     chunk_perplexity,
-    mean_sample_entropy,
-    scored_positions,
+    gen_ppl_scored_tokens,
 )
+from .quality import CopyIndex
 from .report import EvalRow
+from .scoring import Scoring
 
 
 def held_out_prefixes(blocks: Any, num_samples: int, prefix_tokens: int) -> torch.Tensor:
@@ -71,7 +72,7 @@ def continuation_perplexity(prefixes: list[str], continuations: list[str], evalu
             raise option_error("evaluator", f"{evaluator.name} cannot encode sample {i}: {exc}") from None
         keep = min(len(p), max(1, context - len(c)))
         ids = p[len(p) - keep:] + c
-        scored = [False] * keep + scored_positions(c, evaluator.eos_id)
+        scored = [False] * keep + gen_ppl_scored_tokens(c, evaluator.eos_id)
         for start in range(0, len(ids), context):
             chunks.append((ids[start:start + context], scored[start + 1:start + context], i))
     return chunk_perplexity(chunks, len(prefixes), evaluator, batch_size,
@@ -86,13 +87,15 @@ def check_prefix_tokens(config: Any, runs: Sequence[RunConfig]) -> None:
                 f"continue in {path}'s {length}-token samples")
 
 
-def conditional_rows(model: Model, label: str, source: str, blocks: Any, config: Any, evaluator: Evaluator | None,
-                     likelihood: Likelihood | None) -> list[EvalRow]:
+def conditional_rows(model: Model, label: str, source: str, blocks: Any, config: Any, scoring: Scoring,
+                     likelihood: Likelihood | None, copy: CopyIndex | None = None) -> list[EvalRow]:
     """The conditional rows of one loaded model (``source``: its run directory as given; ``blocks``: its validation
-    :class:`~didi.data.corpora.TokenBlocks`): one per budget (one for an AR model).
+    :class:`~didi.data.corpora.TokenBlocks`): one per budget (one for an AR model), scored by ``scoring`` on the
+    continuations (gen-PPL given the prefix under each evaluator; entropy, repetition, diversity and the copy rate
+    against ``copy`` of the continuations alone).
 
     ``config`` is the :class:`~.runner.EvalConfig` (its ``prefix_tokens``, ``num_samples``, ``batch_size``,
-    ``seq_len``, ``nfe``, ``sampler``, ``rgas``, ``temperature``, ``top_k``, ``top_p``, ``greedy_tail``,
+    ``seq_len``, ``nfe``, ``sampler``, ``rgas``, ``confidence``, ``temperature``, ``top_k``, ``top_p``, ``greedy_tail``,
     ``use_cache``, ``seed_list``, ``warmup``, ``eval_batch_size``); batch ``i`` of a row uses seed ``seed + i``,
     ``seed`` the first of the sampling seeds. A temperature sweep (``temperatures``) leaves these rows at
     ``temperature``.
@@ -104,8 +107,8 @@ def conditional_rows(model: Model, label: str, source: str, blocks: Any, config:
     prefixes = held_out_prefixes(blocks, config.num_samples, p)
     batch_size = min(config.batch_size or config.num_samples, config.num_samples)
     sampler = "ancestral" if is_ar else config.sampler
-    rgas = dataclasses.asdict(config.rgas) if sampler == "rgas" else {}
-    prefix_texts = model.decode(prefixes[:, 1:])
+    sampler_options = config.sampler_options if sampler == config.sampler else {}
+    prefix_texts = decode_as_sampled(model, prefixes[:, 1:])
     seed = config.seed_list[0]
     rows = []
     for nfe in [None] if is_ar else config.nfe:
@@ -117,7 +120,7 @@ def conditional_rows(model: Model, label: str, source: str, blocks: Any, config:
             fixed[:, :p + 1] = True
             options = dict(nfe=nfe, batch_size=len(ids), sampler=sampler, prefix=ids, fixed=fixed,
                            use_cache=config.use_cache, temperature=config.temperature, top_k=config.top_k,
-                           top_p=config.top_p, greedy_tail=config.greedy_tail, **rgas)
+                           top_p=config.top_p, greedy_tail=config.greedy_tail, **sampler_options)
             for _ in range(config.warmup if i == 0 else 0):
                 model.sample(len(ids), seed=seed, **options)
             synchronize(model.device)
@@ -134,10 +137,11 @@ def conditional_rows(model: Model, label: str, source: str, blocks: Any, config:
                       extra_calls={k: [int(r.extra_calls.get(k, 0)) for r in results] for k in keys},
                       batch_sizes=[r.tokens.shape[0] for r in results], latencies_s=latencies,
                       timing=f"measured here: {len(results)} timed batch(es) after {config.warmup} warm-up",
-                      entropy=mean_sample_entropy(continuations), likelihood=likelihood, prefix_tokens=p,
-                      temperature=config.temperature, seeds=[seed])
-        if evaluator is not None:
-            row.gen_ppl = continuation_perplexity(prefix_texts, model.decode(continuations), evaluator,
-                                                  batch_size=config.eval_batch_size)
+                      likelihood=likelihood, prefix_tokens=p, temperature=config.temperature)
+        texts, ids = decode_as_sampled(model, continuations), continuations.tolist()
+        perplexities = {e.name: continuation_perplexity(prefix_texts, texts, e, batch_size=config.eval_batch_size)
+                        for e in scoring.evaluators}
+        scoring.fill(row, [scoring.seed_metrics(texts, ids, seed, protein=False, mauve=False, copy=copy,
+                                                perplexities=perplexities)], protein=False)
         rows.append(row)
     return rows

@@ -13,15 +13,13 @@
 * :func:`timed_sampling` — latency per batch, generated tokens per second, exact NFE, peak memory;
 * :func:`interpolate_at` — a metric at a matched value of another (gen-PPL at a target entropy) along a sweep;
 * :func:`bootstrap_interval` — a 95% interval over samples; :func:`mean_std` — the spread over seeds;
-* :func:`markov_scores` — the exact metrics of a Markov-language run (``markov.json`` beside its weights,
-  :func:`markov_language`): invalid-transition rate, NLL per transition and the empirical ``H(X'|X)`` of the
-  samples decoded with a break at every special token (:func:`markov_rows`), and :func:`markov_bootstrap`;
 * :func:`mauve_score` — MAUVE (the ``mauve-text`` package) between two feature sets, on features from
   :func:`load_mauve_features` (GPT-2 Large when available locally, else the evaluator's mean-pooled last hidden
   state).
 
-Protein metrics are :func:`didi.data.protein.protein_metrics`; :mod:`.runner` applies all of them to models and
-sample files.
+The exact metrics of Markov-language runs are in :mod:`.markov`, repetition, diversity and copying in
+:mod:`.quality`, protein metrics in :func:`didi.data.protein.protein_metrics`; :mod:`.runner` applies all of them
+to models and sample files.
 """
 from __future__ import annotations
 
@@ -40,8 +38,6 @@ import torch
 import torch.nn.functional as F
 
 from ...config import DiffusionConfig
-from ...data.markov import MarkovLanguage, metrics_from_counts, sample_transition_counts
-from ...data.tokenizer import Tokenizer
 from ...diffusion.process import Denoiser, LogLinearSchedule, mdlm_token_losses, sample_times
 from ...diffusion.sampling import SampleResult
 from ...errors import DataError, DidiError, option_error, require
@@ -56,6 +52,11 @@ Model = DiffusionPipeline | ARPipeline
 
 class UnencodableText(DidiError):
     """The evaluator's tokenizer cannot represent a sample's text."""
+
+
+def log(message: str) -> None:
+    """A progress line of ``didi eval`` on stderr."""
+    print(f"[didi eval] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------------- entropy
@@ -163,8 +164,10 @@ def _hf_evaluator(name: str, device: torch.device) -> Evaluator:
                      hidden=hidden)
 
 
-def scored_positions(ids: Sequence[int], eos_id: int | None) -> list[bool]:
-    """The protocol's token filter: every non-EOS token plus the first EOS of the sample.
+def gen_ppl_scored_tokens(ids: Sequence[int], eos_id: int | None) -> list[bool]:
+    """Which tokens of a sample (re-encoded by the evaluator) gen-PPL scores, the protocol's filter: every non-EOS
+    token plus the first EOS of the sample. (Not :func:`didi.diffusion.instruct.scored_positions`, the positions the
+    DiDi-Instruct discriminator scores.)
 
     Packed samples hold several documents; the first EOS closes a document and is scored, later ones are treated
     like the published code treats them (not scored). Tokens after an interior EOS are scored.
@@ -204,7 +207,7 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
 
     Each text is re-encoded by the evaluator's tokenizer (no BOS added) and cut into chunks of the evaluator's
     context length; the first token of every chunk is context only. Scored targets follow
-    :func:`scored_positions`. Chunks are scored in right-padded batches of ``batch_size``; padding is masked.
+    :func:`gen_ppl_scored_tokens`. Chunks are scored in right-padded batches of ``batch_size``; padding is masked.
     """
     require(len(texts) > 0, "samples", "no samples to evaluate")
     require(batch_size >= 1, "eval_batch_size", f"must be >= 1 (got {batch_size})")
@@ -214,7 +217,7 @@ def generative_perplexity(texts: Sequence[str], evaluator: Evaluator, *, batch_s
             ids = evaluator.encode(text)
         except UnencodableText as exc:
             raise option_error("evaluator", f"{evaluator.name} cannot encode sample {i}: {exc}") from None
-        scored = scored_positions(ids, evaluator.eos_id)
+        scored = gen_ppl_scored_tokens(ids, evaluator.eos_id)
         for start in range(0, len(ids), evaluator.context_len):
             end = start + evaluator.context_len
             chunks.append((ids[start:end], scored[start + 1:end], i))
@@ -470,88 +473,12 @@ def bootstrap_interval(numerators: Sequence[float], denominators: Sequence[float
     return float(low), float(high)
 
 
-# --------------------------------------------------------------------------------------------------- Markov language
-
-MARKOV_FILE = "markov.json"
-MARKOV_METRICS = ("invalid_rate", "nll_per_transition", "conditional_entropy")
-"""The exact metrics of a Markov-language run (:func:`didi.data.markov.markov_metrics`) that rows report."""
-
-
-def markov_language(run_dir: str | Path | None) -> MarkovLanguage | None:
-    """The language a run was trained on (its ``markov.json``, written for ``--data markov``), else ``None``."""
-    if not run_dir:
-        return None
-    path = Path(run_dir) / MARKOV_FILE
-    return MarkovLanguage.load(path) if path.is_file() else None
-
-
-def markov_rows(tokenizer: Tokenizer, samples: Sequence[Sequence[int]]) -> list[str]:
-    """Each sample decoded by ``tokenizer.decode`` as the samples are, except that every special token (BOS/EOS,
-    PAD, [MASK], ids outside the vocabulary) becomes a line break instead of its text: ``<|endoftext|>`` is made of
-    letters, and no transition of the Markov chain may span a document boundary."""
-    specials = {i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.diffusion_mask_id)
-                if i is not None}
-    out = []
-    for sample in samples:
-        pieces: list[str] = []
-        run: list[int] = []
-        for i in (int(i) for i in sample):
-            if i in specials or not 0 <= i < tokenizer.vocab_size:
-                if run:
-                    pieces.append(tokenizer.decode(run))
-                    run = []
-                pieces.append("\n")
-            else:
-                run.append(i)
-        if run:
-            pieces.append(tokenizer.decode(run))
-        out.append("".join(pieces))
-    return out
-
-
-@dataclass
-class MarkovScores:
-    """:func:`didi.data.markov.markov_metrics` of a set of samples (pooled) under ``language``, and each sample's
-    transition counts (N, S, S), from which :func:`markov_bootstrap` resamples."""
-
-    language: MarkovLanguage
-    metrics: dict[str, float]
-    counts: np.ndarray
-
-
-def markov_scores(language: MarkovLanguage, rows: Sequence[str | bytes | Sequence[int]]) -> MarkovScores:
-    """The exact metrics of ``rows`` (text from :func:`markov_rows`, or byte-tokenizer ids): the same numbers as
-    ``markov_metrics(language, rows)``, computed from the per-sample counts."""
-    counts = sample_transition_counts(language, rows)
-    return MarkovScores(language=language, metrics=metrics_from_counts(language, counts.sum(0)), counts=counts)
-
-
-def markov_bootstrap(language: MarkovLanguage, counts: np.ndarray, *, resamples: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals over samples of the pooled invalid rate and NLL per transition (ratios of sums):
-    each resample draws ``n`` samples with replacement and pools their transition counts. ``H(X'|X)`` gets none: a
-    plug-in entropy is biased low under resampling (repeated samples add no new transitions), so its percentile
-    interval would not even cover the value it is about."""
-    n = len(counts)
-    require(n > 0, "samples", "bootstrap needs at least one sample")
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    weights = np.bincount((idx + n * np.arange(resamples)[:, None]).ravel(), minlength=resamples * n)
-    pooled = weights.reshape(resamples, n).astype(np.float64) @ counts.reshape(n, -1).astype(np.float64)
-    pooled = pooled.reshape(resamples, *counts.shape[1:])
-    t = language.transitions
-    valid = t > 0
-    total, kept = pooled.sum((1, 2)), pooled[:, valid].sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without transitions has no value: NaN
-        stats = {"invalid_rate": pooled[:, ~valid].sum(1) / total,
-                 "nll_per_transition": -(pooled[:, valid] * np.log(t[valid])).sum(1) / kept}
-    quantiles = [(1 - level) / 2, (1 + level) / 2]
-    return {k: tuple(float(q) for q in np.nanquantile(v, quantiles)) if np.isfinite(v).any() else (math.nan, math.nan)
-            for k, v in stats.items()}
-
-
 # ------------------------------------------------------------------------------------------------------------ MAUVE
 
 MIN_MAUVE_SAMPLES = 16
+RELIABLE_MAUVE_SAMPLES = 128
+"""Below this many samples per side MAUVE is computed, with a warning: its k-means histograms over so few points
+vary a lot from one set of samples to the next."""
 
 
 @dataclass

@@ -1,79 +1,61 @@
 """``didi eval``: :func:`evaluate` runs the metrics of :mod:`.metrics` over models x NFE budgets (or over sample
 files) into an :class:`~.report.EvalReport`, printed by :func:`~.report.format_table`, saved by
-:func:`~.report.write_report` and drawn by :func:`~.report.plot_report`.
+:func:`~.report.write_report` and drawn by :func:`~.plots.plot_report`.
 
-Per model: its validation likelihood (:func:`model_likelihood` on :func:`validation_blocks`), then per budget
-timed sampling, entropy and gen-PPL. Proteins (models with the amino-acid tokenizer):
+Per model: its validation likelihood (:func:`~.references.model_likelihood`), then per budget timed sampling, scored
+by :class:`~.scoring.Scoring` (entropy, gen-PPL, ...). Proteins (models with the amino-acid tokenizer):
 :func:`didi.data.protein.protein_metrics` of the decoded sequences (residue entropy, composition divergence from
-the natural sequences of :func:`protein_reference`, distinct and low-complexity fractions, lengths), optionally
-ESMFold pLDDT, and a row scoring those natural sequences alike. Markov-language runs (``markov.json`` in the run
-directory, written by ``--data markov``): the exact metrics of :func:`~.metrics.markov_scores` for every row of the
-run, for sample files it wrote and for the held-out data row of its corpus; ``--frontier-entropy conditional`` reads
-the temperature frontiers on their conditional entropy ``H(X'|X)``.
+the natural sequences of :func:`~.references.protein_reference`, distinct and low-complexity fractions, lengths),
+optionally ESMFold pLDDT, and a row scoring those natural sequences alike. Markov-language runs (``markov.json`` in
+the run directory, written by ``--data markov``): the exact metrics of :func:`~.markov.markov_scores` for every row
+of the run, for sample files it wrote and for the held-out data row of its corpus; ``--frontier-entropy
+conditional`` reads the temperature frontiers on their conditional entropy ``H(X'|X)``.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import math
+import os
 import platform
-import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...config import helpfield, parse_int_list
-from ...data.markov import MarkovLanguage
-from ...data.protein import (
-    SWISSPROT_COMPOSITION,
-    amino_acid_composition,
-    esmfold_scorer,
-    protein_metrics,
-    sequence_entropy,
-)
-from ...data.tokenizer import Tokenizer, load_tokenizer
+from ...diffusion.confidence import ORDERS, ConfidenceConfig
 from ...diffusion.rgas import RGASConfig
 from ...diffusion.sampling import SampleResult, SamplingControls
 from ...errors import option_error, require
-from ...interop.sample_files import read_samples
+from ...interop.sample_files import decode_as_sampled, read_samples
 from ...models.load import DISCRIMINATOR_FILE
-from ...pipelines.ar import ARPipeline
 from ...pipelines.diffusion import SAMPLERS, require_discriminator
 from ...pipelines.load import load
 from ...runtime.checkpoint import RunConfig, is_run_dir, read_run_config
 from ...runtime.devices import pick_device
 from ...version import __version__
 from .conditional import check_prefix_tokens, conditional_rows
+from .files import SampleFile, file_row, group_files
+from .markov import markov_language, markov_rows
 from .metrics import (
-    MARKOV_METRICS,
     MIN_MAUVE_SAMPLES,
-    Evaluator,
-    Featurizer,
+    RELIABLE_MAUVE_SAMPLES,
     Likelihood,
     Model,
-    Perplexity,
-    ar_nll,
-    bootstrap_interval,
-    diffusion_nelbo,
-    generative_perplexity,
     load_evaluator,
     load_mauve_features,
-    markov_bootstrap,
-    markov_language,
-    markov_rows,
-    markov_scores,
-    mauve_score,
-    mean_sample_entropy,
-    mean_std,
-    sample_entropy,
+    log,
     timed_sampling,
 )
+from .references import HeldOut, describe_heldout, heldout_data, model_likelihood, protein_scoring, validation_blocks
 from .report import EvalReport, EvalRow, compute_frontiers, frontier_axis
+from .resume import RowStore, fingerprint
+from .scoring import Scoring
+from .scoring import data_row as data_row_of
 
 FRONTIER_ENTROPIES = {"sample": "entropy", "conditional": "conditional_entropy"}  # --frontier-entropy -> row metric
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -83,13 +65,19 @@ PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 class EvalConfig:
     """Options of ``didi eval``: which models (or sample files), which budgets, how to score and time them."""
 
-    models: list[str] = helpfield([], "run directories to sample and evaluate side by side")
-    samples: list[str] = helpfield([], "JSON-lines files from `didi sample --out` to evaluate without a model")
-    nfe: list[int] = helpfield([8, 16, 32, 64, 128, 1024], "sampling budgets (network calls) of diffusion models; "
-                                                          "an AR model is one row of seq_len - 1 calls")
-    evaluator: str | None = helpfield(None, "gen-PPL evaluator: an AR run directory or a Hugging Face causal LM "
-                                            "name/path available locally, e.g. gpt2-large (default: the first AR "
-                                            "--model; without any, gen-PPL is not computed)")
+    models: list[str] = helpfield([], "run directory of a model to evaluate (repeat for several)", option="model",
+                                  append=True, metavar="RUN")
+    samples: list[str] = helpfield([], "evaluate a JSON-lines file from `didi sample --out` without its model "
+                                       "(repeatable; files of one model and settings that differ only in their "
+                                       "seed make one row, mean ± std over the seeds)", append=True, metavar="FILE")
+    nfe: list[int] = helpfield([8, 16, 32, 64, 128, 1024], "comma-separated sampling budgets (network calls) of "
+                               "diffusion models; an AR model is one row of seq_len - 1 calls", comma_list=True,
+                               metavar="N")
+    evaluator: str | list[str] | None = helpfield(
+        None, "gen-PPL evaluator: an AR run directory or a Hugging Face causal LM name/path available locally, e.g. "
+              "gpt2-large (default: the first AR --model; without any, gen-PPL is not computed); repeat it to score "
+              "every row under several side by side (the first one is read by the frontiers)", append=True,
+        metavar="STR")
     num_samples: int = helpfield(16, "samples per model and budget")
     batch_size: int = helpfield(0, "samples per sampling batch (0 = --num-samples)")
     seq_len: int = helpfield(0, "sample length (0 = each model's training length)")
@@ -106,7 +94,7 @@ class EvalConfig:
     temperature: float = helpfield(1.0, "sampling temperature T of every model: draw from softmax(logits / T)")
     temperatures: list[float] = helpfield([], "a temperature sweep, e.g. 0.7,0.8,0.9,1.0: every model x NFE at "
                                               "each; adds each one's gen-PPL at a matched entropy and the frontier "
-                                              "plot (replaces --temperature)")
+                                              "plot (replaces --temperature)", comma_list=True, metavar="T")
     target_entropy: float | None = helpfield(None, "entropy (nats) at which the sweeps are compared (default: the "
                                                    "held-out data's, measured like the samples')")
     frontier_entropy: str = helpfield("sample", "the entropy axis of the sweeps: sample (each sample's unigram "
@@ -114,19 +102,22 @@ class EvalConfig:
                                                 "empirical H(X'|X); the invalid rate is read there too)",
                                       choices=tuple(FRONTIER_ENTROPIES))
     greedy_tail: bool = helpfield(False, "the samplers' last step takes the argmax (DUO's greedy tail; AR: the "
-                                         "last token)")
+                                         "last token)", flag=True)
     seeds: list[int] = helpfield([], "repeat sampling with each seed, e.g. 0,1,2: the table shows mean ± std over "
-                                     "seeds (default: --seed alone, with bootstrap 95%% intervals over samples)")
+                                     "seeds (default: --seed alone, with bootstrap 95%% intervals over samples)",
+                                 comma_list=True, metavar="S")
     bootstrap: int = helpfield(1000, "bootstrap resamples behind the 95%% intervals of a single seed")
     mauve: bool = helpfield(False, f"MAUVE of every row against held-out text (mauve-text; at least "
-                                   f"{MIN_MAUVE_SAMPLES} samples per side)")
+                                   f"{MIN_MAUVE_SAMPLES} samples per side)", flag=True)
     mauve_features: str = helpfield("auto", "MAUVE features: auto (GPT-2 Large if available locally, else the "
                                             "evaluator), evaluator (its mean-pooled last hidden state) or a Hugging "
                                             "Face model name/path available locally")
     references: bool = helpfield(True, "reference rows: the held-out data (validation blocks scored like samples) "
-                                       "and, with no AR --model, the AR evaluator's own samples")
-    use_cache: bool = helpfield(True, "sampler caches: diffusion skips calls while no token changed; AR KV cache")
-    likelihood: bool = helpfield(True, "validation NELBO bound (diffusion) or perplexity (AR) of every model")
+                                       "and, with no AR --model, the AR evaluator's own samples", negatable=True)
+    use_cache: bool = helpfield(True, "disable the samplers' caches (diffusion: call every step; AR: no KV cache)",
+                                option="no-cache", flag=False)  # the option is --no-cache
+    likelihood: bool = helpfield(True, "validation NELBO bound (diffusion) / perplexity (AR) of every model",
+                                 negatable=True)
     data: str | None = helpfield(None, "corpus whose validation split scores the likelihood (default: each "
                                        "model's training corpus)")
     eval_blocks: int = helpfield(64, "validation blocks used for the likelihood")
@@ -140,14 +131,29 @@ class EvalConfig:
                                        "the evaluator always runs in fp32")
     json: str | None = helpfield(None, "write the report as JSON here: every row (each temperature, each seed's "
                                        "metrics, spreads, MAUVE, per-batch timings), the matched-entropy values "
-                                       "and the settings; tables and plots can be regenerated from it")
+                                       "and the settings; tables and plots can be regenerated from it. Rows are "
+                                       "also saved as they finish in JSON's name with .rows.jsonl (see --resume)")
+    resume: bool = helpfield(True, "with --json: take the rows an earlier run with the same settings saved in its "
+                                   ".rows.jsonl file (interrupted or finished) instead of computing them again; "
+                                   "--no-resume recomputes them all", negatable=True)
+    progress: bool = helpfield(True, "a progress bar over each batch's sampling steps on a terminal (off a terminal: "
+                                     "a plain line every 30 s of a long batch); the row lines are printed either way")
     plot: str | None = helpfield(None, "draw gen-PPL and entropy against NFE (and, with --temperatures, gen-PPL "
                                        f"against entropy) into this image ({', '.join(PLOT_FORMATS)})")
     rgas: RGASConfig | None = helpfield(None, "RGAS settings with --sampler rgas (default: RGASConfig())")
+    confidence: ConfidenceConfig | None = helpfield(None, "settings of the confidence-ordered samplers (--sampler "
+                                                          "maskgit, low-confidence or threshold; default: "
+                                                          "ConfidenceConfig(order=sampler))")
     plddt: bool = helpfield(False, "protein rows: also report ESMFold's mean pLDDT of the samples (needs ESMFold "
-                                   "and its weights; slow without a GPU)")
+                                   "and its weights; slow without a GPU)", flag=True)
+    copy_window: int = helpfield(0, "copy rate: windows of this many tokens found verbatim in the model's training "
+                                    "split (0 = 32 for byte and protein tokenizers, 8 for subword ones: 25-32 "
+                                    "characters either way)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.evaluator, (list, tuple)):  # one name stays a string (saved configs compare equal)
+            names = list(dict.fromkeys(self.evaluator))
+            self.evaluator = None if not names else names[0] if len(names) == 1 else names
         if isinstance(self.nfe, str):
             self.nfe = parse_int_list("nfe", self.nfe)
         require(len(self.nfe) > 0 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
@@ -189,6 +195,7 @@ class EvalConfig:
         require(not (self.mauve and self.models) or self.num_samples >= MIN_MAUVE_SAMPLES, "mauve",
                 f"needs at least {MIN_MAUVE_SAMPLES} samples per side (got --num-samples {self.num_samples})")
         require(bool(self.mauve_features), "mauve_features", "must not be empty")
+        require(self.copy_window >= 0, "copy_window", f"must be >= 1, or 0 for the default (got {self.copy_window})")
         require(self.eval_blocks >= 1, "eval_blocks", f"must be >= 1 (got {self.eval_blocks})")
         require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1 (got {self.eval_batch_size})")
         require(self.warmup >= 0, "warmup", f"must be >= 0 (got {self.warmup})")
@@ -199,11 +206,30 @@ class EvalConfig:
         require(self.rgas is None or self.sampler == "rgas", "sampler", "RGAS settings need --sampler rgas")
         if self.sampler == "rgas" and self.rgas is None:
             self.rgas = RGASConfig()
+        require(self.confidence is None or self.sampler in ORDERS, "sampler",
+                f"confidence-ordered sampler settings need --sampler {', '.join(ORDERS)}")
+        if self.sampler in ORDERS:
+            self.confidence = dataclasses.replace(self.confidence or ConfidenceConfig(), order=self.sampler)
 
     @property
     def sweep(self) -> list[float]:
         """The sampling temperatures: the sweep, else ``[temperature]``."""
         return self.temperatures or [self.temperature]
+
+    @property
+    def evaluator_names(self) -> list[str]:
+        """The ``--evaluator`` names given (none: the default, the first AR ``--model``)."""
+        return [] if self.evaluator is None else [self.evaluator] if isinstance(self.evaluator, str) else \
+            list(self.evaluator)
+
+    @property
+    def sampler_options(self) -> dict:
+        """The ``sampler_options`` of ``model.sample`` for ``sampler``: RGAS's or a confidence-ordered sampler's."""
+        if self.sampler == "rgas":
+            return dataclasses.asdict(self.rgas)
+        if self.sampler in ORDERS:
+            return {k: v for k, v in dataclasses.asdict(self.confidence).items() if k != "order"}
+        return {}
 
     @property
     def seed_list(self) -> list[int]:
@@ -225,10 +251,6 @@ def _parse_list(option: str, text: str, kind: type) -> list:
     return values
 
 
-def _log(message: str) -> None:
-    print(f"[didi eval] {message}", file=sys.stderr, flush=True)
-
-
 def _labels(paths: Sequence[str]) -> list[str]:
     """Run directory names, or full paths where two names collide."""
     names = [Path(p).name or str(p) for p in paths]
@@ -240,392 +262,114 @@ def _extra_calls(results: Sequence[SampleResult]) -> dict[str, list[int]]:
     return {k: [int(r.extra_calls.get(k, 0)) for r in results] for k in keys}
 
 
-# ------------------------------------------------------------------------------------------------------ likelihood
-
-def _validation_split(config: RunConfig, tokenizer: Tokenizer, seq_len: int, data: str | None) -> tuple[str, Any]:
-    """``(corpus, blocks)``: the validation blocks of a run's training corpus (or of ``data``), packed with its
-    tokenizer and packing at ``seq_len``; ``corpus`` is ``""`` and ``blocks`` ``None`` if the run records none."""
-    from ...data.corpora import DataConfig, prepare_data
-
-    settings = {k: v for k, v in config.data.items() if k in DataConfig.__dataclass_fields__}
-    if data:
-        settings["data"] = data
-    if "data" not in settings:
-        return "", None
-    settings["seq_len"] = seq_len
-    return settings["data"], prepare_data(DataConfig(**settings), tokenizer=tokenizer).valid
-
-
-def validation_blocks(model: Model, data: str | None = None) -> Any:
-    """The validation split (:class:`didi.data.corpora.TokenBlocks`) of the model's training corpus, or of ``data``,
-    packed with the model's tokenizer at its training length."""
-    corpus, valid = _validation_split(model.config, model.tokenizer, model.seq_len, data)
-    require(valid is not None, "data", f"{model.path} does not record its training corpus; pass --data")
-    require(len(valid) > 0, "data", f"{corpus}: the corpus has no validation blocks")
-    return valid
-
-
-def model_likelihood(model: Model, *, data: str | None = None, max_blocks: int = 64, batch_size: int = 8,
-                     seed: int = 0) -> Likelihood:
-    """Validation NELBO bound (diffusion) or validation perplexity (AR) of a loaded model."""
-    blocks = validation_blocks(model, data)
-    if isinstance(model, ARPipeline):
-        return ar_nll(model, blocks, batch_size=batch_size, max_blocks=max_blocks)
-    return diffusion_nelbo(model, blocks, batch_size=batch_size, max_blocks=max_blocks, seed=seed)
-
-
-# -------------------------------------------------------------------------------------------------------- proteins
-
-@dataclass
-class ProteinReference:
-    """The natural sequences protein samples are compared with.
-
-    ``sequences``: the validation blocks of a protein model's corpus, decoded like samples (packed and cropped as
-    the model was trained, so a perfect model matches their lengths too); ``composition``: their pooled residue
-    composition, or the built-in UniProtKB/Swiss-Prot table when there is no validation data (no ``sequences``).
-    """
-
-    name: str
-    source: str
-    composition: dict[str, float]
-    sequences: list[str]
-
-
-def protein_reference(run_dir: Path | None, data: str | None = None) -> ProteinReference:
-    """The :class:`ProteinReference` of a protein run: its training corpus (or ``data``) at its training length;
-    the built-in composition if there is no run, or it records no corpus, or the corpus has no validation split."""
-    corpus, blocks, seq_len, tokenizer = "", None, 0, None
-    if run_dir is not None:
-        config = read_run_config(run_dir)
-        tokenizer = load_tokenizer(run_dir, config.tokenizer)
-        seq_len = int(config.training.get("seq_len", config.model.max_seq_len))
-        corpus, blocks = _validation_split(config, tokenizer, seq_len, data)
-    if blocks is None or len(blocks) == 0:
-        why = "no protein run" if run_dir is None else \
-            f"{run_dir} records no corpus" if blocks is None else f"{corpus} has no validation split"
-        _log(f"{why}: amino-acid composition is compared with the built-in UniProtKB/Swiss-Prot table")
-        return ProteinReference(name="", source="UniProtKB/Swiss-Prot composition (built-in table)",
-                                composition=SWISSPROT_COMPOSITION, sequences=[])
-    sequences = [tokenizer.decode(row) for row in np.asarray(blocks.array).tolist()]
-    return ProteinReference(name=f"{Path(corpus).name} (validation)",
-                            source=f"the {len(sequences)} validation sequences of {corpus} "
-                                   f"({seq_len}-token blocks, as trained)",
-                            composition=amino_acid_composition(sequences), sequences=sequences)
-
-
-@dataclass
-class ProteinScoring:
-    """The protein metrics of ``didi eval``: against ``reference``, with ESMFold pLDDT when ``plddt`` is given."""
-
-    reference: ProteinReference
-    plddt: Callable[[Sequence[str]], list[float]] | None = None
-
-    def score(self, row: EvalRow, texts: Sequence[str]) -> None:
-        """Set ``row.protein`` (:func:`didi.data.protein.protein_metrics`, plus the mean ``plddt`` over the non-empty
-        sequences) and make ``row.entropy`` the residue entropy (special tokens such as PAD excluded)."""
-        metrics = protein_metrics(texts, self.reference.composition)
-        if self.plddt is not None:
-            folded = [t for t in texts if t]
-            metrics["plddt"] = statistics.fmean(self.plddt(folded)) if folded else math.nan
-        row.protein = metrics
-        row.entropy = metrics["entropy"]
-
-
-def _protein_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]],
-                     device: torch.device) -> ProteinScoring | None:
-    """Protein scoring if the report has protein models or protein sample files, else ``None``. The reference
-    comes from the first protein model, else from the run recorded in the first protein sample file."""
-    models = [Path(p) for p, run in zip(config.models, runs) if run.tokenizer.get("type") == "protein"]
-    recorded = [str(records[0].get("model") or "") for _, records in files
-                if records[0].get("tokenizer") == "protein"]
-    if not models and not recorded:
-        require(not config.plddt, "plddt", "pLDDT scores proteins: no --model or --samples here is a protein model")
-        return None
-    candidates = models + [Path(m) for m in recorded if m and is_run_dir(m)]
-    reference = protein_reference(candidates[0] if candidates else None, config.data)
-    if config.plddt:
-        _log("loading ESMFold for pLDDT")
-    return ProteinScoring(reference=reference, plddt=esmfold_scorer(device) if config.plddt else None)
-
-
-# ------------------------------------------------------------------------------------------------ held-out data
-
-@dataclass
-class HeldOut:
-    """Held-out text the samples are compared with: ``texts`` (and their ``tokens``, ``None`` for proteins, whose
-    entropy is over residues) make the data reference row; ``reference`` is the MAUVE reference set, disjoint from
-    ``texts`` when the split holds enough sequences (``disjoint``); ``markov``: the language of a Markov corpus and
-    ``texts`` decoded for it (:func:`~.metrics.markov_rows`)."""
-
-    name: str
-    source: str
-    texts: list[str]
-    tokens: list[list[int]] | None
-    reference: list[str]
-    disjoint: bool
-    markov: tuple[MarkovLanguage, list[str]] | None = None
-
-
-def _split_heldout(name: str, source: str, texts: list[str], tokens: list[list[int]] | None, n: int) -> HeldOut:
-    """The first ``n`` sequences make the data row, the next ``n`` the MAUVE reference (the same ones if the split
-    is too small for two sets)."""
-    disjoint = len(texts) >= 2 * n
-    reference = texts[n:2 * n] if disjoint else texts[:n]
-    return HeldOut(name=name, source=source, texts=texts[:n], tokens=None if tokens is None else tokens[:n],
-                   reference=reference, disjoint=disjoint)
-
-
-def _describe_heldout(heldout: HeldOut, texts: Sequence[str]) -> str:
-    return f"{len(texts)} sequences of {heldout.source}"
-
-
-def heldout_data(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]],
-                 proteins: ProteinScoring | None, n: int) -> HeldOut | None:
-    """The validation blocks of the first model's training corpus (diffusion models first; or of ``--data``),
-    packed with its tokenizer at the sample length, in a seeded random order; proteins: the natural sequences of
-    :func:`protein_reference`. ``None`` when no run records a corpus."""
-    if proteins is not None:
-        ref = proteins.reference
-        if not ref.sequences:
-            return None
-        return _split_heldout(ref.name, ref.source.removeprefix("the "), list(ref.sequences), None, n)
-    candidates = sorted(((Path(p), run) for p, run in zip(config.models, runs)), key=lambda c: c[1].kind == "ar")
-    candidates += [(Path(m), read_run_config(Path(m))) for m in
-                   (str(records[0].get("model") or "") for _, records in files) if m and is_run_dir(m)]
-    for path, run in candidates:
-        tokenizer = load_tokenizer(path, run.tokenizer)
-        seq_len = config.seq_len or int(run.training.get("seq_len", run.model.max_seq_len))
-        corpus, blocks = _validation_split(run, tokenizer, seq_len, config.data)
-        if blocks is None or len(blocks) == 0:
-            continue
-        order = np.random.default_rng(config.seed).permutation(len(blocks))[:2 * n]
-        tokens = np.asarray(blocks.array)[order].tolist()
-        texts = [tokenizer.decode(row) for row in tokens]
-        heldout = _split_heldout(f"data ({Path(corpus).name} validation)",
-                                 f"the {len(blocks)} validation blocks ({seq_len} tokens) of {corpus}, in a seeded "
-                                 "random order", texts, tokens, n)
-        language = markov_language(path) if config.data in (None, run.data.get("data")) else None
-        if language is not None:  # the run's own corpus: the language of its markov.json
-            heldout.markov = (language, markov_rows(tokenizer, heldout.tokens))
-        return heldout
-    _log("no run records a corpus with validation data (pass --data): no held-out reference row")
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-
-@dataclass
-class Scoring:
-    """Everything that scores a set of samples: gen-PPL under the evaluator, entropies, protein metrics, MAUVE
-    against the held-out reference, and the spread over seeds (or a bootstrap interval over samples)."""
-
-    evaluator: Evaluator | None
-    proteins: ProteinScoring | None
-    featurizer: Featurizer | None
-    reference_features: np.ndarray | None
-    eval_batch_size: int
-    bootstrap: int
-    seed: int
-
-    def seed_metrics(self, texts: Sequence[str], tokens: Sequence[Sequence[int]] | None, seed: int | None, *,
-                     protein: bool, mauve: bool = True, markov: tuple[MarkovLanguage, Sequence[str]] | None = None
-                     ) -> dict[str, Any]:
-        """Metrics of one seed's samples: ``perplexity`` (:class:`Perplexity`), per-sample ``entropies``, ``mauve``,
-        and with ``markov`` = (language, the samples decoded by :func:`~.metrics.markov_rows`) the exact metrics
-        (:class:`~.metrics.MarkovScores`)."""
-        out: dict[str, Any] = {"seed": seed, "texts": list(texts), "perplexity": None, "mauve": None,
-                               "markov": None if markov is None else markov_scores(*markov)}
-        if self.evaluator is not None:
-            out["perplexity"] = generative_perplexity(texts, self.evaluator, batch_size=self.eval_batch_size)
-        if protein:
-            out["entropies"] = [sequence_entropy(t) for t in texts]  # residues, as protein_metrics
-        elif tokens is not None:
-            out["entropies"] = [sample_entropy(t) for t in tokens]
-        else:
-            out["entropies"] = []
-        if mauve and self.featurizer is not None:
-            out["mauve"] = mauve_score(self.featurizer.features(texts), self.reference_features)
-        return out
-
-    def fill(self, row: EvalRow, per_seed: list[dict[str, Any]], *, protein: bool) -> None:
-        """Set the row's metrics from its seeds: pooled gen-PPL, mean entropy, MAUVE, the Markov metrics (means over
-        seeds), and their spreads."""
-        row.seeds = [m["seed"] for m in per_seed if m["seed"] is not None]
-        ppls = [m["perplexity"] for m in per_seed if m["perplexity"] is not None]
-        if ppls:
-            row.gen_ppl = Perplexity.pooled(ppls)
-        row.sample_entropy = [e for m in per_seed for e in m["entropies"]]
-        if protein:
-            self.proteins.score(row, [t for m in per_seed for t in m["texts"]])
-        elif row.sample_entropy:
-            row.entropy = float(np.mean(row.sample_entropy))
-        row.per_seed = [{"seed": m["seed"], "gen_ppl": m["perplexity"].ppl if m["perplexity"] else None,
-                         "entropy": float(np.mean(m["entropies"])) if m["entropies"] else None,
-                         "mauve": m["mauve"], **_markov_fields(m.get("markov"))} for m in per_seed]
-        markov = [m["markov"] for m in per_seed if m.get("markov") is not None]
-        row.spread = {}
-        for metric in ("gen_ppl", "entropy", "mauve", *MARKOV_METRICS):
-            values = [m[metric] for m in row.per_seed if m.get(metric) is not None]
-            if not values:
-                continue
-            mean, std = mean_std(values)
-            spread: dict[str, Any] = {"mean": mean, "std": std, "n_seeds": len(values)}
-            if len(values) == 1 and metric not in ("mauve", "conditional_entropy"):
-                if metric == "gen_ppl":
-                    low, high = bootstrap_interval(row.gen_ppl.sample_nll, row.gen_ppl.sample_tokens,
-                                                   transform=np.exp, resamples=self.bootstrap, seed=self.seed)
-                elif metric in MARKOV_METRICS:
-                    scores = next(m for m in markov if m.metrics["transitions"] > 0)
-                    low, high = markov_bootstrap(scores.language, scores.counts, resamples=self.bootstrap,
-                                                 seed=self.seed)[metric]
-                else:
-                    low, high = bootstrap_interval(row.sample_entropy, resamples=self.bootstrap, seed=self.seed)
-                spread.update(low=low, high=high, method=f"bootstrap 95% over samples ({self.bootstrap} resamples)")
-            else:
-                spread["method"] = f"std over {len(values)} seeds" if len(values) > 1 else "one seed"
-                if len(values) == 1 and metric == "conditional_entropy":
-                    spread["method"] += " (no bootstrap interval: a plug-in entropy is biased under resampling)"
-            row.spread[metric] = spread
-        row.mauve = row.spread.get("mauve", {}).get("mean")
-        if markov:
-            row.markov = {metric: row.spread.get(metric, {}).get("mean") for metric in MARKOV_METRICS}
-            row.markov.update(chain_entropy_rate=markov[0].metrics["chain_entropy_rate"],
-                              transitions=float(sum(m.metrics["transitions"] for m in markov)))
-
-
-def _markov_fields(scores: Any) -> dict[str, float | None]:
-    """The per-seed record of the exact Markov metrics (nothing for other corpora; ``None`` for samples without a
-    single letter-to-letter transition, which would otherwise score a perfect 0 % invalid)."""
-    if scores is None:
-        return {}
-    measured = scores.metrics["transitions"] > 0
-    return {**{k: scores.metrics[k] if measured else None for k in MARKOV_METRICS},
-            "transitions": scores.metrics["transitions"]}
-
-
-def _data_row(heldout: HeldOut, scoring: Scoring) -> EvalRow:
-    """The held-out data scored like samples (no sampling, no timing)."""
-    seq_len = len(heldout.tokens[0]) if heldout.tokens else None
-    row = EvalRow(model=heldout.name, kind="data", sampler="n/a", nfe=None, source=heldout.source,
-                  num_samples=len(heldout.texts), seq_len=seq_len, generated_tokens=0, nfe_per_batch=[],
-                  extra_calls={}, batch_sizes=[], latencies_s=[], timing="not sampled", temperature=None)
-    protein = heldout.tokens is None
-    scoring.fill(row, [scoring.seed_metrics(heldout.texts, heldout.tokens, None, protein=protein,
-                                            mauve=heldout.disjoint, markov=heldout.markov)], protein=protein)
-    return row
-
-
 # ------------------------------------------------------------------------------------------------------- didi eval
 
-def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device, scoring: Scoring, *,
-                    conditional: bool = True) -> list[EvalRow]:
-    """Likelihood once, then one row per budget (one for an AR model) and temperature: sample with every seed,
-    time, score; then, with ``--prefix-tokens`` and ``conditional`` (not for the evaluator's reference row), the
-    conditional rows (:func:`~.conditional.conditional_rows`)."""
+def _evaluate_model(path: str, label: str, config: EvalConfig, device: torch.device, scoring: Scoring,
+                    store: RowStore, *, conditional: bool = True) -> list[EvalRow]:
+    """One row per budget (one for an AR model) and temperature, then, with ``--prefix-tokens`` and ``conditional``
+    (not for the evaluator's reference row), the conditional rows (:func:`~.conditional.conditional_rows`). Units
+    saved by an earlier run are reused (:class:`~.resume.RowStore`); the model is loaded only for the others."""
+    model_key = fingerprint(path)
+    budgets = ([None] if read_run_config(Path(path)).kind == "ar" else config.nfe) if config.unconditional else []
+    keys: dict[Any, dict[str, Any]] = {(nfe, t): store.key("rows", model=model_key, nfe=nfe, temperature=t)
+                                       for nfe in budgets for t in config.sweep}
+    if config.prefix_tokens and conditional:
+        keys["conditional"] = store.key("conditional", model=model_key, nfe=config.nfe,
+                                        prefix_tokens=config.prefix_tokens)
+    units = {unit: store.get(key) for unit, key in keys.items()}
+    missing = [unit for unit, saved in units.items() if saved is None]
+    if len(missing) < len(units):
+        log(f"{label}: {len(units) - len(missing)} of {len(units)} unit(s) of rows reused from {store.path}")
+    computed = _compute_units(path, label, config, device, scoring, store, keys, missing) if missing else {}
+    rows = []
+    for unit, saved in units.items():
+        for row in computed[unit] if saved is None else saved["rows"]:
+            row.model, row.source = label, str(path)
+            rows.append(row)
+    return rows
+
+
+def _compute_units(path: str, label: str, config: EvalConfig, device: torch.device, scoring: Scoring,
+                   store: RowStore, keys: dict[Any, dict[str, Any]], units: list[Any]) -> dict[Any, list[EvalRow]]:
+    """Load the model, its likelihood once, and compute ``units`` (``(nfe, temperature)`` or ``"conditional"``),
+    each saved as soon as it is done."""
     baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model = load(path, device=str(device), weights=config.weights, precision=config.precision)
     likelihood = None
     if config.likelihood:
-        _log(f"{label}: validation likelihood ({config.eval_blocks} blocks at most)")
+        log(f"{label}: validation likelihood ({config.eval_blocks} blocks at most)")
         likelihood = model_likelihood(model, data=config.data, max_blocks=config.eval_blocks,
                                       batch_size=config.eval_batch_size, seed=config.seed)
+    out = {}
+    for unit in units:
+        if unit == "conditional":
+            log(f"{label}: continuing {config.num_samples} held-out {config.prefix_tokens}-token prefixes")
+            out[unit] = conditional_rows(model, label, str(path), validation_blocks(model, config.data), config,
+                                         scoring, likelihood, copy=scoring.copy_index(path))
+        else:
+            out[unit] = [sample_row(model, label, path, config, scoring, *unit, likelihood=likelihood,
+                                    memory_baseline=baseline)]
+        store.put(keys[unit], out[unit])
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def sample_row(model: Model, label: str, path: str, config: EvalConfig, scoring: Scoring, nfe: int | None,
+               temperature: float, *, likelihood: Likelihood | None, memory_baseline: int = 0) -> EvalRow:
+    """One row: ``model`` sampled at ``nfe`` and ``temperature`` with every seed, timed and scored."""
     is_ar = model.kind == "ar"
     protein = model.tokenizer.kind == "protein"
     language = markov_language(path)
     seq_len = config.seq_len or model.seq_len
     batch_size = min(config.batch_size or config.num_samples, config.num_samples)
     sampler = "ancestral" if is_ar else config.sampler
-    sampler_options = dataclasses.asdict(config.rgas) if sampler == "rgas" else {}
+    sampler_options = config.sampler_options if sampler == config.sampler else {}
     seeds = config.seed_list
     stride = max(seeds) - min(seeds) + 1  # batch i of seed s uses s + i * stride: no two batches share a seed
-    rows = []
-    for nfe in ([None] if is_ar else config.nfe) if config.unconditional else []:
-        for temperature in config.sweep:
-            results, latencies, peaks, per_seed = [], [], [], []
-            for k, seed in enumerate(seeds):
-                _log(f"{label}: sampling {config.num_samples} x {seq_len} tokens" + ("" if is_ar else f" at {nfe} NFE")
-                     + (f", T {temperature:g}" if len(config.sweep) > 1 or temperature != 1 else "")
-                     + (f", seed {seed}" if len(seeds) > 1 else ""))
-                timed = timed_sampling(model, num_samples=config.num_samples, batch_size=batch_size, nfe=nfe,
-                                       seed=seed, seed_stride=stride, warmup=config.warmup if k == 0 else 0,
-                                       repeats=config.repeats if k == 0 else 0, memory_baseline=baseline,
-                                       seq_len=seq_len, sampler=sampler, use_cache=config.use_cache,
-                                       temperature=temperature, top_k=config.top_k, top_p=config.top_p,
-                                       greedy_tail=config.greedy_tail, **sampler_options)
-                results += timed.results
-                latencies += timed.latencies
-                peaks.append(timed.peak_memory_mib)
-                tokens = timed.samples
-                markov = None if language is None else (language, markov_rows(model.tokenizer, tokens.tolist()))
-                per_seed.append(scoring.seed_metrics(model.decode(tokens), tokens.tolist(), seed, protein=protein,
-                                                     markov=markov))
-            row = EvalRow(model=label, kind=model.kind, sampler=results[0].sampler, nfe=nfe, source=str(path),
-                          num_samples=config.num_samples, seq_len=seq_len,
-                          generated_tokens=seq_len - 1 if is_ar else seq_len,
-                          nfe_per_batch=[r.nfe for r in results], extra_calls=_extra_calls(results),
-                          batch_sizes=[r.tokens.shape[0] for r in results], latencies_s=latencies,
-                          timing=f"measured here: {len(results)} timed batch(es) after {config.warmup} warm-up",
-                          likelihood=likelihood, peak_memory_mib=None if peaks[0] is None else max(peaks),
-                          temperature=temperature)
-            scoring.fill(row, per_seed, protein=protein)
-            rows.append(row)
-    if config.prefix_tokens and conditional:
-        _log(f"{label}: continuing {config.num_samples} held-out {config.prefix_tokens}-token prefixes")
-        rows += conditional_rows(model, label, str(path), validation_blocks(model, config.data), config,
-                                scoring.evaluator, likelihood)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return rows
-
-
-def _evaluate_file(path: Path, records: list[dict[str, Any]], scoring: Scoring) -> EvalRow:
-    """A row from the records of a `didi sample` file; its batches are consecutive runs of ``batch_size``."""
-    first = records[0]
-    kind = str(first.get("kind") or "?")
-    batches, i = [], 0
-    while i < len(records):
-        size = max(1, int(records[i].get("batch_size", 1)))
-        batches.append(records[i:i + size])
-        i += size
-    tokens = [r["tokens"] for r in records] if all("tokens" in r for r in records) else None
-    texts = [r["text"] for r in records] if all("text" in r for r in records) else None
-    seq_len = max(len(t) for t in tokens) if tokens else None
-    timed = all("seconds" in b[0] for b in batches)
-    extra_keys = sorted({k for b in batches for k in b[0].get("extra_calls", {})})
-    row = EvalRow(model=Path(str(first.get("model") or path.stem)).name, kind=kind,
-                  sampler=str(first.get("sampler", "n/a")),
-                  nfe=None if kind == "ar" else first.get("num_steps"), source=str(path),
-                  num_samples=len(records), seq_len=seq_len,
-                  generated_tokens=0 if seq_len is None else seq_len - 1 if kind == "ar" else seq_len,
-                  nfe_per_batch=[int(b[0]["nfe"]) for b in batches if "nfe" in b[0]],
-                  extra_calls={k: [int(b[0].get("extra_calls", {}).get(k, 0)) for b in batches] for k in extra_keys},
-                  batch_sizes=[len(b) for b in batches],
-                  latencies_s=[float(b[0]["seconds"]) for b in batches] if timed else [],
-                  timing="recorded by didi sample (no warm-up)" if timed else "not recorded",
-                  entropy=mean_sample_entropy(tokens) if tokens else None,
-                  temperature=float((first.get("controls") or {}).get("temperature", 1.0)))
-    if texts is None:
-        _log(f"{path}: records without 'text': generative perplexity and protein metrics are not computed")
-        return row
-    protein = first.get("tokenizer") == "protein"
-    scoring.fill(row, [scoring.seed_metrics(texts, tokens, first.get("seed"), protein=protein,
-                                            markov=_file_markov(first, tokens))], protein=protein)
+    results, latencies, peaks, per_seed = [], [], [], []
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for k, seed in enumerate(seeds):
+        log(f"{label}: sampling {config.num_samples} x {seq_len} tokens" + ("" if is_ar else f" at {nfe} NFE")
+            + (f", T {temperature:g}" if len(config.sweep) > 1 or temperature != 1 else "")
+            + (f", seed {seed}" if len(seeds) > 1 else ""))
+        timed = timed_sampling(model, num_samples=config.num_samples, batch_size=batch_size, nfe=nfe, seed=seed,
+                               seed_stride=stride, warmup=config.warmup if k == 0 else 0,
+                               repeats=config.repeats if k == 0 else 0, memory_baseline=memory_baseline,
+                               seq_len=seq_len, sampler=sampler, use_cache=config.use_cache, temperature=temperature,
+                               top_k=config.top_k, top_p=config.top_p, greedy_tail=config.greedy_tail,
+                               progress=config.progress, **sampler_options)
+        results += timed.results
+        latencies += timed.latencies
+        peaks.append(timed.peak_memory_mib)
+        tokens = timed.samples
+        markov = None if language is None else (language, markov_rows(model.tokenizer, tokens.tolist()))
+        per_seed.append(scoring.seed_metrics(decode_as_sampled(model, tokens), tokens.tolist(), seed, protein=protein,
+                                             markov=markov, copy=scoring.copy_index(path)))
+    row = EvalRow(model=label, kind=model.kind, sampler=results[0].sampler, nfe=nfe, source=str(path),
+                  num_samples=config.num_samples, seq_len=seq_len, generated_tokens=seq_len - 1 if is_ar else seq_len,
+                  nfe_per_batch=[r.nfe for r in results], extra_calls=_extra_calls(results),
+                  batch_sizes=[r.tokens.shape[0] for r in results], latencies_s=latencies,
+                  timing=f"measured here: {len(results)} timed batch(es) after {config.warmup} warm-up"
+                  + ("" if load is None else f"; load average {load:.2f} when the row started"),
+                  likelihood=likelihood, peak_memory_mib=None if peaks[0] is None else max(peaks),
+                  temperature=temperature)
+    scoring.fill(row, per_seed, protein=protein)
     return row
 
 
-def _file_markov(first: dict[str, Any], tokens: list[list[int]] | None) -> tuple[MarkovLanguage, list[str]] | None:
-    """The Markov language of a sample file's model run (when it still exists and holds ``markov.json``) and the
-    file's token ids decoded for it; ``None`` otherwise (text alone would put the letters of ``<|endoftext|>``
-    between documents)."""
-    model = str(first.get("model") or "")
-    if not tokens or not model or not is_run_dir(model):
-        return None
-    language = markov_language(model)
-    if language is None:
-        return None
-    tokenizer = load_tokenizer(Path(model), read_run_config(Path(model)).tokenizer)
-    return language, markov_rows(tokenizer, tokens)
+def _file_rows(files: Sequence[SampleFile], scoring: Scoring, store: RowStore) -> list[EvalRow]:
+    """One row per group of sample files (:func:`~.files.group_files`), reused when saved."""
+    rows = []
+    for group in group_files(files):
+        key = store.key("samples", files=[fingerprint(path) for path, _ in group])
+        saved = store.get(key)
+        if saved is None:
+            saved = {"rows": [file_row(group, scoring)]}
+            store.put(key, saved["rows"])
+        rows += saved["rows"]
+    return rows
 
 
 def _row_name(row: EvalRow) -> str:
@@ -685,7 +429,65 @@ def evaluate(config: EvalConfig) -> EvalReport:
     device = pick_device(config.device)
     runs = [read_run_config(Path(p)) for p in config.models]  # a bad run directory or sample file fails here, early
     files = [(Path(path), read_samples(Path(path))) for path in config.samples]
-    kinds = [run.kind for run in runs]
+    _check_inputs(config, runs, files)
+    inputs = _load_scoring(config, runs, files, device)
+    heldout = inputs.heldout
+    store = RowStore.for_config(config, [e.name for e in inputs.scoring.evaluators],
+                                heldout=None if heldout is None else [heldout.source, len(heldout.texts),
+                                                                      len(heldout.reference)])
+    try:
+        rows, data_row = _rows(config, runs, files, device, inputs, store)
+    except KeyboardInterrupt:
+        if store.path is not None and store.units:
+            log(f"interrupted: {len(store.units)} finished unit(s) of rows are kept in {store.path}; the same "
+                "command resumes from them")
+        raise
+    reference = _set_speedups([r for r in rows if r.prefix_tokens is None])
+    axis = FRONTIER_ENTROPIES[config.frontier_entropy]
+    target = _target_entropy(config, rows, data_row, axis)
+    frontiers = compute_frontiers(rows, None if target is None else target["value"], axis=axis)
+    return EvalReport(rows=rows, meta=_meta(config, device, inputs), reference=reference,
+                      target_entropy=target if frontiers else None, frontiers=frontiers)
+
+
+def _rows(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[SampleFile], device: torch.device,
+          inputs: _Inputs, store: RowStore) -> tuple[list[EvalRow], EvalRow | None]:
+    """Every row, in the report's order (models, the evaluator's own samples, sample files, the data row), and the
+    data row; each unit saved in ``store`` as it finishes, or taken from it."""
+    models = list(zip(config.models, _labels(config.models)))
+    ar_reference = _evaluator_as_model(config, [run.kind for run in runs], inputs.evaluator_name)
+    if ar_reference is not None:
+        models.append((ar_reference, f"{Path(ar_reference).name} (evaluator)"))
+    rows: list[EvalRow] = []
+    for path, label in models:
+        rows += _evaluate_model(path, label, config, device, inputs.scoring, store, conditional=path != ar_reference)
+    rows += _file_rows(files, inputs.scoring, store)
+    heldout = inputs.heldout
+    if heldout is None or not config.references or not config.unconditional:
+        return rows, None
+    key = store.key("data", run=None if heldout.run_dir is None else fingerprint(heldout.run_dir))
+    saved = store.get(key)
+    if saved is None:
+        saved = {"rows": [data_row_of(heldout, inputs.scoring)]}
+        saved["rows"][0].source = describe_heldout(heldout, heldout.texts)
+        store.put(key, saved["rows"])
+    return [*rows, *saved["rows"]], saved["rows"][0]
+
+
+@dataclass
+class _Inputs:
+    """What scores every row, loaded before any sampling: the scoring, the held-out data, and what the meta
+    records of them."""
+
+    scoring: Scoring
+    evaluator_name: str | None
+    heldout: HeldOut | None
+    mauve_meta: dict[str, Any] | None
+
+
+def _check_inputs(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]]
+                  ) -> None:
+    """The checks that need the run configurations and sample files (the others are :class:`EvalConfig`'s)."""
     if config.prefix_tokens:
         check_prefix_tokens(config, runs)
     if config.frontier_entropy == "conditional":
@@ -693,21 +495,27 @@ def evaluate(config: EvalConfig) -> EvalReport:
         require(any(p and is_run_dir(p) and markov_language(p) is not None for p in runs_with_files),
                 "frontier_entropy", "conditional needs a Markov-language run (markov.json in its directory, from "
                 "--data markov): no --model, and no model of a --samples file, has one")
-    for path, kind in zip(config.models, kinds):
-        if config.sampler == "rgas" and kind != "ar":
+    for path, run in zip(config.models, runs):
+        if config.sampler == "rgas" and run.kind != "ar":
             require_discriminator((Path(path) / DISCRIMINATOR_FILE).is_file(), path)
-    evaluator_name = config.evaluator or next((p for p, k in zip(config.models, kinds) if k == "ar"), None)
-    evaluator = None
-    if evaluator_name:
-        _log(f"loading evaluator {evaluator_name}")
-        evaluator = load_evaluator(evaluator_name, device)
-    else:
-        _log("no --evaluator and no AR --model: generative perplexity is not computed")
-    proteins = _protein_scoring(config, runs, files, device)
-    n = max([config.num_samples if config.models else 0] + [len(records) for _, records in files])
     for path, records in files if config.mauve else []:
         require(len(records) >= MIN_MAUVE_SAMPLES, "mauve", f"needs at least {MIN_MAUVE_SAMPLES} samples per side "
                                                             f"(got {len(records)} in {path})")
+
+
+def _load_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence[tuple[Path, list[dict[str, Any]]]],
+                  device: torch.device) -> _Inputs:
+    """Load the evaluator, the protein reference (and ESMFold), the held-out data and the MAUVE features."""
+    names = config.evaluator_names or [p for p, run in zip(config.models, runs) if run.kind == "ar"][:1]
+    evaluators = []
+    for name in names:
+        log(f"loading evaluator {name}")
+        evaluators.append(load_evaluator(name, device))
+    if not names:
+        log("no --evaluator and no AR --model: generative perplexity is not computed")
+    evaluator = evaluators[0] if evaluators else None
+    proteins = protein_scoring(config, runs, files, device)
+    n = max([config.num_samples if config.models else 0] + [len(records) for _, records in files])
     references = config.references and config.unconditional  # reference rows for the unconditional ones
     heldout = heldout_data(config, runs, files, proteins, n) if (references or config.mauve) else None
     featurizer, reference_features, mauve_meta = None, None, None
@@ -719,68 +527,70 @@ def evaluate(config: EvalConfig) -> EvalReport:
                 f"sequences: {heldout.source})")
         spec = "evaluator" if proteins is not None and config.mauve_features == "auto" else config.mauve_features
         featurizer = load_mauve_features(spec, evaluator, device, batch_size=config.eval_batch_size)
-        _log(f"MAUVE features: {featurizer.name}")
+        log(f"MAUVE features: {featurizer.name}")
         reference_features = featurizer.features(heldout.reference)
-        mauve_meta = {"features": featurizer.name, "reference": _describe_heldout(heldout, heldout.reference)
+        mauve_meta = {"features": featurizer.name, "reference": describe_heldout(heldout, heldout.reference)
                       + ("" if heldout.disjoint else " (the data row's own)"),
-                      "package": f"mauve-text {_package_version('mauve-text')}"}
-    scoring = Scoring(evaluator=evaluator, proteins=proteins, featurizer=featurizer,
+                      "package": f"mauve-text {_package_version('mauve-text')}", "reference_size":
+                      len(heldout.reference)}
+        fewest = min([len(heldout.reference), *([config.num_samples] if config.models else []),
+                      *(len(records) for _, records in files)])
+        if fewest < RELIABLE_MAUVE_SAMPLES:
+            log(f"warning: MAUVE on {fewest} samples per side (fewer than {RELIABLE_MAUVE_SAMPLES}) varies a lot "
+                f"from one set of samples to the next; the table marks such values with *")
+    scoring = Scoring(evaluators=evaluators, proteins=proteins, featurizer=featurizer,
                       reference_features=reference_features, eval_batch_size=config.eval_batch_size,
-                      bootstrap=config.bootstrap, seed=config.seed)
-    models = list(zip(config.models, _labels(config.models)))
-    ar_reference = _evaluator_as_model(config, kinds, evaluator_name)
-    if ar_reference is not None:
-        models.append((ar_reference, f"{Path(ar_reference).name} (evaluator)"))
-    rows: list[EvalRow] = []
-    for path, label in models:
-        rows += _evaluate_model(path, label, config, device, scoring, conditional=path != ar_reference)
-    for path, records in files:
-        rows.append(_evaluate_file(path, records, scoring))
-    data_row = _data_row(heldout, scoring) if heldout is not None and references else None
-    if data_row is not None:
-        data_row.source = _describe_heldout(heldout, heldout.texts)
-    if data_row is not None:
-        rows.append(data_row)
-    reference = _set_speedups([r for r in rows if r.prefix_tokens is None])
-    axis = FRONTIER_ENTROPIES[config.frontier_entropy]
-    target = None
+                      bootstrap=config.bootstrap, seed=config.seed, copy_window=config.copy_window)
+    return _Inputs(scoring=scoring, evaluator_name=names[0] if names else None, heldout=heldout,
+                   mauve_meta=mauve_meta)
+
+
+def _target_entropy(config: EvalConfig, rows: Sequence[EvalRow], data_row: EvalRow | None, axis: str
+                    ) -> dict[str, Any] | None:
+    """Where the sweeps are compared: ``--target-entropy``, else the data row's entropy (or ``H(X'|X)``), else the
+    Markov chain's entropy rate on the conditional axis."""
     if config.target_entropy is not None:
-        target = {"value": config.target_entropy, "source": "--target-entropy"}
-    elif data_row is not None and data_row.value(axis) is not None:
+        return {"value": config.target_entropy, "source": "--target-entropy"}
+    if data_row is not None and data_row.value(axis) is not None:
         what = "entropy" if axis == "entropy" else "H(X'|X)"
-        target = {"value": data_row.value(axis), "source": f"the {what} of the {data_row.model} row"}
-    elif axis == "conditional_entropy" and any(r.markov for r in rows):
+        return {"value": data_row.value(axis), "source": f"the {what} of the {data_row.model} row"}
+    if axis == "conditional_entropy" and any(r.markov for r in rows):
         rate = next(r.markov["chain_entropy_rate"] for r in rows if r.markov)
-        target = {"value": rate, "source": "the Markov chain's entropy rate"}
-    frontiers = compute_frontiers(rows, None if target is None else target["value"], axis=axis)
-    meta = {
+        return {"value": rate, "source": "the Markov chain's entropy rate"}
+    return None
+
+
+def _meta(config: EvalConfig, device: torch.device, inputs: _Inputs) -> dict[str, Any]:
+    """The report's settings and provenance: versions, device, evaluator, references, MAUVE, the config."""
+    evaluator, proteins, heldout = inputs.scoring.evaluator, inputs.scoring.proteins, inputs.heldout
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "didi_version": __version__, "torch_version": torch.__version__, "device": _describe_device(device),
         "evaluator": None if evaluator is None else {"name": evaluator.name, "context_len": evaluator.context_len},
+        "evaluators": [{"name": e.name, "context_len": e.context_len} for e in inputs.scoring.evaluators],
         "protein_reference": None if proteins is None else {"name": proteins.reference.name,
                                                             "source": proteins.reference.source},
         "heldout": None if heldout is None else {
             "name": heldout.name, "source": heldout.source, "disjoint": heldout.disjoint,
-            "row": "the first " + _describe_heldout(heldout, heldout.texts)},
-        "mauve": mauve_meta, "process_peak_rss_mib": _peak_rss_mib(), "config": dataclasses.asdict(config),
+            "row": "the first " + describe_heldout(heldout, heldout.texts)},
+        "mauve": inputs.mauve_meta, "process_peak_rss_mib": _peak_rss_mib(), "config": dataclasses.asdict(config),
     }
-    return EvalReport(rows=rows, meta=meta, reference=reference, target_entropy=target if frontiers else None,
-                      frontiers=frontiers)
 
 
-def check_frontiers(report: EvalReport) -> None:
-    """Bad input after the fact: a sweep whose target entropy no model x NFE's temperatures bracket."""
+def frontier_warning(report: EvalReport) -> str | None:
+    """The warning for a sweep whose target entropy no model x NFE's temperatures bracket (every matched value is
+    "not reached"); ``None`` when some frontier reaches it, or there is none."""
     if not report.frontiers or report.target_entropy is None:
-        return
+        return None
     if any(f.get("bracket") is not None for f in report.frontiers):
-        return
+        return None
     axis = frontier_axis(report.frontiers[0])
     entropies = [p[axis] for f in report.frontiers for p in f["points"]]
     target = report.target_entropy
     what = "entropies" if axis == "entropy" else "H(X'|X)"
-    raise option_error("target_entropy", f"{target['value']:.3f} nats ({target['source']}) is bracketed by no "
-                                         f"model x NFE: their {what} span {min(entropies):.3f}-{max(entropies):.3f} "
-                                         "over --temperatures; widen the sweep")
+    return (f"--target-entropy {target['value']:.3f} nats ({target['source']}) is bracketed by no model x NFE: "
+            f"their {what} span {min(entropies):.3f}-{max(entropies):.3f} over --temperatures, every matched value "
+            "is 'not reached'; widen the sweep")
 
 
 def _package_version(name: str) -> str:

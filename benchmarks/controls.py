@@ -1,0 +1,275 @@
+"""The controls and the scaling study of the bytes regime (``benchmarks/reproduce.py --regime bytes --controls``).
+
+Is DiDi-Instruct's gain distillation, and is it a better use of the compute than more pre-training?
+
+* **pure distillation**: the same distillation, but the discriminator's real rows are the teacher's own samples (a
+  pool of ``InstructConfig.teacher_pool`` rows at ``teacher_nfe`` steps, sampled once and shared by the seeds) instead
+  of corpus text: a student that learns only what the teacher knows (OUT/control-pure-sN);
+* **more teacher training**: the teacher's recipe (same model, batch, learning rate, cosine schedule) trained from
+  scratch for its steps plus the steps that cost as much as one distillation, by FLOPs and by wall-clock
+  (``benchmarks/compute_cost.py``, saved in OUT/compute_cost.json): OUT/control-teacher-flops and
+  OUT/control-teacher-wall;
+* **scaling**: teachers trained for :data:`SCALING_FACTORS` times the main teacher's steps, each distilled
+  with every distillation seed (OUT/scaling-teacher-B, OUT/scaling-student-B-sN): does the student still beat a better
+  teacher? The 256-byte rows come from the ``bytes-256`` regime (its own run folder and page).
+
+Every row is evaluated like the main rows (8 and 16 NFE, temperature 1, every sampling seed, MAUVE, the quality
+metrics, both evaluators) and read against the main teacher's temperature curve at its own entropy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCALING_FACTORS = (0.5, 1, 4)
+"""Teacher training budgets of the scaling study, as multiples of the main teacher's steps (cpu: 1500, 3000 and
+12000 steps; 1: the main teacher)."""
+
+
+def budgets(scale) -> list[int]:
+    return [round(f * scale.teacher_steps) for f in SCALING_FACTORS]
+
+
+@dataclass
+class Variant:
+    """A family of distillations: one run per distillation seed, from ``teacher``, with ``switches`` on the
+    regime's settings."""
+
+    key: str
+    label: str
+    teacher: Path
+    runs: str  # run directory pattern under OUT, with {seed}
+    switches: dict = field(default_factory=dict)
+
+    def run(self, out: Path, seed: int) -> Path:
+        return out / self.runs.format(seed=seed)
+
+
+def teacher_dir(out: Path, budget: int, scale) -> Path:
+    return out / "teacher" if budget == scale.teacher_steps else out / f"scaling-teacher-{budget}"
+
+
+def variants(out: Path, scale) -> list[Variant]:
+    """Every distillation family of the controls and of the scaling study."""
+    found = [Variant("pure", "Pure distillation (teacher samples as the real rows)", out / "teacher",
+                     "control-pure-s{seed}", {"real_source": "teacher"})]
+    for budget in budgets(scale):
+        if budget != scale.teacher_steps:
+            found.append(Variant(f"scaling-{budget}", f"Student of the {budget}-step teacher",
+                                 teacher_dir(out, budget, scale), f"scaling-student-{budget}-s{{seed}}"))
+    return found
+
+
+# ----------------------------------------------------------------------------------------------- the compute
+
+def compute_cost(out: Path, teacher: Path, scale) -> dict:
+    """The exchange rate between a distillation with ``scale``'s settings and teacher-training steps
+    (``benchmarks/compute_cost.py``), measured once and kept in OUT/compute_cost.json."""
+    path = out / "compute_cost.json"
+    if not path.exists():
+        settings = json.dumps({**scale.distill, "steps": scale.distill_iterations})
+        command = [sys.executable, str(Path(__file__).with_name("compute_cost.py")), "--teacher", str(teacher),
+                   "--settings", settings, "--json", str(path), "--repeats", str(max(2, scale.repeats))]
+        if not scale.data:  # the smoke scale: a pool as small as its runs
+            command += ["--pool", "8"]
+        print(f"measuring the compute of a distillation: {' '.join(command[1:])}", flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(path.read_text())
+
+
+def control_teachers(out: Path, base_steps: int, cost: dict) -> dict[str, tuple[Path, int]]:
+    """The more-training controls: name -> (run directory, training steps)."""
+    extra = cost["methods"]["didi-instruct"]
+    return {"flops": (out / "control-teacher-flops", base_steps + round(extra["teacher_steps_equivalent_flops"])),
+            "wall": (out / "control-teacher-wall", base_steps + round(extra["teacher_steps_equivalent_wall"]))}
+
+
+def training_stages(R, out: Path, scale, data: str, device: str, seed: int) -> list[tuple[str, object]]:
+    """The teachers the controls and the scaling need (``R``: the reproduce module): (stage name, callable)."""
+    stages = []
+    for budget in budgets(scale):
+        if budget != scale.teacher_steps:
+            stages.append((f"scaling-teacher-{budget}", lambda b=budget: R.train_stage(
+                "mdlm", teacher_dir(out, b, scale), dataclasses.replace(scale, teacher_steps=b), data, device, seed)))
+
+    def control(name: str) -> float | None:
+        cost = compute_cost(out, out / "teacher", scale)
+        run, steps = control_teachers(out, scale.teacher_steps, cost)[name]
+        return R.train_stage("mdlm", run, dataclasses.replace(scale, teacher_steps=steps), data, device, seed)
+    stages += [("control-teacher-flops", lambda: control("flops")), ("control-teacher-wall", lambda: control("wall"))]
+    return stages
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def reports(R, out: Path, scale, ev: dict, seeds: list[int]) -> dict[str, list]:
+    """The rows of the controls and the scaling study (temperature 1, every sampling seed, the students' NFEs):
+    name -> rows (students: the mean over their distillation seeds)."""
+    t1 = dict(seeds=scale.seeds, mauve=scale.mauve)
+    nfe = scale.student_nfe
+    rows = {}
+    for v in variants(out, scale):
+        parts = [R.eval_report(f"{v.runs.format(seed=s)}", models=[v.run(out, s)], nfe=nfe, **ev, **t1).rows
+                 for s in seeds]
+        rows[v.key] = R.mean_over_students(parts, seeds)
+    cost = compute_cost(out, out / "teacher", scale)
+    for name, (run, _) in control_teachers(out, scale.teacher_steps, cost).items():
+        rows[f"teacher-{name}"] = R.eval_report(f"control-teacher-{name}", models=[run], nfe=nfe, **ev, **t1).rows
+    for budget in budgets(scale):
+        if budget != scale.teacher_steps:
+            rows[f"scaling-teacher-{budget}"] = R.eval_report(f"scaling-teacher-{budget}",
+                                                              models=[teacher_dir(out, budget, scale)], nfe=nfe,
+                                                              **ev, **t1).rows
+    return rows
+
+
+def _cell(R, row, metric: str, spec: str, evaluator: str | None = None) -> str:
+    if row is None or row.value(metric, evaluator=evaluator) is None:
+        return "—"
+    if evaluator is None:
+        return R.fmt_spread(row, metric, spec)
+    spread = row.evaluators[evaluator]["spread"][metric]
+    std = spread.get("std")
+    return format(spread["mean"], spec) + ("" if std is None else f" ± {format(std, spec)}")
+
+
+def _quality(row) -> str:
+    def fmt(metrics: list[str], scale: float = 1.0, spec: str = ".2f") -> str:
+        values = [row.value(m) for m in metrics]
+        return "/".join("—" if v is None else format(v * scale, spec) for v in values)
+    return " | ".join([fmt(["rep_tokens_2", "rep_tokens_4"]), fmt(["distinct_2", "distinct_4"]),
+                       fmt(["copy_rate"], 100.0, ".1f")])
+
+
+def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: Path, scale, evaluators: list[str],
+                     cost: dict) -> str:
+    """The controls table and its reading (Markdown)."""
+    teacher = {r.nfe: r for r in main_rows if names.get(r.source) == "teacher" and r.temperature in (1.0, None)
+               and r.sampler == "ancestral" and r.prefix_tokens is None and r.nfe in scale.student_nfe}
+    student = {r.nfe: r for r in main_rows if names.get(r.source) == "student" and r.temperature in (1.0, None)
+               and r.sampler == "ancestral" and r.prefix_tokens is None}
+    teachers = control_teachers(out, scale.teacher_steps, cost)
+    extra = cost["methods"]["didi-instruct"]
+    families = [(f"teacher ({scale.teacher_steps} steps)", teacher),
+                ("DiDi-Instruct student (data as real)", student),
+                ("pure distillation (teacher pool as real)", {r.nfe: r for r in rows["pure"]}),
+                (f"teacher, {teachers['flops'][1]} steps (+ one distillation's FLOPs)",
+                 {r.nfe: r for r in rows["teacher-flops"]}),
+                (f"teacher, {teachers['wall'][1]} steps (+ one distillation's wall-clock)",
+                 {r.nfe: r for r in rows["teacher-wall"]})]
+    second = evaluators[1] if len(evaluators) > 1 else None
+    header = ["row", "NFE", "gen-PPL ↓", *([f"gen-PPL ({Path(second).name}) ↓"] if second else []),
+              "median / trimmed", "entropy", "vs teacher's curve @ own entropy", "MAUVE ↑",
+              "rep-2/rep-4", "distinct-2/4", "copy %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, by_nfe in families:
+        for nfe in sorted(by_nfe):
+            r = by_nfe[nfe]
+            gap = R.curve_gap(r, teacher[nfe], report, "gen_ppl") if nfe in teacher else None
+            reading = "—" if gap is None else (f"{gap[0]:+.1f} (spread {gap[1]:.1f})")
+            cells = [label, str(nfe), _cell(R, r, "gen_ppl", ".1f"),
+                     *([_cell(R, r, "gen_ppl", ".1f", evaluator=second)] if second else []),
+                     f"{_cell(R, r, 'gen_ppl_median', '.1f')} / {_cell(R, r, 'gen_ppl_trimmed', '.1f')}",
+                     _cell(R, r, "entropy", ".3f"), reading, _cell(R, r, "mauve", ".3f"), _quality(r)]
+            lines.append("| " + " | ".join(cells) + " |")
+    seeds = len(rows["pure"][0].spread.get("gen_ppl", {}).get("distill_seeds", [])) if rows["pure"] else 0
+    notes = [
+        "", f"- Compute (`python benchmarks/compute_cost.py --teacher {out / 'teacher'}` with this page's "
+        f"distillation settings, saved in {out / 'compute_cost.json'}; one thread): one "
+        f"distillation of {extra['iterations']} iterations costs {extra['teacher_steps_equivalent_flops']:.0f} "
+        f"teacher-training steps in FLOPs and {extra['teacher_steps_equivalent_wall']:.0f} in wall-clock; the pure "
+        f"distillation adds its teacher pool "
+        f"({cost['methods']['pure distillation (teacher pool)']['teacher_steps_equivalent_flops']:.0f} steps in "
+        "FLOPs in all), paid once for every seed. The longer-trained teachers are trained from scratch with the "
+        "main teacher's recipe (same model, batch, learning rate, cosine schedule) for that many more steps.",
+        " ".join([f"- Students: mean ± std over {seeds} distillation seeds (each its mean over the sampling",
+                  "seeds); teachers: over the sampling seeds. 'vs teacher's curve': the row's gen-PPL minus the main",
+                  "teacher's temperature curve at the same NFE, read at the row's own entropy (negative: better",
+                  "than cooling the teacher), with its spread; a difference within 3× its spread is no difference."]),
+        "- median / trimmed: of per-sample gen-PPL (10 % trimmed mean); rep-n: share of a sample's n-grams that repeat "
+        "one of the same sample; distinct-n: unique n-grams over all n-grams of a row's samples; copy %: share of "
+        "bytes inside a 32-byte window found verbatim in the training split.",
+    ]
+    return "\n".join(["", "## Controls: is it distillation, and is it worth its compute?", "", *lines, *notes, ""])
+
+
+def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scale, plot: Path,
+                    long_text: dict | None) -> str:
+    """The scaling table and plot: the student/teacher gen-PPL ratio at each NFE against the teacher's validation
+    bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def pick(rs, nfe):
+        return next((r for r in rs if r.nfe == nfe and r.temperature in (1.0, None) and r.sampler == "ancestral"
+                     and r.prefix_tokens is None), None)
+    families = []
+    for budget in budgets(scale):
+        if budget == scale.teacher_steps:
+            t_rows = [r for r in main_rows if names.get(r.source) == "teacher"]
+            s_rows = [r for r in main_rows if names.get(r.source) == "student"]
+        else:
+            t_rows, s_rows = rows[f"scaling-teacher-{budget}"], rows[f"scaling-{budget}"]
+        families.append((f"64 bytes, {budget} steps", t_rows, s_rows))
+    if long_text:
+        families.append((f"256 bytes, {long_text['steps']} steps", long_text["teacher"], long_text["student"]))
+    lines = ["| teacher | validation bound (nats/byte) | NFE | teacher gen-PPL | student gen-PPL | student / teacher | "
+             "entropies (teacher / student) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    points = {}
+    for label, t_rows, s_rows in families:
+        bound = next((r.likelihood.nll for r in t_rows if r.likelihood is not None), None)
+        for nfe in scale.student_nfe:
+            t, s = pick(t_rows, nfe), pick(s_rows, nfe)
+            if t is None or s is None:
+                continue
+            ratio = s.value("gen_ppl") / t.value("gen_ppl")
+            spread = ratio * math.hypot(R._sigma(s, "gen_ppl") / s.value("gen_ppl"),
+                                        R._sigma(t, "gen_ppl") / t.value("gen_ppl"))
+            lines.append(f"| {label} | {'—' if bound is None else f'{bound:.3f}'} | {nfe} | "
+                         f"{R.fmt_spread(t, 'gen_ppl', '.1f')} | {R.fmt_spread(s, 'gen_ppl', '.1f')} | "
+                         f"{ratio:.3f} ± {spread:.3f} | {t.value('entropy'):.3f} / {s.value('entropy'):.3f} |")
+            if bound is not None:
+                points.setdefault((label.split(",")[0], nfe), []).append((bound, ratio, spread))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (length, nfe), pts in sorted(points.items()):
+        pts.sort()
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=f"{length} @ {nfe} NFE")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("teacher's validation bound (nats per byte; lower = better teacher)")
+    ax.set_ylabel("student gen-PPL / teacher gen-PPL")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    plt.close(fig)
+    notes = ["", f"![student/teacher gen-PPL against the teacher's validation bound]({plot.name})", "",
+             "- Ratio below 1: the student beats its own teacher at the same NFE (both at temperature 1); its spread "
+             "combines the two rows' relative spreads. The validation bound is the teacher's NELBO on held-out blocks "
+             "(an upper bound on its negative log-likelihood, nats per byte)."]
+    return "\n".join(["", "## A better teacher, longer text", "", *lines, *notes, ""])
+
+
+def long_text_rows(R, root: Path) -> dict | None:
+    """The teacher and student rows of the ``bytes-256`` regime (its saved evaluations), or None before it ran."""
+    from didi.recipes.evaluate.report import EvalReport
+    from didi.runtime.checkpoint import read_run_config
+
+    folder = root / "eval"
+    teacher = folder / "teacher.json"
+    students = sorted(p for p in folder.glob("student-s*.json") if p.stem.removeprefix("student-s").isdigit())
+    if not teacher.exists() or not students:
+        return None
+
+    def rows(path: Path) -> list:
+        return EvalReport.from_json(json.loads(path.read_text())["report"]).rows
+    seeds = [int(p.stem.removeprefix("student-s")) for p in students]
+    return {"teacher": rows(teacher), "student": R.mean_over_students([rows(p) for p in students], seeds),
+            "steps": read_run_config(root / "teacher").training["steps"]}
