@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from didi.cli import main as didi
-from didi.runtime.checkpoint import completed_steps, latest_snapshot
+from didi.runtime.checkpoint import completed_steps, is_run_dir
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def train(kind: str, run_dir: Path, steps: int, scale: Scale, args: argparse.Nam
     command = "train" if kind == "mdlm" else "train-ar"
     if completed_steps(run_dir) >= steps:
         print(f"[benchmark] {run_dir} is complete, reusing it")
-    elif latest_snapshot(run_dir) is not None:
+    elif is_run_dir(run_dir):  # with or without a snapshot: a killed start resumes from step 0
         stage([command, "--resume", str(run_dir), "--steps", str(steps), "--device", args.device], log)
     else:
         stage([command, "--out", str(run_dir), "--data", args.data, "--seq-len", str(scale.seq_len), *scale.model,
@@ -101,7 +101,7 @@ def train(kind: str, run_dir: Path, steps: int, scale: Scale, args: argparse.Nam
 def distill(teacher: Path, student: Path, scale: Scale, args: argparse.Namespace, log: list[dict]) -> None:
     if completed_steps(student) >= scale.distill_steps:
         print(f"[benchmark] {student} is complete, reusing it")
-    elif latest_snapshot(student) is not None:
+    elif is_run_dir(student):
         stage(["distill", "--resume", str(student), "--steps", str(scale.distill_steps), "--device", args.device], log)
     else:
         stage(["distill", "--teacher", str(teacher), "--out", str(student), "--steps", str(scale.distill_steps),

@@ -85,7 +85,7 @@ from didi.recipes.evaluate.tables import chain_rates, fmt_spread
 from didi.recipes.method import RESUMABLE_OPTIONS, DistillConfig
 from didi.recipes.quickstart import BYTES_DISTILL, MARKOV_DISTILL, TINY_DISTILL
 from didi.recipes.train import TrainConfig, resume_config, train
-from didi.runtime.checkpoint import atomic_write, completed_steps, latest_snapshot, read_run_config
+from didi.runtime.checkpoint import atomic_write, completed_steps, is_run_dir, read_run_config
 from didi.version import source_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, 
     steps = scale.teacher_steps if kind == "mdlm" else scale.ar_steps
     if completed_steps(run_dir) >= steps:
         return None
-    if latest_snapshot(run_dir) is not None:
+    if is_run_dir(run_dir):  # a run folder, with or without a snapshot (a killed start resumes from step 0)
         return _timed(lambda: train(resume_config(run_dir, steps=steps), DataConfig(), kind=kind, resume=True))
     cfg = TrainConfig(out=str(run_dir), preset=scale.preset, steps=steps, lr=scale.teacher_lr,
                       global_batch_size=scale.global_batch_size, eval_every=max(1, steps // 3),
@@ -342,7 +342,7 @@ def distill_stage(teacher: Path, out: Path, scale: Scale, device: str, seed: int
     check_same_settings(out, cfg)
     if completed_steps(out) >= cfg.steps:
         return None
-    resume = latest_snapshot(out) is not None
+    resume = is_run_dir(out)  # with or without a snapshot (a killed start resumes from step 0)
     return _timed(lambda: distill(cfg, resume=resume))
 
 

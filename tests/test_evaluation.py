@@ -516,3 +516,19 @@ def test_eval_sweep_seeds_mauve_references_and_matched_entropy(runs, tmp_path, c
     assert saved["frontiers"][0]["bracket"] is None and saved["frontiers"][0]["gen_ppl"] is None
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[didi eval] mdlm: sampling" not in captured.err  # every row was taken from eval.rows.jsonl
+
+
+def test_eval_warns_when_the_evaluator_trained_on_the_held_out_text(tmp_path, corpus_file, capsys):
+    """A single text file is split by its tail: an evaluator that held out less of it than the model trained on part
+    of the model's validation text, and `didi eval` says so; with the same split it does not."""
+    from conftest import TINY_TRAIN_ARGS
+
+    common = ["--data", str(corpus_file), "--steps", "1", *TINY_TRAIN_ARGS]
+    assert main(["train", "--out", str(tmp_path / "t"), "--valid-fraction", "0.05", *common]) == 0
+    for name, fraction in (("same", "0.05"), ("less", "0.02")):
+        assert main(["train-ar", "--out", str(tmp_path / name), "--valid-fraction", fraction, *common]) == 0
+    capsys.readouterr()
+    for name, warned in (("same", False), ("less", True)):
+        assert main(["eval", "--model", str(tmp_path / "t"), "--evaluator", str(tmp_path / name), "--nfe", "2",
+                     "--num-samples", "2", "--no-likelihood", "--no-references", "--progress", "false"]) == 0
+        assert ("may have seen" in capsys.readouterr().err) is warned

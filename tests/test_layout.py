@@ -19,4 +19,4 @@ def test_the_graph_sees_lazy_imports():
     """The check above is only as good as the graph: the lazy import inside ``didi.load`` must be in it."""
     graph = grimp.build_graph("didi")
     assert "didi.pipelines.load" in graph.find_modules_directly_imported_by("didi")
-    assert "didi.recipes.evaluate.runner" in graph.find_modules_directly_imported_by("didi.cli")
+    assert "didi.recipes.evaluate.runner" in graph.find_modules_directly_imported_by("didi.cli.commands")

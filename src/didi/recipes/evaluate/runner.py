@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ...config import helpfield, parse_int_list
+from ...data.corpora import held_out_overlap
 from ...diffusion.confidence import ORDERS, ConfidenceConfig
 from ...diffusion.rgas import RGASConfig
 from ...diffusion.sampling import SampleResult, SamplingControls
@@ -513,6 +514,12 @@ def _load_scoring(config: EvalConfig, runs: Sequence[RunConfig], files: Sequence
         evaluators.append(load_evaluator(name, device))
     if not names:
         log("no --evaluator and no AR --model: generative perplexity is not computed")
+    for name in names:
+        for path, run in zip(config.models, runs):
+            reason = held_out_overlap(read_run_config(Path(name)), run) if is_run_dir(name) else None
+            if reason:
+                log(f"warning: the evaluator {name} may have seen {path}'s held-out text ({reason}): its data row "
+                    "and gen-PPL of text near it are not held out")
     evaluator = evaluators[0] if evaluators else None
     proteins = protein_scoring(config, runs, files, device)
     n = max([config.num_samples if config.models else 0] + [len(records) for _, records in files])

@@ -1,122 +1,43 @@
-"""The ``didi`` command line.
-
-Each sub-command is two small functions: ``_add_<name>(subparsers)`` declares its options (most generated from a
-typed config dataclass by :func:`add_config_arguments`) and ``_run_<name>(args)`` calls the library. Errors the
-user can fix are :class:`didi.errors.DidiError`; they are printed as one line and exit with status 2. A run
-stopped by SIGINT/SIGTERM (:class:`didi.errors.RunInterrupted`) exits with 130/143 after its snapshot.
-
-Only the options of the command being run are declared (:func:`build_parser`): declaring them imports the
-recipes and torch, which ``didi --help`` does not need (it lists the commands from :data:`SUMMARIES`).
-"""
+"""The commands of ``didi``: for each, ``_add_<name>(subparsers)`` declares its options (most generated from a typed
+config dataclass, :mod:`.options`) and ``_run_<name>(args)`` calls the library. Heavy modules are imported inside
+the functions, so that ``didi --help`` imports none of them."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import sys
-import types
-import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import DidiError, RunInterrupted, option_error
+from ..errors import option_error
+from .options import (
+    add_config_arguments,
+    add_control_arguments,
+    add_sampler_arguments,
+    confidence_config,
+    config_from_args,
+    parse_bool,
+    rgas_config,
+    sampler_options,
+    sampling_controls,
+)
 
-# ------------------------------------------------------------------------------------ dataclass <-> argparse
+SUMMARIES: dict[str, str] = {
+    "quickstart": "train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
+    "train": "train a masked-diffusion (MDLM) teacher",
+    "train-ar": "train an autoregressive (GPT) baseline/evaluator",
+    "distill": "distill a few-step student from a teacher with DiDi-Instruct",
+    "info": "describe a run directory (kind, size, tokenizer, training state)",
+    "sample": "generate text (or proteins) from any model",
+    "convert": "turn a published checkpoint (MDLM/DUO .ckpt, DiDi-Instruct, Hub) into a run directory",
+    "export": "write a run directory in the Hugging Face layout (optionally push it)",
+    "eval": "gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of samples)",
+    "cache": "list or clear the cache (token blocks, converted checkpoints)",
+    "serve": "serve models over HTTP, with a page that shows generation step by step",
+}
+"""The one-line help of each command in ``didi --help``, declared without importing the command's modules."""
 
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _parse_bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false (got {value!r})")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: tuple[str, ...] = (),
-                         group: str | None = None, defaults: dict[str, Any] | None = None,
-                         helps: dict[str, str] | None = None) -> None:
-    """Add one ``--option`` per field of dataclass ``cls`` (help text from ``metadata['help']``, or ``helps``; the
-    default shown from ``defaults``, else the field's).
-
-    Defaults are left as ``None`` on the namespace so that :func:`config_from_args` can tell "not given" apart.
-    """
-    target = parser.add_argument_group(group) if group else parser
-    hints = typing.get_type_hints(cls)
-    defaults = defaults or {}
-    for f in dataclasses.fields(cls):
-        if f.name in exclude or not f.init:
-            continue
-        hint = hints[f.name]
-        origin = typing.get_origin(hint)
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        base = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
-        default = defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else
-                               (f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
-        help_text = (helps or {}).get(f.name, f.metadata.get("help", ""))
-        shown = "" if default is None or default == "" else f" (default: {default})"  # "": required or unset
-        kwargs: dict[str, Any] = dict(dest=f.name, default=None, help=help_text + shown)
-        if base is bool:
-            kwargs.update(type=_parse_bool, metavar="BOOL")
-        elif base in (int, float, str):
-            kwargs.update(type=base, metavar=base.__name__.upper())
-        elif typing.get_origin(base) in (list, tuple):
-            item = typing.get_args(base)[0] if typing.get_args(base) else str
-            kwargs.update(type=item, nargs="+", metavar=getattr(item, "__name__", "X").upper())
-        else:
-            kwargs.update(type=str)
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        _option_form(f.metadata, kwargs, default, help_text)
-        target.add_argument(_option(f.metadata.get("option", f.name)), **kwargs)
-
-
-def _option_form(metadata: Any, kwargs: dict[str, Any], default: Any, help_text: str) -> None:
-    """The option forms a field's metadata asks for, instead of ``--name VALUE`` (``kwargs`` updated in place):
-
-    * ``flag=True`` / ``flag=False``: a switch that stores that value (``--mauve``; ``--no-cache`` with
-      ``option="no-cache"``, the option's name when it is not the field's);
-    * ``negatable=True``: ``--name`` / ``--no-name`` (``argparse.BooleanOptionalAction``; the default shown as on/off);
-    * ``append=True``: repeatable, each use adds one value (``--model A --model B``);
-    * ``comma_list=True``: one comma-separated string (``--nfe 8,16``) that the dataclass parses (its errors name the
-      option); ``metavar`` ``N`` shows as ``N[,N...]``.
-    """
-    metavar = metadata.get("metavar")
-    if "flag" in metadata:
-        for key in ("type", "metavar", "choices"):
-            kwargs.pop(key, None)
-        kwargs.update(action="store_const", const=metadata["flag"], help=help_text)
-    elif metadata.get("negatable"):
-        for key in ("type", "metavar", "choices"):
-            kwargs.pop(key, None)
-        kwargs.update(action=argparse.BooleanOptionalAction,
-                      help=f"{help_text} (default: {'on' if default else 'off'})")
-    elif metadata.get("append"):
-        kwargs.pop("nargs", None)
-        kwargs.update(action="append", type=str, help=help_text, **({"metavar": metavar} if metavar else {}))
-    elif metadata.get("comma_list"):
-        kwargs.pop("nargs", None)
-        shown = f" (default: {','.join(map(str, default))})" if default else ""
-        kwargs.update(type=str, metavar=f"{metavar or 'X'}[,{metavar or 'X'}...]", help=help_text + shown)
-    elif metavar:
-        kwargs["metavar"] = metavar
-
-
-def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
-    """Build ``cls`` from parsed arguments: explicit options > ``overrides`` > dataclass defaults."""
-    values: dict[str, Any] = dict(overrides)
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = value
-    return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-
-# ------------------------------------------------------------------------------------------------ commands
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help=SUMMARIES["info"],
@@ -129,7 +50,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    from .runtime.checkpoint import is_run_dir, list_snapshots, read_run_config, tensors_metadata
+    from ..runtime.checkpoint import is_run_dir, list_snapshots, read_run_config, tensors_metadata
 
     if args.run_dir.exists() and not is_run_dir(args.run_dir):
         _info_checkpoint(args)
@@ -174,8 +95,8 @@ def _run_info(args: argparse.Namespace) -> None:
 
 def _info_checkpoint(args: argparse.Namespace) -> None:
     """``didi info`` on a checkpoint that is not a run directory: what ``didi convert`` would make of it."""
-    from .config import to_dict
-    from .interop.formats import infer_model_config, read_source
+    from ..config import to_dict
+    from ..interop.formats import infer_model_config, read_source
 
     source = read_source(args.run_dir)
     m = infer_model_config(source)
@@ -238,79 +159,16 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    "FASTA (protein models, which also print FASTA)")
     p.add_argument("--quiet", action="store_true", help="print neither the samples nor progress (only the summary "
                                                         "line on stderr)")
-    p.add_argument("--progress", type=_parse_bool, default=None, metavar="BOOL",
+    p.add_argument("--progress", type=parse_bool, default=None, metavar="BOOL",
                    help="a progress bar over the sampling steps on a terminal, a plain line every 30 s of a long "
                         "batch elsewhere (default: true, false with --quiet)")
-    _add_control_arguments(p)
-    _add_rgas_arguments(p)
-
-
-def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--temperature``, ``--top-k``, ``--top-p`` and the ``--greedy-tail`` flag (:class:`SamplingControls`)."""
-    from .diffusion.sampling import SamplingControls
-
-    group = "sampling controls (every sampler; defaults: the model's own distribution)"
-    add_config_arguments(parser, SamplingControls, group=group, exclude=("greedy_tail",))
-    help_text = SamplingControls.__dataclass_fields__["greedy_tail"].metadata["help"]
-    next(g for g in parser._action_groups if g.title == group).add_argument(
-        "--greedy-tail", action="store_true", default=None, help=help_text)
-
-
-def _controls(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling controls of the command line as keyword arguments of ``.sample()`` (validated)."""
-    from .diffusion.sampling import SamplingControls
-
-    return dataclasses.asdict(config_from_args(SamplingControls, args))
-
-
-def _add_rgas_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of the samplers that have some: RGAS and the confidence-ordered samplers."""
-    from .diffusion.confidence import ConfidenceConfig
-    from .diffusion.rgas import RGASConfig
-
-    add_config_arguments(parser, RGASConfig, group="rgas (with --sampler rgas; see didi.diffusion.rgas)")
-    add_config_arguments(parser, ConfidenceConfig, exclude=("order",),
-                         group="confidence-ordered samplers (with --sampler maskgit, low-confidence or threshold; "
-                               "see didi.diffusion.confidence)")
-
-
-def _sampler_config(args: argparse.Namespace, cls: type, samplers: tuple[str, ...], what: str, **fixed: Any) -> Any:
-    """``cls`` (a sampler's options) from the command line when ``--sampler`` is one of ``samplers``, else ``None``
-    (its options given with another sampler are an error)."""
-    given = [f.name for f in dataclasses.fields(cls) if f.name not in fixed and getattr(args, f.name, None) is not None]
-    if args.sampler not in samplers:
-        if given:
-            raise option_error(given[0], f"is {what} option: it needs --sampler {' or '.join(samplers)}")
-        return None
-    return config_from_args(cls, args, **fixed)
-
-
-def _rgas_config(args: argparse.Namespace) -> Any:
-    """The ``RGASConfig`` of the command line with ``--sampler rgas``, else ``None`` (RGAS options are an error)."""
-    from .diffusion.rgas import RGASConfig
-
-    return _sampler_config(args, RGASConfig, ("rgas",), "an RGAS")
-
-
-def _confidence_config(args: argparse.Namespace) -> Any:
-    """The ``ConfidenceConfig`` of the command line with a confidence-ordered ``--sampler``, else ``None``."""
-    from .diffusion.confidence import ORDERS, ConfidenceConfig
-
-    return _sampler_config(args, ConfidenceConfig, ORDERS, "a confidence-ordered sampler's",
-                           order=args.sampler if args.sampler in ORDERS else "maskgit")
-
-
-def _sampler_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``sampler_options`` of ``model.sample`` for the chosen ``--sampler``."""
-    rgas, confidence = _rgas_config(args), _confidence_config(args)
-    if confidence is not None:
-        return {k: v for k, v in dataclasses.asdict(confidence).items() if k != "order"}
-    return dataclasses.asdict(rgas) if rgas else {}
+    add_control_arguments(p)
+    add_sampler_arguments(p)
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from .interop.sample_files import check_sample_path, format_sample, write_samples
-    from .pipelines.load import load
+    from ..interop.sample_files import check_sample_path, format_sample, write_samples
+    from ..pipelines.load import load
 
     if args.nfe is not None and args.nfe < 1:
         raise option_error("nfe", f"must be >= 1 (got {args.nfe})")
@@ -318,8 +176,8 @@ def _run_sample(args: argparse.Namespace) -> None:
         raise option_error("num-samples", f"must be >= 1 (got {args.num_samples})")
     if args.out is not None:
         check_sample_path(args.out)
-    sampler_options = _sampler_options(args)
-    controls = _controls(args)
+    options_of_sampler = sampler_options(args)
+    controls = sampling_controls(args)
     model = load(args.model, device=args.device, weights=args.weights)
     if model.kind == "ar" and args.nfe is not None:  # a note, not an error: scripts loop over mixed models
         print(f"[didi] --nfe {args.nfe} does not apply to an autoregressive model: it makes one network call per "
@@ -329,10 +187,10 @@ def _run_sample(args: argparse.Namespace) -> None:
                            seq_len=args.seq_len, sampler=args.sampler, use_cache=not args.no_cache,
                            progress=not args.quiet if args.progress is None else args.progress,
                            stride=args.stride, **controls, **_conditioning(args, model),
-                           **sampler_options)
+                           **options_of_sampler)
     records = write_samples(model, results, args.out, settings=dict(  # where the samples came from
         seed=args.seed, use_cache=not args.no_cache, weights=args.weights, seq_len=args.seq_len, stride=args.stride,
-        sampler_options=sampler_options))
+        sampler_options=options_of_sampler))
     if not args.quiet:
         for i, rec in enumerate(records):
             print(format_sample(i, rec))
@@ -344,7 +202,7 @@ def _run_sample(args: argparse.Namespace) -> None:
 def _conditioning(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """``prompt=`` / ``infill=`` of ``model.sample`` from --prompt, --infill or --prompts (read with the model's
     tokenizer)."""
-    from .data.prompts import read_prompts
+    from ..data.prompts import read_prompts
 
     if args.prompts is not None:
         return {"prompt": read_prompts(args.prompts, model.tokenizer)}
@@ -353,15 +211,15 @@ def _conditioning(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 def _report_written(what: str, path: Path) -> None:
     """One line on the main process only (every torchrun rank runs the command)."""
-    from .runtime import distributed
+    from ..runtime import distributed
 
     if distributed.is_main():
         print(f"[didi] {what} written to {path}", file=sys.stderr)
 
 
 def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) -> None:
-    from .data.corpora import DataConfig
-    from .recipes.train import TrainConfig
+    from ..data.corpora import DataConfig
+    from ..recipes.train import TrainConfig
 
     what = "a masked-diffusion (MDLM) teacher" if kind == "mdlm" else "an autoregressive (GPT) baseline/evaluator"
     p = sub.add_parser(name, help=SUMMARIES[name],
@@ -383,8 +241,8 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str, kind: str) ->
 
 
 def _run_train_command(args: argparse.Namespace, kind: str) -> None:
-    from .data.corpora import DataConfig
-    from .recipes.train import TrainConfig, resume_config, train
+    from ..data.corpora import DataConfig
+    from ..recipes.train import TrainConfig, resume_config, train
 
     if args.resume is not None:
         given = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f) is not None}
@@ -433,7 +291,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from .interop.convert import convert
+    from ..interop.convert import convert
 
     conversion = convert(args.src, args.dst, tokenizer=args.tokenizer, n_heads=args.n_heads, seq_len=args.seq_len,
                          force=args.force)
@@ -460,7 +318,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from .interop.export import export, push_to_hub
+    from ..interop.export import export, push_to_hub
 
     for path in export(args.run_dir, args.dst, weights=args.weights, force=args.force):
         print(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -492,11 +350,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _run_serve(args: argparse.Namespace) -> None:
     try:
-        from .serve.app import serve
+        from ..serve.app import serve
     except ImportError as exc:
         raise option_error("model", f"serving needs the serve extra: pip install 'didi[serve]' ({exc.name} is "
                                     "missing)") from None
-    from .serve.api import served_models
+    from ..serve.api import served_models
 
     models = served_models(args.models, args.nfe, device=args.device, weights=args.weights)
     for m in models:
@@ -506,7 +364,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .recipes.evaluate.runner import EvalConfig
+    from ..recipes.evaluate.runner import EvalConfig
 
     p = sub.add_parser("eval", help=SUMMARIES["eval"],
                        description="Sample every --model at every --nfe budget (an AR model: one row) and every "
@@ -524,16 +382,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                                    "entropy axis of the sweeps. "
                                    "Prints Markdown tables; --json and --plot save them.")
     add_config_arguments(p, EvalConfig, exclude=("rgas", "confidence"))
-    _add_rgas_arguments(p)
+    add_sampler_arguments(p)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from .recipes.evaluate.plots import plot_report
-    from .recipes.evaluate.report import write_report
-    from .recipes.evaluate.runner import EvalConfig, evaluate, frontier_warning
-    from .recipes.evaluate.tables import format_table
+    from ..recipes.evaluate.plots import plot_report
+    from ..recipes.evaluate.report import write_report
+    from ..recipes.evaluate.runner import EvalConfig, evaluate, frontier_warning
+    from ..recipes.evaluate.tables import format_table
 
-    config = config_from_args(EvalConfig, args, rgas=_rgas_config(args), confidence=_confidence_config(args))
+    config = config_from_args(EvalConfig, args, rgas=rgas_config(args), confidence=confidence_config(args))
     report = evaluate(config)
     print(format_table(report))
     warning = frontier_warning(report)  # a target entropy no sweep brackets: "not reached", and the report kept
@@ -551,9 +409,9 @@ DISTILL_DATA_OPTIONS = ("data", "seq_len", "max_documents", "folio", "valid_frac
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:
-    from .data.corpora import DataConfig
-    from .recipes.distill import METHODS
-    from .recipes.method import DistillConfig
+    from ..data.corpora import DataConfig
+    from ..recipes.distill import METHODS
+    from ..recipes.method import DistillConfig
 
     p = sub.add_parser("distill", help=SUMMARIES["distill"],
                        description="Distil a few-step student (initialised from the teacher). --method didi-instruct "
@@ -590,14 +448,14 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The distillation options given on the command line (every method's)."""
-    from .recipes.distill import METHODS
+    from ..recipes.distill import METHODS
 
     names = {f.name for cls, _ in METHODS.values() for f in dataclasses.fields(cls)}
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _run_distill(args: argparse.Namespace) -> None:
-    from .recipes.distill import distill, method_config, resume_config
+    from ..recipes.distill import distill, method_config, resume_config
 
     overrides = {k: getattr(args, k) for k in DISTILL_DATA_OPTIONS if getattr(args, k, None) is not None}
     given = _method_options(args)
@@ -617,7 +475,7 @@ def _run_distill(args: argparse.Namespace) -> None:
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    from .recipes.quickstart import QuickstartConfig
+    from ..recipes.quickstart import QuickstartConfig
 
     p = sub.add_parser("quickstart", help=SUMMARIES["quickstart"],
                        description="The whole pipeline on the embedded Gutenberg Shakespeare as UTF-8 bytes: a tiny "
@@ -632,7 +490,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quickstart(args: argparse.Namespace) -> None:
-    from .recipes.quickstart import QuickstartConfig, quickstart
+    from ..recipes.quickstart import QuickstartConfig, quickstart
 
     quickstart(config_from_args(QuickstartConfig, args))
 
@@ -647,7 +505,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_cache(args: argparse.Namespace) -> None:
-    from .runtime.cache import cache_root, clear, entries, format_size
+    from ..runtime.cache import cache_root, clear, entries, format_size
 
     root = cache_root()
     if args.action == "clear":
@@ -657,97 +515,3 @@ def _run_cache(args: argparse.Namespace) -> None:
     print(f"{root}: {len(found)} entries, {format_size(sum(e.size for e in found))}")
     for e in found:
         print(f"  {e.section + '/' + e.name:<56} {format_size(e.size):>10}  {e.about}")
-
-
-SUMMARIES: dict[str, str] = {
-    "quickstart": "train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
-    "train": "train a masked-diffusion (MDLM) teacher",
-    "train-ar": "train an autoregressive (GPT) baseline/evaluator",
-    "distill": "distill a few-step student from a teacher with DiDi-Instruct",
-    "info": "describe a run directory (kind, size, tokenizer, training state)",
-    "sample": "generate text (or proteins) from any model",
-    "convert": "turn a published checkpoint (MDLM/DUO .ckpt, DiDi-Instruct, Hub) into a run directory",
-    "export": "write a run directory in the Hugging Face layout (optionally push it)",
-    "eval": "gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of samples)",
-    "cache": "list or clear the cache (token blocks, converted checkpoints)",
-    "serve": "serve models over HTTP, with a page that shows generation step by step",
-}
-"""The one-line help of each command in ``didi --help``, declared without importing the command's modules."""
-
-COMMANDS: list[tuple[str, Callable, Callable]] = [
-    ("quickstart", _add_quickstart, _run_quickstart),
-    ("train", _add_train, _run_train),
-    ("train-ar", _add_train_ar, _run_train_ar),
-    ("distill", _add_distill, _run_distill),
-    ("info", _add_info, _run_info),
-    ("sample", _add_sample, _run_sample),
-    ("convert", _add_convert, _run_convert),
-    ("export", _add_export, _run_export),
-    ("eval", _add_eval, _run_eval),
-    ("cache", _add_cache, _run_cache),
-    ("serve", _add_serve, _run_serve),
-]
-
-
-def build_parser(command: str | None = None, *, full: bool = False) -> argparse.ArgumentParser:
-    """The ``didi`` parser with the options of ``command`` (every command's with ``full``).
-
-    The other commands are declared by their summary only (:data:`SUMMARIES`): declaring their options would
-    import their configs, hence torch, and take about a second that ``didi --help`` does not need. A command
-    without a summary is always declared in full.
-    """
-    parser = argparse.ArgumentParser(
-        prog="didi",
-        description="Ultra-fast language generation with masked diffusion LMs: train an MDLM teacher, distill a "
-                    "few-step student with DiDi-Instruct, sample and evaluate.",
-        epilog="Run `didi COMMAND --help` for the options of a command. Start with `didi quickstart`.")
-    parser.add_argument("--version", action="version", version=f"didi {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, add, run in COMMANDS:
-        if full or name == command or name not in SUMMARIES:
-            add(sub)
-        else:
-            sub.add_parser(name, help=SUMMARIES[name])
-        sub.choices[name].set_defaults(_run=run)
-    return parser
-
-
-def _version() -> str:
-    from .version import __version__
-
-    return __version__
-
-
-def _report_interrupted(exc: RunInterrupted) -> None:
-    """The interruption line on the main process; every rank waits for it before exiting (torchrun stops the
-    remaining workers as soon as one exits non-zero)."""
-    from .runtime import distributed
-
-    if distributed.is_main():
-        print(f"[didi] {exc}", file=sys.stderr)
-    distributed.barrier()
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 1
-    try:
-        args._run(args)
-    except RunInterrupted as exc:
-        _report_interrupted(exc)
-        return exc.exit_code
-    except DidiError as exc:
-        print(f"didi: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("didi: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
