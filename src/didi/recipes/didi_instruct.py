@@ -309,7 +309,7 @@ class DiDiInstruct:
 
         Raises :class:`TrainingError` on a non-finite loss *before* any weight is changed by it.
         """
-        cfg, G, mask, sched, dev = self.cfg, self.cfg.group_size, self.mask_index, self.schedule, self.device
+        cfg, G, sched, dev = self.cfg, self.cfg.group_size, self.schedule, self.device
         self.last_rollout = self.last_token_rewards = None
         x_real = x_real.to(dev)
         if cfg.real_source == "teacher":
@@ -342,23 +342,7 @@ class DiDiInstruct:
         sigma_corr = self.time_sigma(t_corr)  # the discriminator decides (time_blocks) which blocks see it
 
         # 3. discriminator update(s), each on a fresh corruption; the reward below reuses the last one
-        self.discriminator.train()
-        for _ in range(cfg.disc_updates):
-            z_real = forward_mask(x_real, alpha_corr, mask, torch.rand(x_real.shape, generator=generator,
-                                                                       device=dev, dtype=torch.float64))
-            z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
-                                  torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
-            pos_real, pos_fake = instruct.scored_positions(z_real, z_fake, x_fake, mask, cfg.disc_positions)
-            d_loss = instruct.discriminator_loss(self.disc_logits(z_real, sigma_corr), pos_real,
-                                                 self.disc_logits(z_fake, sigma_corr), pos_fake, cfg.label_smoothing)
-            if not dist.all_finite(d_loss):  # collective: every rank skips the step together
-                raise TrainingError(f"non-finite discriminator loss at step {step}")
-            self.opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            _sanitize_grads(self.discriminator)
-            torch.nn.utils.clip_grad_norm_([p for p in self.discriminator.parameters() if p.requires_grad],
-                                           cfg.disc_grad_clip)
-            self.opt_disc.step()
+        d_loss, z_fake, pos_fake = self._update_discriminator(x_real, x_fake, alpha_corr, sigma_corr, generator, step)
         metrics = {"disc_loss": float(d_loss.detach()), "tau": float(tau.mean())}
 
         if not update_student:
@@ -398,6 +382,31 @@ class DiDiInstruct:
                        kl=float(kl.detach()), entropy=float(ent.detach()), grad_norm=float(grad_norm),
                        omega=float(omega.mean()))
         return metrics
+
+    def _update_discriminator(self, x_real: torch.Tensor, x_fake: torch.Tensor, alpha_corr: torch.Tensor,
+                              sigma_corr: torch.Tensor, generator: torch.Generator, step: int
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``disc_updates`` steps of the discriminator (label 1 = real), each on a fresh corruption of the same rows
+        at the coupled time; returns the last loss, corrupted student rows and their scored positions."""
+        cfg, mask, dev = self.cfg, self.mask_index, self.device
+        self.discriminator.train()
+        for _ in range(cfg.disc_updates):
+            z_real = forward_mask(x_real, alpha_corr, mask, torch.rand(x_real.shape, generator=generator,
+                                                                       device=dev, dtype=torch.float64))
+            z_fake = forward_mask(x_fake.detach(), alpha_corr, mask,
+                                  torch.rand(x_fake.shape, generator=generator, device=dev, dtype=torch.float64))
+            pos_real, pos_fake = instruct.scored_positions(z_real, z_fake, x_fake, mask, cfg.disc_positions)
+            d_loss = instruct.discriminator_loss(self.disc_logits(z_real, sigma_corr), pos_real,
+                                                 self.disc_logits(z_fake, sigma_corr), pos_fake, cfg.label_smoothing)
+            if not dist.all_finite(d_loss):  # collective: every rank skips the step together
+                raise TrainingError(f"non-finite discriminator loss at step {step}")
+            self.opt_disc.zero_grad(set_to_none=True)
+            d_loss.backward()
+            _sanitize_grads(self.discriminator)
+            torch.nn.utils.clip_grad_norm_([p for p in self.discriminator.parameters() if p.requires_grad],
+                                           cfg.disc_grad_clip)
+            self.opt_disc.step()
+        return d_loss, z_fake, pos_fake
 
     def _rewards(self, x_fake: torch.Tensor, z_fake: torch.Tensor, pos_fake: torch.Tensor, alpha_corr: torch.Tensor,
                  sigma_corr: torch.Tensor, generator: torch.Generator,
