@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(f"\n{json.dumps(meta)}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "meta": meta}, indent=1) + "\n")
+        command = "python benchmarks/speed.py" + ("" if argv is None else " " + " ".join(argv))
+        markdown = "\n".join([f"`{command}` ({args.threads} thread(s), median of {args.repeats} interleaved calls; "
+                              f"load average at the end {meta['load_average'][0]:.2f}):", "", *lines])
+        args.json.write_text(json.dumps({"rows": rows, "meta": meta, "markdown": markdown}, indent=1) + "\n")
     return 0
 
 
