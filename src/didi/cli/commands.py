@@ -27,13 +27,13 @@ SUMMARIES: dict[str, str] = {
     "quickstart": "train, distill, sample and evaluate on the embedded corpus (CPU-sized)",
     "train": "train a masked-diffusion (MDLM) teacher",
     "train-ar": "train an autoregressive (GPT) baseline/evaluator",
-    "distill": "distill a few-step student from a teacher with DiDi-Instruct",
+    "distill": "distill a few-step student from a teacher (DiDi-Instruct, SDTT)",
     "info": "describe a run directory (kind, size, tokenizer, training state)",
     "sample": "generate text (or proteins) from any model",
     "convert": "turn a published checkpoint (MDLM/DUO .ckpt, DiDi-Instruct, Hub) into a run directory",
     "export": "write a run directory in the Hugging Face layout (optionally push it)",
     "eval": "gen-PPL, entropy, MAUVE, likelihood and speed of models side by side (or of samples)",
-    "cache": "list or clear the cache (token blocks, converted checkpoints)",
+    "cache": "list or clear the cache (token blocks, converted checkpoints, teacher pools)",
     "serve": "serve models over HTTP, with a page that shows generation step by step",
 }
 """The one-line help of each command in ``didi --help``, declared without importing the command's modules."""
@@ -497,9 +497,10 @@ def _run_quickstart(args: argparse.Namespace) -> None:
 
 def _add_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help=SUMMARIES["cache"],
-                       description="didi caches token blocks of every corpus it tokenizes (tokens/) and a converted "
+                       description="didi caches token blocks of every corpus it tokenizes (tokens/), a converted "
                                    "copy of checkpoints that `didi sample` / `didi.load` are given in another layout "
-                                   "(converted/). The cache is $DIDI_CACHE, else $XDG_CACHE_HOME/didi, else "
+                                   "(converted/) and the teacher samples of pure distillations (teacher-pools/). The "
+                                   "cache is $DIDI_CACHE, else $XDG_CACHE_HOME/didi, else "
                                    "~/.cache/didi; anything removed is rebuilt when needed.")
     p.add_argument("action", choices=["list", "clear"], help="list: every entry with its size; clear: remove them")
 

@@ -89,21 +89,28 @@ class Entry:
     about: str
 
 
-def _token_entries(folder: Path) -> list[Entry]:
+def _npy_entries(folder: Path, section: str, describe) -> list[Entry]:
+    """The ``.npy`` files of ``folder`` with their ``.json`` manifests, described by ``describe(manifest)``."""
     out = []
     for npy in sorted(folder.glob("*.npy")):
         meta = npy.with_suffix(".json")
         paths = [npy] + ([meta] if meta.exists() else [])
         about = ""
         try:
-            info = json.loads(meta.read_text())
-            stats = info.get("stats", {})
-            about = (f"{info.get('corpus')} {info.get('split')}, seq_len {info.get('seq_len')}, "
-                     f"{stats.get('blocks', '?')} blocks")
-        except (OSError, ValueError, AttributeError):
+            about = describe(json.loads(meta.read_text()))
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             pass
-        out.append(Entry("tokens", npy.name, paths, sum(size_of(p) for p in paths), about))
+        out.append(Entry(section, npy.name, paths, sum(size_of(p) for p in paths), about))
     return out
+
+
+def _describe_tokens(info: dict) -> str:
+    stats = info.get("stats", {})
+    return f"{info.get('corpus')} {info.get('split')}, seq_len {info.get('seq_len')}, {stats.get('blocks', '?')} blocks"
+
+
+def _describe_pool(info: dict) -> str:
+    return f"{info['size']} samples of {info['teacher']} at {info['nfe']} NFE"
 
 
 def _converted_entries(folder: Path) -> list[Entry]:
@@ -118,31 +125,16 @@ def _converted_entries(folder: Path) -> list[Entry]:
     return out
 
 
-def _pool_entries(folder: Path) -> list[Entry]:
-    out = []
-    for npy in sorted(folder.glob("*.npy")):
-        meta = npy.with_suffix(".json")
-        paths = [npy] + ([meta] if meta.exists() else [])
-        about = ""
-        try:
-            info = json.loads(meta.read_text())
-            about = f"{info['size']} samples of {info['teacher']} at {info['nfe']} NFE"
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        out.append(Entry("teacher-pools", npy.name, paths, sum(size_of(p) for p in paths), about))
-    return out
-
-
 def entries(root: Path | None = None) -> list[Entry]:
     """The entries of the cache at ``root`` (default :func:`cache_root`), tokens first."""
     root = cache_root() if root is None else Path(root)
     found = []
     if (root / "tokens").is_dir():
-        found += _token_entries(root / "tokens")
+        found += _npy_entries(root / "tokens", "tokens", _describe_tokens)
     if (root / "converted").is_dir():
         found += _converted_entries(root / "converted")
     if (root / "teacher-pools").is_dir():
-        found += _pool_entries(root / "teacher-pools")
+        found += _npy_entries(root / "teacher-pools", "teacher-pools", _describe_pool)
     return found
 
 
