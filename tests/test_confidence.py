@@ -165,3 +165,14 @@ def test_eval_rows_of_a_confidence_sampler(tmp_path, teacher_run):
                                                    "gumbel_noise": 4.5, "threshold": 0.5}
     with pytest.raises(ConfigError, match="--sampler"):
         EvalConfig(models=["x"], sampler="ancestral", confidence=ConfidenceConfig())
+
+
+def test_confidence_samplers_write_past_the_model_length(teacher_run, tmp_path):
+    """Semi-autoregressive windows work with any sampler: a 48-token sample of a 32-token model, each window sampled
+    by MaskGIT, its calls summed over the windows."""
+    out = tmp_path / "long.jsonl"
+    assert main(["sample", "--model", str(teacher_run), "--nfe", "4", "--num-samples", "2", "--sampler", "maskgit",
+                 "--length", "48", "--out", str(out), "--quiet"]) == 0
+    [a, b] = read_samples(out)
+    assert len(a["tokens"]) == 48 and len(a["windows"]) >= 2
+    assert a["nfe"] == sum(w["nfe"] for w in a["windows"]) and all(w["nfe"] <= 4 for w in a["windows"])
