@@ -9,9 +9,13 @@ Is DiDi-Instruct's gain distillation, and is it a better use of the compute than
   scratch for its steps plus the steps that cost as much as one distillation, by FLOPs and by wall-clock
   (``benchmarks/compute_cost.py``, saved in OUT/compute_cost.json): OUT/control-teacher-flops and
   OUT/control-teacher-wall;
-* **scaling**: teachers trained for :data:`SCALING_FACTORS` times the main teacher's steps, each distilled
-  with every distillation seed (OUT/scaling-teacher-B, OUT/scaling-student-B-sN): does the student still beat a better
-  teacher? The 256-byte rows come from the ``bytes-256`` regime (its own run folder and page).
+  When the two budgets differ by less than :data:`SAME_BUDGET` (relative), one teacher (the FLOPs one) stands for
+  both;
+* **the teacher-training curve**: teachers trained for :data:`SCALING_FACTORS` times the main teacher's steps
+  (OUT/scaling-teacher-B), sampled like the rest;
+* **scaling** (``--scaling``): each of those teachers distilled with every distillation seed
+  (OUT/scaling-student-B-sN): does the student still beat a better teacher? The 256-byte rows come from the
+  ``bytes-256`` regime (its own run folder and page).
 
 Every row is evaluated like the main rows (8 and 16 NFE, temperature 1, every sampling seed, MAUVE, the quality
 metrics, both evaluators) and read against the main teacher's temperature curve at its own entropy.
@@ -54,11 +58,15 @@ def teacher_dir(out: Path, budget: int, scale) -> Path:
     return out / "teacher" if budget == scale.teacher_steps else out / f"scaling-teacher-{budget}"
 
 
-def variants(out: Path, scale) -> list[Variant]:
+SAME_BUDGET = 0.05
+"""Relative difference under which the FLOPs- and the wall-clock-matched teacher budgets are one teacher."""
+
+
+def variants(out: Path, scale, scaling: bool = True) -> list[Variant]:
     """Every distillation family of the controls and of the scaling study."""
     found = [Variant("pure", "Pure distillation (teacher samples as the real rows)", out / "teacher",
                      "control-pure-s{seed}", {"real_source": "teacher"})]
-    for budget in budgets(scale):
+    for budget in budgets(scale) if scaling else []:
         if budget != scale.teacher_steps:
             found.append(Variant(f"scaling-{budget}", f"Student of the {budget}-step teacher",
                                  teacher_dir(out, budget, scale), f"scaling-student-{budget}-s{{seed}}"))
@@ -83,10 +91,15 @@ def compute_cost(out: Path, teacher: Path, scale) -> dict:
 
 
 def control_teachers(out: Path, base_steps: int, cost: dict) -> dict[str, tuple[Path, int]]:
-    """The more-training controls: name -> (run directory, training steps)."""
+    """The more-training controls: name -> (run directory, training steps); "flops" only when the wall-clock budget
+    is within :data:`SAME_BUDGET` of it."""
     extra = cost["methods"]["didi-instruct"]
-    return {"flops": (out / "control-teacher-flops", base_steps + round(extra["teacher_steps_equivalent_flops"])),
-            "wall": (out / "control-teacher-wall", base_steps + round(extra["teacher_steps_equivalent_wall"]))}
+    flops, wall = (base_steps + round(extra["teacher_steps_equivalent_flops"]),
+                   base_steps + round(extra["teacher_steps_equivalent_wall"]))
+    found = {"flops": (out / "control-teacher-flops", flops)}
+    if abs(wall - flops) > SAME_BUDGET * flops:
+        found["wall"] = (out / "control-teacher-wall", wall)
+    return found
 
 
 def training_stages(R, out: Path, scale, data: str, device: str, seed: int) -> list[tuple[str, object]]:
@@ -99,7 +112,10 @@ def training_stages(R, out: Path, scale, data: str, device: str, seed: int) -> l
 
     def control(name: str) -> float | None:
         cost = compute_cost(out, out / "teacher", scale)
-        run, steps = control_teachers(out, scale.teacher_steps, cost)[name]
+        found = control_teachers(out, scale.teacher_steps, cost)
+        if name not in found:  # the wall-clock budget is the FLOPs one
+            return None
+        run, steps = found[name]
         return R.train_stage("mdlm", run, dataclasses.replace(scale, teacher_steps=steps), data, device, seed)
     stages += [("control-teacher-flops", lambda: control("flops")), ("control-teacher-wall", lambda: control("wall"))]
     return stages
@@ -107,13 +123,13 @@ def training_stages(R, out: Path, scale, data: str, device: str, seed: int) -> l
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def reports(R, out: Path, scale, ev: dict, seeds: list[int]) -> dict[str, list]:
-    """The rows of the controls and the scaling study (temperature 1, every sampling seed, the students' NFEs):
-    name -> rows (students: the mean over their distillation seeds)."""
+def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: bool) -> dict[str, list]:
+    """The rows of the controls and (``scaling``) the scaling study (temperature 1, every sampling seed, the students'
+    NFEs): name -> rows (students: the mean over their distillation seeds)."""
     t1 = dict(seeds=scale.seeds, mauve=scale.mauve)
     nfe = scale.student_nfe
     rows = {}
-    for v in variants(out, scale):
+    for v in variants(out, scale, scaling):
         parts = [R.eval_report(f"{v.runs.format(seed=s)}", models=[v.run(out, s)], nfe=nfe, **ev, **t1).rows
                  for s in seeds]
         rows[v.key] = R.mean_over_students(parts, seeds)
@@ -157,11 +173,14 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
     extra = cost["methods"]["didi-instruct"]
     families = [(f"teacher ({scale.teacher_steps} steps)", teacher),
                 ("DiDi-Instruct student (data as real)", student),
-                ("pure distillation (teacher pool as real)", {r.nfe: r for r in rows["pure"]}),
-                (f"teacher, {teachers['flops'][1]} steps (+ one distillation's FLOPs)",
-                 {r.nfe: r for r in rows["teacher-flops"]}),
-                (f"teacher, {teachers['wall'][1]} steps (+ one distillation's wall-clock)",
-                 {r.nfe: r for r in rows["teacher-wall"]})]
+                ("pure distillation (teacher pool as real)", {r.nfe: r for r in rows["pure"]})]
+    for name, (_, steps) in teachers.items():
+        what = ("one distillation's FLOPs" + (" and wall-clock" if "wall" not in teachers else "") if name == "flops"
+                else "one distillation's wall-clock")
+        families.append((f"teacher, {steps} steps (+ {what})", {r.nfe: r for r in rows[f"teacher-{name}"]}))
+    for budget in budgets(scale):
+        if budget != scale.teacher_steps:
+            families.append((f"teacher, {budget} steps", {r.nfe: r for r in rows[f"scaling-teacher-{budget}"]}))
     second = evaluators[1] if len(evaluators) > 1 else None
     header = ["row", "NFE", "gen-PPL ↓", *([f"gen-PPL ({Path(second).name}) ↓"] if second else []),
               "median / trimmed", "entropy", "vs teacher's curve @ own entropy", "MAUVE ↑",
@@ -186,7 +205,10 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
         f"distillation adds its teacher pool "
         f"({cost['methods']['pure distillation (teacher pool)']['teacher_steps_equivalent_flops']:.0f} steps in "
         "FLOPs in all), paid once for every seed. The longer-trained teachers are trained from scratch with the "
-        "main teacher's recipe (same model, batch, learning rate, cosine schedule) for that many more steps.",
+        "main teacher's recipe (same model, batch, learning rate, cosine schedule) for that many more steps"
+        + ("" if "wall" in teachers else f"; the FLOPs and wall-clock budgets differ by less than "
+           f"{SAME_BUDGET:.0%}, so one teacher stands for both") + f"; the teachers of {', '.join(str(b) for b in budgets(scale) if b != scale.teacher_steps)} steps "
+        "place them on the teacher's training curve.",
         " ".join([f"- Students: mean ± std over {seeds} distillation seeds (each its mean over the sampling",
                   "seeds); teachers: over the sampling seeds. 'vs teacher's curve': the row's gen-PPL minus the main",
                   "teacher's temperature curve at the same NFE, read at the row's own entropy (negative: better",

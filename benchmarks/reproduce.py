@@ -357,10 +357,11 @@ def companion(name: str):
 
 
 def variant_families(out: Path, teacher: Path, regime: str, scale: Scale, with_controls: bool,
-                     with_rivals: bool) -> list:
-    """The distillation families of ``--controls`` (:func:`controls.variants`) and ``--rivals`` (SDTT)."""
+                     with_rivals: bool, with_scaling: bool = False) -> list:
+    """The distillation families of ``--controls`` (:func:`controls.variants`; with ``--scaling`` the scaling
+    students) and ``--rivals`` (SDTT)."""
     controls, rivals = companion("controls"), companion("rivals")
-    return [*(controls.variants(out, scale) if with_controls else []),
+    return [*(controls.variants(out, scale, with_scaling) if with_controls else []),
             *(rivals.variants(out, teacher, scale) if with_rivals else [])]
 
 
@@ -579,9 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-seed", type=int, default=None, help=argparse.SUPPRESS)  # one seed (a --jobs child)
     parser.add_argument("--ablation-key", default=None, help=argparse.SUPPRESS)  # with --distill-seed: an ablation row
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # with --distill-seed: a control or rival
-    parser.add_argument("--controls", action="store_true", help="bytes: the controls (pure distillation, teachers "
-                        "trained with the distillation's compute) and the scaling study (teachers of 1500 and 12000 "
-                        "steps, each distilled), on this page (benchmarks/controls.py)")
+    parser.add_argument("--controls", action="store_true", help="bytes: the controls (pure distillation, a teacher "
+                        "trained with the distillation's compute, teachers of 1500 and 12000 steps), on this page "
+                        "(benchmarks/controls.py)")
+    parser.add_argument("--scaling", action="store_true", help="with --controls: also distil the 1500- and "
+                        "12000-step teachers (every distillation seed) and plot the student/teacher ratio against "
+                        "the teacher's validation bound, with the bytes-256 regime's rows when it ran")
     parser.add_argument("--rivals", action="store_true", help="the few-step rivals on this regime's teacher "
                         "(confidence-ordered samplers, SDTT, a compute-matched teacher): docs/results-rivals.md "
                         "(benchmarks/rivals.py)")
@@ -594,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1 (got {args.jobs})")
+    if args.scaling and not args.controls:
+        parser.error("--scaling comes with --controls")
     controls, rivals = companion("controls"), companion("rivals")
     regime = args.regime
     scale_name = "smoke" if args.smoke else args.scale
@@ -651,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                else out / f"student-s{args.distill_seed}")
         source = teacher
         if args.variant:
-            v = next(v for v in variant_families(out, teacher, regime, scale, True, True) if v.key == args.variant)
+            v = next(v for v in variant_families(out, teacher, regime, scale, True, True, True)
+                     if v.key == args.variant)
             source, run, switches = v.teacher, v.run(out, args.distill_seed), v.switches
         seconds = distill_stage(source, run, scale, args.device, args.distill_seed, **switches)
         print(json.dumps({"seconds": seconds}))
@@ -667,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         if seconds is not None or stage not in wall:
             wall[stage] = seconds
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
-    families = variant_families(out, teacher, regime, scale, args.controls, args.rivals)
+    families = variant_families(out, teacher, regime, scale, args.controls, args.rivals, args.scaling)
     variant_runs = [(v, seed, v.run(out, seed)) for v in families
                     for seed in (rivals.SDTT_SEEDS if v.key == "sdtt" else distill_seeds)]
     for v, seed, run in variant_runs:
@@ -762,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
             "conditional_rows": [r.to_json() for r in conditional], "wall_clock_s": wall}
     command = "python benchmarks/reproduce.py" + ("" if regime == "bpe" else f" --regime {regime}") + (
         " --smoke" if args.smoke else f" --scale {args.scale}") + (" --ablation" if args.ablation else "") + (
-        " --controls" if args.controls else "") + (" --rivals" if args.rivals else "") + (
+        " --controls" if args.controls else "") + (" --scaling" if args.scaling else "") + (
+        " --rivals" if args.rivals else "") + (
         "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}") + (
         f" --teacher {args.teacher}" if args.teacher else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
     proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
@@ -774,11 +782,12 @@ def main(argv: list[str] | None = None) -> int:
     extra_summary = {}
     if args.controls:
         cost = controls.compute_cost(out, teacher, scale)
-        control_rows = controls.reports(this, out, scale, ev, distill_seeds)
+        control_rows = controls.reports(this, out, scale, ev, distill_seeds, args.scaling)
         text += controls.controls_section(this, control_rows, rows, names, report, out, scale, evaluators, cost)
-        text += controls.scaling_section(this, control_rows, rows, names, out, scale,
-                                         results.with_name(results.stem + "-scaling.png"),
-                                         controls.long_text_rows(this, args.out / "bytes-256"))
+        if args.scaling:
+            text += controls.scaling_section(this, control_rows, rows, names, out, scale,
+                                             results.with_name(results.stem + "-scaling.png"),
+                                             controls.long_text_rows(this, args.out / "bytes-256"))
         full["controls_rows"] = {k: [r.to_json() for r in v] for k, v in control_rows.items()}
         extra_summary["controls"] = {k: regime_rows(regime, v, names, report, distill_seeds)
                                      for k, v in control_rows.items()}

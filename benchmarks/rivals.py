@@ -96,11 +96,13 @@ def section(R, regime: str, rows: dict, main_rows: list, names: dict, report, sc
     longer = controls.control_teachers(Path("."), scale.teacher_steps, cost)["flops"][1]
     families += [("SDTT student", "ancestral", rows["sdtt"]),
                  (f"teacher + one distillation's FLOPs ({longer} steps)", "ancestral", rows["teacher-flops"])]
+    compute = training_compute(scale, cost)
     metric, spec, k = ("invalid_rate", ".2f", 100.0) if markov else ("gen_ppl", ".1f", 1.0)
     axis = "conditional_entropy" if markov else "entropy"
     quality = [] if markov else ["rep-2/rep-4", "distinct-2/4", "copy %"]
     header = ["model", "sampler", "NFE", "calls made", "invalid % ↓" if markov else "gen-PPL ↓",
-              "H(X'|X)" if markov else "entropy", "vs teacher's curve @ own entropy", *quality]
+              "H(X'|X)" if markov else "entropy", "vs teacher's curve @ own entropy",
+              *([] if markov else ["MAUVE ↑"]), *quality, "training: teacher steps of equal FLOPs / wall-clock"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     readings = []
     for model, sampler, family in families:
@@ -117,8 +119,11 @@ def section(R, regime: str, rows: dict, main_rows: list, names: dict, report, sc
                 readings.append(f"{model}, {sampler} @ {nfe}: {verdict} the teacher's curve")
             cells = [model, sampler, str(nfe), f"{r.nfe_made:.1f}" if r.nfe_made is not None else "—",
                      R._spread_cell(r, metric, spec, k), R._spread_cell(r, axis, ".3f"), against]
+            if not markov:
+                cells.append(R._spread_cell(r, "mauve", ".3f"))
             if quality:
                 cells.append(controls._quality(r))
+            cells.append("{:,.0f} / {:,.0f}".format(*compute[model.split(" (")[0]]))
             lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "", " ".join(["- Every row at temperature 1 with the regime's sampling seeds; students: mean ± std over",
@@ -126,10 +131,33 @@ def section(R, regime: str, rows: dict, main_rows: list, names: dict, report, sc
                       "temperature curve at the same NFE, read at the row's own entropy" + (" (H(X'|X))" if markov
                                                                                             else "") + ",",
                       "with its spread (within 3× the spread: no different). Threshold sampler: calls made per batch,",
-                      "its NFE column is the cap."]),
+                      "its NFE column is the cap. Training: the compute behind the row in teacher-training steps of",
+                      "equal FLOPs and of equal single-thread wall-clock (OUT/compute_cost.json, measured side by",
+                      "side; the samplers are training-free, so a sampler costs what its model cost)."]),
         "- Readings: " + "; ".join(readings) + "."]
     title = {"bytes": "Shakespeare as bytes", "markov": "the Markov language", "bpe": "Shakespeare, 4096 BPE"}
     return "\n".join([f"## {title.get(regime, regime)}", "", *lines, *notes, ""])
+
+
+def training_compute(scale, cost: dict) -> dict[str, tuple[float, float]]:
+    """Model family -> its training compute in teacher-training steps of equal FLOPs and of equal wall-clock (one
+    thread, measured side by side by ``compute_cost.py``): the teacher's steps, plus one distillation for a student
+    (SDTT: its round-steps at their measured cost), or the longer teacher's steps."""
+    import compute_cost
+
+    flops, seconds = cost["flops"], cost["seconds_median"]
+    di = cost["methods"]["didi-instruct"]
+    rounds = compute_cost.SDTT_SETTINGS["rounds"]
+    sdtt_steps = rounds * round(di["iterations"] / cost["sdtt_iteration_in_didi_instruct_iterations"]["flops"]
+                                / rounds)
+    longer = controls.control_teachers(Path("."), scale.teacher_steps, cost)["flops"][1]
+    base = scale.teacher_steps
+    return {"teacher": (base, base),
+            "DiDi-Instruct student": (base + di["teacher_steps_equivalent_flops"],
+                                      base + di["teacher_steps_equivalent_wall"]),
+            "SDTT student": (base + sdtt_steps * flops["sdtt (per round-step)"] / flops["teacher step"],
+                             base + sdtt_steps * seconds["sdtt (per round-step)"] / seconds["teacher step"]),
+            "teacher + one distillation's FLOPs": (longer, longer)}
 
 
 def write_page(path: Path, sections: dict[str, str], speed: str | None) -> None:

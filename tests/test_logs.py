@@ -208,3 +208,11 @@ def test_a_resumed_run_hides_the_events_past_its_snapshot(tmp_path):
     assert scalars(tmp_path / "tensorboard")["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
         [1, 2, 3, 4, 3, 4, 5]  # trimming metrics.jsonl is the resume's job (checkpoint.trim_metrics), not the log's
+
+
+
+@pytest.mark.parametrize("unit, total, shown", [("batch", 16, "0/16 batches (0%)"), ("step", 2, "0/2 steps (0%)"),
+                                                ("batch", 1, "0/1 batch (0%)"), ("pass", 3, "0/3 passes (0%)")])
+def test_lines_name_the_unit_in_english(unit, total, shown):
+    with progress.Progress(total, "work", unit=unit, enabled=False) as bar:
+        assert bar._count() == shown

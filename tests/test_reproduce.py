@@ -212,3 +212,44 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     page = (tmp_path / "results-markov.md").read_text()
     assert f"--smoke --teacher {teacher}`" in page and f"teacher given (`{teacher}`" in page
     assert "| teacher | not timed here" in page
+
+
+def test_the_compute_matched_teachers_and_the_scaling_students_are_planned_as_documented(tmp_path):
+    """One teacher stands for both compute controls when their budgets are within SAME_BUDGET; the scaling students
+    are distillation families only with --scaling; --scaling needs --controls."""
+    reproduce = reproduce_module()
+    controls = reproduce.companion("controls")
+    scale = reproduce.REGIMES["bytes"]["cpu"]
+
+    def cost(flops: float, wall: float) -> dict:
+        return {"methods": {"didi-instruct": {"teacher_steps_equivalent_flops": flops,
+                                              "teacher_steps_equivalent_wall": wall}}}
+    near = controls.control_teachers(tmp_path, 3000, cost(7018.0, 6908.0))  # the measured bytes figures: 1.1 % apart
+    assert near == {"flops": (tmp_path / "control-teacher-flops", 10018)}
+    far = controls.control_teachers(tmp_path, 3000, cost(7000.0, 9000.0))
+    assert far == {"flops": (tmp_path / "control-teacher-flops", 10000),
+                   "wall": (tmp_path / "control-teacher-wall", 12000)}
+    assert [v.key for v in controls.variants(tmp_path, scale, scaling=False)] == ["pure"]
+    assert [v.key for v in controls.variants(tmp_path, scale, scaling=True)] == ["pure", "scaling-1500",
+                                                                                 "scaling-12000"]
+    with pytest.raises(SystemExit):
+        reproduce.main(["--regime", "bytes", "--smoke", "--scaling", "--out", str(tmp_path)])
+
+
+def test_sdtt_students_are_given_a_didi_instruct_students_flops():
+    """rivals.training_compute on the bytes regime's measured exchange rates (OUT/compute_cost.json, 2026-12-07):
+    SDTT's round length makes its student cost a DiDi-Instruct student's FLOPs, to the rounding of one round-step."""
+    reproduce = reproduce_module()
+    rivals = reproduce.companion("rivals")
+    scale = reproduce.REGIMES["bytes"]["cpu"]
+    cost = {"flops": {"teacher step": 10158604288, "didi-instruct": 59411202048,
+                      "sdtt (per round-step)": 16932405248},
+            "seconds_median": {"teacher step": 0.1705, "didi-instruct": 0.9815, "sdtt (per round-step)": 0.2893},
+            "methods": {"didi-instruct": {"iterations": 1200, "teacher_steps_equivalent_flops": 7018.04,
+                                          "teacher_steps_equivalent_wall": 6908.22}},
+            "sdtt_iteration_in_didi_instruct_iterations": {"flops": 0.28500, "wall": 0.29470}}
+    compute = rivals.training_compute(scale, cost)
+    di_flops, sdtt_flops = compute["DiDi-Instruct student"][0], compute["SDTT student"][0]
+    assert compute["teacher"] == (3000, 3000)
+    assert abs(sdtt_flops - di_flops) < 4 * 16932405248 / 10158604288  # within the rounding of 4 rounds
+    assert compute["teacher + one distillation's FLOPs"] == (10018, 10018)

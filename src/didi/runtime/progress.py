@@ -105,7 +105,7 @@ class Progress:
 
     def _count(self) -> str:
         """``40/128 steps (31%)``, or ``400 docs`` when the total is unknown."""
-        units = self.unit if (self.total if self.total is not None else self.n) == 1 else f"{self.unit}s"
+        units = self.unit if (self.total if self.total is not None else self.n) == 1 else plural(self.unit)
         if self.total is None:
             return f"{self.n} {units}"
         return f"{self.n}/{self.total} {units} ({100 * self.n / max(1, self.total):.0f}%)"
@@ -115,6 +115,11 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def plural(unit: str) -> str:
+    """English plural of a unit name: batch -> batches, step -> steps."""
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
 
 
 def track(items: Iterable[T], desc: str, *, enabled: bool = True, total: int | None = None, unit: str = "item",
