@@ -197,6 +197,7 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
                      _cell(R, r, "entropy", ".3f"), reading, _cell(R, r, "mauve", ".3f"), _quality(r)]
             lines.append("| " + " | ".join(cells) + " |")
     seeds = len(rows["pure"][0].spread.get("gen_ppl", {}).get("distill_seeds", [])) if rows["pure"] else 0
+    curve = ", ".join(str(b) for b in budgets(scale) if b != scale.teacher_steps)
     notes = [
         "", f"- Compute (`python benchmarks/compute_cost.py --teacher {out / 'teacher'}` with this page's "
         f"distillation settings, saved in {out / 'compute_cost.json'}; one thread): one "
@@ -207,7 +208,7 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
         "FLOPs in all), paid once for every seed. The longer-trained teachers are trained from scratch with the "
         "main teacher's recipe (same model, batch, learning rate, cosine schedule) for that many more steps"
         + ("" if "wall" in teachers else f"; the FLOPs and wall-clock budgets differ by less than "
-           f"{SAME_BUDGET:.0%}, so one teacher stands for both") + f"; the teachers of {', '.join(str(b) for b in budgets(scale) if b != scale.teacher_steps)} steps "
+           f"{SAME_BUDGET:.0%}, so one teacher stands for both") + f"; the teachers of {curve} steps "
         "place them on the teacher's training curve.",
         " ".join([f"- Students: mean ± std over {seeds} distillation seeds (each its mean over the sampling",
                   "seeds); teachers: over the sampling seeds. 'vs teacher's curve': the row's gen-PPL minus the main",
