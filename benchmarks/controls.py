@@ -58,6 +58,10 @@ def teacher_dir(out: Path, budget: int, scale) -> Path:
     return out / "teacher" if budget == scale.teacher_steps else out / f"scaling-teacher-{budget}"
 
 
+COOLED = (0.8, 0.9)
+"""Temperatures at which the pure-distillation students are also sampled: at T = 1 they sample above the entropy
+range of the teacher's temperature curve (0.6-1.1), where no reading against it exists; cooled, they fall inside."""
+
 SAME_BUDGET = 0.05
 """Relative difference under which the FLOPs- and the wall-clock-matched teacher budgets are one teacher."""
 
@@ -133,6 +137,10 @@ def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: bool) -> d
         parts = [R.eval_report(f"{v.runs.format(seed=s)}", models=[v.run(out, s)], nfe=nfe, **ev, **t1).rows
                  for s in seeds]
         rows[v.key] = R.mean_over_students(parts, seeds)
+    cooled = dict(temperatures=list(COOLED), seeds=scale.seeds, mauve=scale.mauve)
+    parts = [R.eval_report(f"control-pure-s{s}-cooled", models=[out / f"control-pure-s{s}"], nfe=nfe, **ev,
+                           **cooled).rows for s in seeds]
+    rows["pure-cooled"] = R.mean_over_students(parts, seeds)
     cost = compute_cost(out, out / "teacher", scale)
     for name, (run, _) in control_teachers(out, scale.teacher_steps, cost).items():
         rows[f"teacher-{name}"] = R.eval_report(f"control-teacher-{name}", models=[run], nfe=nfe, **ev, **t1).rows
@@ -174,6 +182,9 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
     families = [(f"teacher ({scale.teacher_steps} steps)", teacher),
                 ("DiDi-Instruct student (data as real)", student),
                 ("pure distillation (teacher pool as real)", {r.nfe: r for r in rows["pure"]})]
+    for t in sorted(COOLED, reverse=True):
+        families.append((f"pure distillation, T {t:g}",
+                         {r.nfe: r for r in rows["pure-cooled"] if r.temperature == t}))
     for name, (_, steps) in teachers.items():
         what = ("one distillation's FLOPs" + (" and wall-clock" if "wall" not in teachers else "") if name == "flops"
                 else "one distillation's wall-clock")
@@ -213,7 +224,9 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
         " ".join([f"- Students: mean ± std over {seeds} distillation seeds (each its mean over the sampling",
                   "seeds); teachers: over the sampling seeds. 'vs teacher's curve': the row's gen-PPL minus the main",
                   "teacher's temperature curve at the same NFE, read at the row's own entropy (negative: better",
-                  "than cooling the teacher), with its spread; a difference within 3× its spread is no difference."]),
+                  "than cooling the teacher), with its spread; a difference within 3× its spread is no difference;",
+                  "'—': the row's entropy lies outside the curve's range (nothing is extrapolated), which is why the",
+                  f"pure-distillation students are also sampled at T = {', '.join(f'{t:g}' for t in COOLED)}."]),
         "- median / trimmed: of per-sample gen-PPL (10 % trimmed mean); rep-n: share of a sample's n-grams that repeat "
         "one of the same sample; distinct-n: unique n-grams over all n-grams of a row's samples; copy %: share of "
         "bytes inside a 32-byte window found verbatim in the training split.",
