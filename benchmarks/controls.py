@@ -58,7 +58,7 @@ def teacher_dir(out: Path, budget: int, scale) -> Path:
     return out / "teacher" if budget == scale.teacher_steps else out / f"scaling-teacher-{budget}"
 
 
-COOLED = (0.8, 0.9)
+COOLED = (0.7, 0.8, 0.9)
 """Temperatures at which the pure-distillation students are also sampled: at T = 1 they sample above the entropy
 range of the teacher's temperature curve (0.6-1.1), where no reading against it exists; cooled, they fall inside."""
 
