@@ -141,6 +141,11 @@ def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: bool) -> d
     parts = [R.eval_report(f"control-pure-s{s}-cooled", models=[out / f"control-pure-s{s}"], nfe=nfe, **ev,
                            **cooled).rows for s in seeds]
     rows["pure-cooled"] = R.mean_over_students(parts, seeds)
+    for i, s in enumerate(seeds):  # per distillation seed: the main student (as evaluated by the main rows) and pure
+        rows[f"seed-{s}-data"] = R.eval_report(f"student-s{s}", models=[out / f"student-s{s}"], nfe=nfe, **ev,
+                                               **t1).rows
+        rows[f"seed-{s}-pure"] = [*R.eval_report(f"control-pure-s{s}", models=[out / f"control-pure-s{s}"], nfe=nfe,
+                                                 **ev, **t1).rows, *parts[i]]
     cost = compute_cost(out, out / "teacher", scale)
     for name, (run, _) in control_teachers(out, scale.teacher_steps, cost).items():
         rows[f"teacher-{name}"] = R.eval_report(f"control-teacher-{name}", models=[run], nfe=nfe, **ev, **t1).rows
@@ -231,7 +236,36 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
         "one of the same sample; distinct-n: unique n-grams over all n-grams of a row's samples; copy %: share of "
         "bytes inside a 32-byte window found verbatim in the training split.",
     ]
-    return "\n".join(["", "## Controls: is it distillation, and is it worth its compute?", "", *lines, *notes, ""])
+    return "\n".join(["", "## Controls: is it distillation, and is it worth its compute?", "", *lines, *notes,
+                      *per_seed_table(R, rows, teacher, report, scale), ""])
+
+
+def per_seed_table(R, rows: dict, teacher: dict, report, scale) -> list[str]:
+    """Each distillation seed's data-run and pure-distillation student (every temperature sampled) read against the
+    teacher's curve: a mean over seeds hides a seed that collapsed."""
+    seeds = sorted(int(k.split("-")[1]) for k in rows if k.startswith("seed-") and k.endswith("-pure"))
+    if not seeds:
+        return []
+    nfes = scale.student_nfe
+    lines = ["", "Per distillation seed (gen-PPL / entropy / vs the teacher's curve at the row's own entropy, mean ± "
+             "std over the sampling seeds):", "",
+             "| seed | real rows | T | " + " | ".join(f"{n} NFE" for n in nfes) + " |", "|---|---|---|"
+             + "---|" * len(nfes)]
+    for s in seeds:
+        for label, key in (("data", f"seed-{s}-data"), ("teacher pool", f"seed-{s}-pure")):
+            temps = sorted({r.temperature for r in rows[key]}, reverse=True)
+            for t in temps:
+                cells = []
+                for n in nfes:
+                    r = next((r for r in rows[key] if r.nfe == n and r.temperature == t), None)
+                    if r is None:
+                        cells.append("—")
+                        continue
+                    gap = R.curve_gap(r, teacher[n], report, "gen_ppl") if n in teacher else None
+                    cells.append(f"{r.value('gen_ppl'):.1f} / {r.value('entropy'):.3f} / "
+                                 + ("—" if gap is None else f"{gap[0]:+.1f} ({gap[1]:.1f})"))
+                lines.append(f"| {s} | {label} | {t:g} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scale, plot: Path,
