@@ -121,7 +121,10 @@ def training_stages(R, out: Path, scale, data: str, device: str, seed: int) -> l
             return None
         run, steps = found[name]
         return R.train_stage("mdlm", run, dataclasses.replace(scale, teacher_steps=steps), data, device, seed)
-    stages += [("control-teacher-flops", lambda: control("flops")), ("control-teacher-wall", lambda: control("wall"))]
+    names = ["flops", "wall"]
+    if (out / "compute_cost.json").exists():  # measured: the wall-clock teacher only where it is another teacher
+        names = list(control_teachers(out, scale.teacher_steps, compute_cost(out, out / "teacher", scale)))
+    stages += [(f"control-teacher-{name}", lambda name=name: control(name)) for name in names]
     return stages
 
 
