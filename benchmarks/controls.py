@@ -66,11 +66,20 @@ SAME_BUDGET = 0.05
 """Relative difference under which the FLOPs- and the wall-clock-matched teacher budgets are one teacher."""
 
 
-def variants(out: Path, scale, scaling: bool = True) -> list[Variant]:
-    """Every distillation family of the controls and of the scaling study."""
+def scaling_budgets(scale, chosen: list[int] | None) -> list[int]:
+    """The teacher budgets whose students ``--scaling`` distils: ``chosen`` (``--scaling 12000``), every budget of
+    :data:`SCALING_FACTORS` but the main teacher's when empty (``--scaling``), none when None."""
+    if chosen is None:
+        return []
+    others = [b for b in budgets(scale) if b != scale.teacher_steps]
+    return [b for b in others if not chosen or b in chosen]
+
+
+def variants(out: Path, scale, scaling: list[int] = ()) -> list[Variant]:
+    """Every distillation family of the controls, and the students of the teachers of ``scaling`` steps."""
     found = [Variant("pure", "Pure distillation (teacher samples as the real rows)", out / "teacher",
                      "control-pure-s{seed}", {"real_source": "teacher"})]
-    for budget in budgets(scale) if scaling else []:
+    for budget in scaling:
         if budget != scale.teacher_steps:
             found.append(Variant(f"scaling-{budget}", f"Student of the {budget}-step teacher",
                                  teacher_dir(out, budget, scale), f"scaling-student-{budget}-s{{seed}}"))
@@ -130,7 +139,7 @@ def training_stages(R, out: Path, scale, data: str, device: str, seed: int) -> l
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: bool) -> dict[str, list]:
+def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: list[int]) -> dict[str, list]:
     """The rows of the controls and (``scaling``) the scaling study (temperature 1, every sampling seed, the students'
     NFEs): name -> rows (students: the mean over their distillation seeds)."""
     t1 = dict(seeds=scale.seeds, mauve=scale.mauve)
@@ -284,13 +293,13 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
         return next((r for r in rs if r.nfe == nfe and r.temperature in (1.0, None) and r.sampler == "ancestral"
                      and r.prefix_tokens is None), None)
     families = []
-    for budget in budgets(scale):
+    for budget in [b for b in budgets(scale) if b == scale.teacher_steps or f"scaling-{b}" in rows]:
         if budget == scale.teacher_steps:
             t_rows = [r for r in main_rows if names.get(r.source) == "teacher"]
             s_rows = [r for r in main_rows if names.get(r.source) == "student"]
         else:
             t_rows, s_rows = rows[f"scaling-teacher-{budget}"], rows[f"scaling-{budget}"]
-        families.append((f"64 bytes, {budget} steps", t_rows, s_rows))
+        families.append((f"{scale.seq_len} bytes, {budget} steps", t_rows, s_rows))
     if long_text:
         families.append((f"256 bytes, {long_text['steps']} steps", long_text["teacher"], long_text["student"]))
     lines = ["| teacher | validation bound (nats/byte) | NFE | teacher gen-PPL | student gen-PPL | student / teacher | "

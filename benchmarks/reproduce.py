@@ -357,11 +357,11 @@ def companion(name: str):
 
 
 def variant_families(out: Path, teacher: Path, regime: str, scale: Scale, with_controls: bool,
-                     with_rivals: bool, with_scaling: bool = False) -> list:
+                     with_rivals: bool, scaling: list[int] = ()) -> list:
     """The distillation families of ``--controls`` (:func:`controls.variants`; with ``--scaling`` the scaling
     students) and ``--rivals`` (SDTT)."""
     controls, rivals = companion("controls"), companion("rivals")
-    return [*(controls.variants(out, scale, with_scaling) if with_controls else []),
+    return [*(controls.variants(out, scale, scaling) if with_controls else []),
             *(rivals.variants(out, teacher, scale) if with_rivals else [])]
 
 
@@ -583,9 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controls", action="store_true", help="bytes: the controls (pure distillation, a teacher "
                         "trained with the distillation's compute, teachers of 1500 and 12000 steps), on this page "
                         "(benchmarks/controls.py)")
-    parser.add_argument("--scaling", action="store_true", help="with --controls: also distil the 1500- and "
-                        "12000-step teachers (every distillation seed) and plot the student/teacher ratio against "
-                        "the teacher's validation bound, with the bytes-256 regime's rows when it ran")
+    parser.add_argument("--scaling", type=int, nargs="*", default=None, metavar="STEPS", help="with --controls: "
+                        "also distil the teachers of 1500 and 12000 steps (or only those of the STEPS given), every "
+                        "distillation seed, and plot the student/teacher ratio against the teacher's validation "
+                        "bound, with the bytes-256 regime's rows when it ran")
     parser.add_argument("--rivals", action="store_true", help="the few-step rivals on this regime's teacher "
                         "(confidence-ordered samplers, SDTT, a compute-matched teacher): docs/results-rivals.md "
                         "(benchmarks/rivals.py)")
@@ -598,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1 (got {args.jobs})")
-    if args.scaling and not args.controls:
+    if args.scaling is not None and not args.controls:
         parser.error("--scaling comes with --controls")
     controls, rivals = companion("controls"), companion("rivals")
     regime = args.regime
@@ -606,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     if scale_name not in REGIMES[regime]:
         parser.error(f"--scale {scale_name}: the {regime} regime has the scales {', '.join(REGIMES[regime])}")
     scale = REGIMES[regime][scale_name]
+    others = controls.scaling_budgets(scale, [])
+    if args.scaling and any(b not in others for b in args.scaling):
+        parser.error(f"--scaling: the teachers of this scale have {', '.join(map(str, others))} steps "
+                     f"(got {' '.join(map(str, args.scaling))})")
     out: Path = args.out if regime == "bpe" else args.out / regime
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or scale.data
@@ -657,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                else out / f"student-s{args.distill_seed}")
         source = teacher
         if args.variant:
-            v = next(v for v in variant_families(out, teacher, regime, scale, True, True, True)
+            v = next(v for v in variant_families(out, teacher, regime, scale, True, True,
+                                                 controls.scaling_budgets(scale, []))
                      if v.key == args.variant)
             source, run, switches = v.teacher, v.run(out, args.distill_seed), v.switches
         seconds = distill_stage(source, run, scale, args.device, args.distill_seed, **switches)
@@ -674,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         if seconds is not None or stage not in wall:
             wall[stage] = seconds
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
-    families = variant_families(out, teacher, regime, scale, args.controls, args.rivals, args.scaling)
+    scaling = controls.scaling_budgets(scale, args.scaling)
+    families = variant_families(out, teacher, regime, scale, args.controls, args.rivals, scaling)
     variant_runs = [(v, seed, v.run(out, seed)) for v in families
                     for seed in (rivals.SDTT_SEEDS if v.key == "sdtt" else distill_seeds)]
     for v, seed, run in variant_runs:
@@ -769,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
             "conditional_rows": [r.to_json() for r in conditional], "wall_clock_s": wall}
     command = "python benchmarks/reproduce.py" + ("" if regime == "bpe" else f" --regime {regime}") + (
         " --smoke" if args.smoke else f" --scale {args.scale}") + (" --ablation" if args.ablation else "") + (
-        " --controls" if args.controls else "") + (" --scaling" if args.scaling else "") + (
+        " --controls" if args.controls else "") + ("" if args.scaling is None else " ".join(
+        ["", "--scaling", *map(str, args.scaling)])) + (
         " --rivals" if args.rivals else "") + (
         "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}") + (
         f" --teacher {args.teacher}" if args.teacher else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
@@ -782,9 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     extra_summary = {}
     if args.controls:
         cost = controls.compute_cost(out, teacher, scale)
-        control_rows = controls.reports(this, out, scale, ev, distill_seeds, args.scaling)
+        control_rows = controls.reports(this, out, scale, ev, distill_seeds, scaling)
         text += controls.controls_section(this, control_rows, rows, names, report, out, scale, evaluators, cost)
-        if args.scaling:
+        if scaling:
             text += controls.scaling_section(this, control_rows, rows, names, out, scale,
                                              results.with_name(results.stem + "-scaling.png"),
                                              controls.long_text_rows(this, args.out / "bytes-256"))

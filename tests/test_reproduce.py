@@ -229,11 +229,15 @@ def test_the_compute_matched_teachers_and_the_scaling_students_are_planned_as_do
     far = controls.control_teachers(tmp_path, 3000, cost(7000.0, 9000.0))
     assert far == {"flops": (tmp_path / "control-teacher-flops", 10000),
                    "wall": (tmp_path / "control-teacher-wall", 12000)}
-    assert [v.key for v in controls.variants(tmp_path, scale, scaling=False)] == ["pure"]
-    assert [v.key for v in controls.variants(tmp_path, scale, scaling=True)] == ["pure", "scaling-1500",
-                                                                                 "scaling-12000"]
-    with pytest.raises(SystemExit):
-        reproduce.main(["--regime", "bytes", "--smoke", "--scaling", "--out", str(tmp_path)])
+    assert controls.scaling_budgets(scale, None) == []
+    assert controls.scaling_budgets(scale, []) == [1500, 12000]
+    assert controls.scaling_budgets(scale, [12000]) == [12000]
+    assert [v.key for v in controls.variants(tmp_path, scale)] == ["pure"]
+    assert [v.key for v in controls.variants(tmp_path, scale, [1500, 12000])] == ["pure", "scaling-1500",
+                                                                                  "scaling-12000"]
+    for argv in (["--scaling"], ["--controls", "--scaling", "7"]):  # --scaling needs --controls; 7 is no budget
+        with pytest.raises(SystemExit):
+            reproduce.main(["--regime", "bytes", "--scale", "cpu", *argv, "--out", str(tmp_path)])
 
 
 def test_sdtt_students_are_given_a_didi_instruct_students_flops():
