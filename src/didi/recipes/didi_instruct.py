@@ -9,7 +9,6 @@ Choices where the sources disagree (notes §8) are documented on :class:`Instruc
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import sys
@@ -36,7 +35,7 @@ from ..runtime.devices import autocast
 from ..runtime.progress import say, track
 from ..version import __version__
 from .loop import ema_decay_at, ema_update, lr_at, set_lr
-from .method import DistillConfig
+from .method import DistillConfig, student_from_teacher, student_optimizer
 
 
 @dataclass
@@ -233,16 +232,13 @@ class DiDiInstruct:
     @classmethod
     def from_teacher(cls, teacher: nn.Module, cfg: InstructConfig, mask_index: int, eps: float,
                      device: torch.device, precision: torch.dtype | None = None) -> DiDiInstruct:
-        teacher = teacher.to(device).eval().requires_grad_(False)
-        student = copy.deepcopy(teacher).train().requires_grad_(True)
-        ema = copy.deepcopy(teacher).eval().requires_grad_(False)
+        teacher, student, ema = student_from_teacher(teacher, device)
         k = default_trainable_blocks(len(teacher.blocks)) if cfg.disc_blocks < 0 else cfg.disc_blocks
         if k > len(teacher.blocks):
             raise ConfigError(f"--disc-blocks: the teacher has only {len(teacher.blocks)} blocks (got {k})")
         time_blocks = {"disc": k, "released": len(teacher.blocks), "zero": 0}[cfg.sigma_mode]
         disc = build_discriminator(teacher, k, time_blocks, cfg.disc_window, cfg.disc_normalize).to(device).train()
-        opt_s = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  weight_decay=cfg.weight_decay)
+        opt_s = student_optimizer(student, cfg)
         opt_d = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.disc_lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=1e-8, weight_decay=cfg.weight_decay)
         return cls(cfg, student, teacher, disc, ema, opt_s, opt_d, LogLinearSchedule(eps), mask_index, device,

@@ -13,6 +13,7 @@ a method is one line in :data:`didi.recipes.distill.METHODS`.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -74,6 +75,20 @@ class DistillConfig:
         require(self.save_every >= 1, "save_every", "must be >= 1")
         require(self.log_every >= 1, "log_every", f"must be >= 1 (got {self.log_every})")
         parse_log_to(self.log_to)
+
+
+def student_from_teacher(teacher: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(teacher, student, EMA): the teacher frozen on ``device``, the student and its EMA copies of it (every
+    method starts the student from the teacher's weights)."""
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    return teacher, student, copy.deepcopy(teacher).eval().requires_grad_(False)
+
+
+def student_optimizer(student: nn.Module, cfg: DistillConfig) -> torch.optim.Optimizer:
+    """AdamW over the student with the shared options (``lr``, ``beta1``, ``beta2``, ``weight_decay``)."""
+    return torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             weight_decay=cfg.weight_decay)
 
 
 RESUMABLE_OPTIONS = ("steps", "device", "progress", "log_to", "save_every", "log_every", "keep_checkpoints")

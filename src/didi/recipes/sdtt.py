@@ -38,7 +38,7 @@ from ..runtime import distributed as dist
 from ..runtime.checkpoint import load_state_dict_strict, load_tensors, load_trainer_state
 from ..runtime.devices import autocast
 from .loop import ema_update, lr_at, set_lr
-from .method import DistillConfig
+from .method import DistillConfig, student_from_teacher, student_optimizer
 
 DIVERGENCES = ("kld", "mse", "tvd")
 
@@ -144,16 +144,9 @@ class SDTT:
     @classmethod
     def from_teacher(cls, teacher: nn.Module, cfg: SDTTConfig, mask_index: int, eps: float, device: torch.device,
                      precision: torch.dtype | None = None) -> SDTT:
-        teacher = teacher.to(device).eval().requires_grad_(False)
-        student = copy.deepcopy(teacher).train().requires_grad_(True)
-        ema = copy.deepcopy(teacher).eval().requires_grad_(False)
-        return cls(cfg, student, teacher, ema, cls._optimizer(student, cfg), LogLinearSchedule(eps), mask_index,
+        teacher, student, ema = student_from_teacher(teacher, device)
+        return cls(cfg, student, teacher, ema, student_optimizer(student, cfg), LogLinearSchedule(eps), mask_index,
                    device, precision)
-
-    @staticmethod
-    def _optimizer(student: nn.Module, cfg: SDTTConfig) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                 weight_decay=cfg.weight_decay)
 
     def forward(self, net: nn.Module, z: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -164,7 +157,7 @@ class SDTT:
         self.round += 1
         self.teacher = copy.deepcopy(self.ema).eval().requires_grad_(False)
         dist.unwrap(self.student).load_state_dict(self.ema.state_dict())
-        self.optimizer = self._optimizer(self.student, self.cfg)
+        self.optimizer = student_optimizer(self.student, self.cfg)
 
     def step(self, x_real: torch.Tensor, step: int, generator: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
