@@ -810,10 +810,10 @@ def main(argv: list[str] | None = None) -> int:
         extra_summary["rivals"] = {"section": section, "compute_cost": cost,
                                    "rows": {k: regime_rows(regime, v, names, report, distill_seeds)
                                             for k, v in rival_rows.items()}}
-        page_json = rivals.load_json(results.with_name("results.json"))
+        page_json = load_json(results.with_name("results.json"))
         sections = {r: v["rivals"]["section"] for r, v in page_json.get("regimes", {}).items() if "rivals" in v}
         sections[regime] = section
-        speed = rivals.load_json(results.with_name("speed.json")).get("markdown")
+        speed = load_json(results.with_name("speed.json")).get("markdown")
         rivals.write_page(results.with_name("results-rivals.md"), sections, speed)
     if regime == "bpe":
         text += other_regimes_section(results.parent)
@@ -832,19 +832,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def load_json(path: Path) -> dict:
+    """A JSON object from ``path``; {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_results_json(run_json: Path, page_json: Path, regime: str, summary: dict, full: dict) -> None:
     """The whole report into OUT/results.json (run_json) and the regime's rows into page_json's ``"regimes"``, both
     keeping the other regimes already there (with --smoke both are OUT/results.json for the bpe regime)."""
-    def read(path: Path) -> dict:
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
-
-    kept = read(run_json).get("regimes", {})
+    kept = load_json(run_json).get("regimes", {})
     run_json.write_text(json.dumps({**full, **({"regimes": kept} if kept else {})}, indent=2, default=str))
-    page = read(page_json)
+    page = load_json(page_json)
     page["regimes"] = {**page.get("regimes", {}), regime: summary}
     page_json.parent.mkdir(parents=True, exist_ok=True)
     page_json.write_text(json.dumps(page, indent=2, default=str))

@@ -19,7 +19,6 @@ metrics) and read against the teacher's temperature curve at its own entropy. Sp
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import controls
@@ -174,10 +173,3 @@ def write_page(path: Path, sections: dict[str, str], speed: str | None) -> None:
         text += ["## Speed", "", speed, ""]
     path.write_text("\n".join(text))
 
-
-def load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
