@@ -144,11 +144,11 @@ def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: list[int])
     NFEs): name -> rows (students: the mean over their distillation seeds)."""
     t1 = dict(seeds=scale.seeds, mauve=scale.mauve)
     nfe = scale.student_nfe
-    rows = {}
+    rows, per_student = {}, {}
     for v in variants(out, scale, scaling):
-        parts = [R.eval_report(f"{v.runs.format(seed=s)}", models=[v.run(out, s)], nfe=nfe, **ev, **t1).rows
-                 for s in seeds]
-        rows[v.key] = R.mean_over_students(parts, seeds)
+        per_student[v.key] = [R.eval_report(f"{v.runs.format(seed=s)}", models=[v.run(out, s)], nfe=nfe, **ev,
+                                            **t1).rows for s in seeds]
+        rows[v.key] = R.mean_over_students(per_student[v.key], seeds)
     cooled = dict(temperatures=list(COOLED), seeds=scale.seeds, mauve=scale.mauve)
     parts = [R.eval_report(f"control-pure-s{s}-cooled", models=[out / f"control-pure-s{s}"], nfe=nfe, **ev,
                            **cooled).rows for s in seeds]
@@ -156,8 +156,7 @@ def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: list[int])
     for i, s in enumerate(seeds):  # per distillation seed: the main student (as evaluated by the main rows) and pure
         rows[f"seed-{s}-data"] = R.eval_report(f"student-s{s}", models=[out / f"student-s{s}"], nfe=nfe, **ev,
                                                **t1).rows
-        rows[f"seed-{s}-pure"] = [*R.eval_report(f"control-pure-s{s}", models=[out / f"control-pure-s{s}"], nfe=nfe,
-                                                 **ev, **t1).rows, *parts[i]]
+        rows[f"seed-{s}-pure"] = [*per_student["pure"][i], *parts[i]]
     cost = compute_cost(out, out / "teacher", scale)
     for name, (run, _) in control_teachers(out, scale.teacher_steps, cost).items():
         rows[f"teacher-{name}"] = R.eval_report(f"control-teacher-{name}", models=[run], nfe=nfe, **ev, **t1).rows
