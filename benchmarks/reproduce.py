@@ -782,12 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         "" if args.prefix_tokens is None else f" --prefix-tokens {args.prefix_tokens}") + (
         f" --teacher {args.teacher}" if args.teacher else "") + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
     proteins = None if args.smoke or regime != "bpe" else protein_table(ROOT / "docs" / "results_proteins.md")
-    took = "\0TOOK\0"  # the invocation's time, filled in once the controls and rivals are evaluated too
-    text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, took,
-                  data, proteins, report, regime=regime, distill_seeds=distill_seeds,
-                  given_teacher=str(args.teacher) if args.teacher else None)
-    text += conditional_section(conditional, names, prefix_tokens)
-    this = sys.modules[__name__]
+    text = conditional_section(conditional, names, prefix_tokens)  # the page's head comes last: it says how long
+    this = sys.modules[__name__]                                    # the invocation took, controls and rivals too
     extra_summary = {}
     if args.controls:
         cost = controls.compute_cost(out, teacher, scale)
@@ -817,7 +813,9 @@ def main(argv: list[str] | None = None) -> int:
         rivals.write_page(results.with_name("results-rivals.md"), sections, speed)
     if regime == "bpe":
         text += other_regimes_section(results.parent)
-    text = text.replace(took, f"{(time.perf_counter() - started) / 60:.1f}")
+    text = render(rows, ablation_rows, names, wall, scale, command, plot_path.name, time.perf_counter() - started,
+                  data, proteins, report, regime=regime, distill_seeds=distill_seeds,
+                  given_teacher=str(args.teacher) if args.teacher else None) + text
     results.write_text(text)
     summary = {**extra_summary, "regime": regime, "scale": scale_name, "command": command,
                "date": date.today().isoformat(), "machine": machine(), "page": results.name,
@@ -978,7 +976,6 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
            report=None, regime: str = "bpe", distill_seeds: list[int] | None = None,
            given_teacher: str | None = None) -> str:
     report = report or EvalReport(rows=rows, meta={})
-    minutes = seconds if isinstance(seconds, str) else f"{seconds / 60:.1f}"  # str: a placeholder the caller fills
     rows_all, rows = rows, [r for r in rows if r.temperature in (1.0, None)]
     student_rows = [r for r in rows if names.get(r.source) == "student"]
     teacher_rows = {r.nfe: r for r in rows if names.get(r.source) == "teacher"}
@@ -1008,7 +1005,7 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
               "gen-PPL and entropy against NFE at T = 1; gen-PPL against entropy over the temperature sweeps")
     lines = [
         title, "",
-        f"Command: `{command}` — {date.today().isoformat()}; this invocation took {minutes} min (trained "
+        f"Command: `{command}` — {date.today().isoformat()}; this invocation took {seconds / 60:.1f} min (trained "
         "models and evaluations saved by an earlier invocation are reused; the training times are below).  ",
         f"Machine: {machine()}.  ",
         f"Scale: {model}, sequence length {scale.seq_len}, {corpus}, {stages}, DiDi-Instruct "
