@@ -302,7 +302,7 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
     if long_text:
         families.append((f"256 bytes, {long_text['steps']} steps", long_text["teacher"], long_text["student"]))
     lines = ["| teacher | validation bound (nats/byte) | NFE | teacher gen-PPL | student gen-PPL | student / teacher | "
-             "entropies (teacher / student) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "entropies (teacher / student) | MAUVE (teacher / student) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     points = {}
     for label, t_rows, s_rows in families:
         bound = next((r.likelihood.nll for r in t_rows if r.likelihood is not None), None)
@@ -315,7 +315,8 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
                                         R._sigma(t, "gen_ppl") / t.value("gen_ppl"))
             lines.append(f"| {label} | {'—' if bound is None else f'{bound:.3f}'} | {nfe} | "
                          f"{R.fmt_spread(t, 'gen_ppl', '.1f')} | {R.fmt_spread(s, 'gen_ppl', '.1f')} | "
-                         f"{ratio:.3f} ± {spread:.3f} | {t.value('entropy'):.3f} / {s.value('entropy'):.3f} |")
+                         f"{ratio:.3f} ± {spread:.3f} | {t.value('entropy'):.3f} / {s.value('entropy'):.3f} | "
+                         f"{R._spread_cell(t, 'mauve', '.2f')} / {R._spread_cell(s, 'mauve', '.2f')} |")
             if bound is not None:
                 points.setdefault((label.split(",")[0], nfe), []).append((bound, ratio, spread))
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -81,8 +81,9 @@ def _pick(rows, nfe: int):
 
 
 def section(R, regime: str, rows: dict, main_rows: list, names: dict, report, scale, cost: dict,
-            markov: bool) -> str:
-    """The regime's table of rivals and its reading (Markdown)."""
+            markov: bool, plot: Path | None = None) -> str:
+    """The regime's table of rivals and its reading (Markdown), and with ``plot`` their frontier plot
+    (:func:`frontier_plot`)."""
     def main(name: str, sampler: str) -> list:
         return [r for r in main_rows if names.get(r.source) == name and r.sampler == sampler]
     teacher_rows = main("teacher", "ancestral")
@@ -134,8 +135,56 @@ def section(R, regime: str, rows: dict, main_rows: list, names: dict, report, sc
                       "equal FLOPs and of equal single-thread wall-clock (OUT/compute_cost.json, measured side by",
                       "side; the samplers are training-free, so a sampler costs what its model cost)."]),
         "- Readings: " + "; ".join(readings) + "."]
+    if plot is not None:
+        frontier_plot(R, plot, families, teacher_rows, report, scale.student_nfe, metric, axis, k)
+        notes += ["", f"![every rival against the teacher's temperature curve]({plot.name})"]
     title = {"bytes": "Shakespeare as bytes", "markov": "the Markov language", "bpe": "Shakespeare, 4096 BPE"}
     return "\n".join([f"## {title.get(regime, regime)}", "", *lines, *notes, ""])
+
+
+def frontier_plot(R, path: Path, families: list, teacher_rows: list, report, nfes: list[int], metric: str,
+                  axis: str, scale_factor: float) -> None:
+    """One panel per NFE: the teacher's ancestral temperature curve (``metric`` against ``axis``, each point
+    labelled by its temperature) and every rival at temperature 1 as a point with its std in both directions (over
+    sampling seeds, or over distillation seeds for students): a rival below the curve beats cooling the teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, axes = plt.subplots(1, len(nfes), figsize=(max(9.0, 5.5 * len(nfes)), 5), squeeze=False)
+    markers = "osD^v<>Ph*X"
+    for ax, nfe in zip(axes[0], nfes):
+        t = _pick(teacher_rows, nfe)
+        curve = R.frontier_of(report, t) if t is not None else None
+        if curve:
+            axis = R.frontier_axis(curve)
+            points = sorted(curve["points"], key=lambda p: p[axis])
+            ax.plot([p[axis] for p in points], [scale_factor * p[metric] for p in points], color="black", lw=1,
+                    label="teacher, ancestral, T sweep")
+            for p in points:
+                ax.annotate(f"T={p['temperature']:g}", (p[axis], scale_factor * p[metric]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        for i, (model, sampler, family) in enumerate(families):
+            r = _pick(family, nfe)
+            if r is None or r.value(metric) is None or r.value(axis) is None:
+                continue
+            ax.errorbar(r.value(axis), scale_factor * r.value(metric), xerr=R._sigma(r, axis),
+                        yerr=scale_factor * R._sigma(r, metric), marker=markers[i % len(markers)], ls="none",
+                        capsize=3, color=plt.cm.tab20(i % 20), label=f"{model.split(' (')[0]}, {sampler}")
+        ax.set_title(f"{nfe} NFE")
+        ax.set_xlabel("H(X'|X) (nats)" if axis == "conditional_entropy" else "per-sample unigram entropy (nats)")
+        ax.set_ylabel("invalid transitions (%)" if metric == "invalid_rate" else "gen-PPL")
+        if metric == "gen_ppl":
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def training_compute(scale, cost: dict) -> dict[str, tuple[float, float]]:

@@ -213,6 +213,22 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert f"--smoke --teacher {teacher}`" in page and f"teacher given (`{teacher}`" in page
     assert "| teacher | not timed here" in page
 
+    # --rivals on the same runs: the compute-matched teacher and three SDTT students are trained, every rival is
+    # evaluated, and results-rivals.md gets the markov section with its frontier plot (a PNG beside the page)
+    rivals = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--regime", "markov",
+                             "--smoke", "--out", str(tmp_path), "--rivals"], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert rivals.returncode == 0, rivals.stderr[-3000:]
+    assert all((tmp_path / "markov" / f"rival-sdtt-s{s}" / "model.safetensors").is_file() for s in (0, 1, 2))
+    page = (tmp_path / "results-rivals.md").read_text()
+    section = page.split("## the Markov language")[1]
+    methods = {line.split(" | ")[0][2:] + ", " + line.split(" | ")[1] for line in section.splitlines()
+               if line.startswith("| ") and " | 4 | " in line}
+    assert {"teacher, ancestral", "teacher, maskgit", "teacher, low-confidence", "teacher, threshold",
+            "DiDi-Instruct student, ancestral", "SDTT student, ancestral"} <= methods
+    assert "![every rival against the teacher's temperature curve](results-rivals-markov.png)" in section
+    assert (tmp_path / "results-rivals-markov.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def test_the_compute_matched_teachers_and_the_scaling_students_are_planned_as_documented(tmp_path):
     """One teacher stands for both compute controls when their budgets are within SAME_BUDGET; the scaling students
@@ -257,3 +273,19 @@ def test_sdtt_students_are_given_a_didi_instruct_students_flops():
     assert compute["teacher"] == (3000, 3000)
     assert abs(sdtt_flops - di_flops) < 4 * 16932405248 / 10158604288  # within the rounding of 4 rounds
     assert compute["teacher + one distillation's FLOPs"] == (10018, 10018)
+
+
+def test_reused_rows_take_this_invocations_evaluator_names_by_position():
+    """Rows that didi eval's resume computed from another working directory name the same evaluator files
+    otherwise (relative against absolute paths): eval_report gives every row this invocation's names, in order, so
+    the second evaluator's column and the pooling over students find them; rows already named so are unchanged."""
+    from didi.recipes.evaluate.report import EvalReport
+    reproduce = reproduce_module()
+    old, same = curve_row("teacher", 1.0, 2.9, 20.0, 1.0), curve_row("student", 1.0, 2.9, 15.0, 1.0)
+    old.evaluators = {"runs/r/ar": {"spread": {"gen_ppl": {"mean": 20.0}}},
+                      "runs/r/ar2": {"spread": {"gen_ppl": {"mean": 80.0}}}}
+    same.evaluators = {"/abs/runs/r/ar": {"spread": {"gen_ppl": {"mean": 15.0}}},
+                       "/abs/runs/r/ar2": {"spread": {"gen_ppl": {"mean": 50.0}}}}
+    report = reproduce._named_evaluators(EvalReport(rows=[old, same], meta={}), ["/abs/runs/r/ar", "/abs/runs/r/ar2"])
+    assert [r.value("gen_ppl", evaluator="/abs/runs/r/ar2") for r in report.rows] == [80.0, 50.0]
+    assert list(report.rows[0].evaluators) == ["/abs/runs/r/ar", "/abs/runs/r/ar2"]
