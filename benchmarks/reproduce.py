@@ -427,21 +427,10 @@ def eval_report(tag: str, out: Path, models: list[Path], nfe: list[int], scale: 
     if saved.exists():
         cached = json.loads(saved.read_text())
         if isinstance(cached, dict) and cached.get("key") == json.loads(json.dumps(key)) and "report" in cached:
-            return _named_evaluators(EvalReport.from_json(cached["report"]), config.evaluator_names)
-    report = _named_evaluators(evaluate(config), config.evaluator_names)
+            return EvalReport.from_json(cached["report"])
+    report = evaluate(config)
     atomic_write(saved, lambda tmp: tmp.write_text(json.dumps({"key": key, "report": report.to_json()},
                                                               default=str)))
-    return report
-
-
-def _named_evaluators(report: EvalReport, names: list[str]) -> EvalReport:
-    """Each row's evaluator scores under this invocation's ``names``, by position: rows reused by ``didi eval``'s
-    resume keep the names of the invocation that computed them (another working directory spells the same files
-    otherwise, e.g. ``runs/...`` against ``/work/.../runs/...``); the store's key pins the evaluators' files in
-    order, so the n-th score is the n-th name's."""
-    for row in report.rows:
-        if row.evaluators and list(row.evaluators) != names and len(row.evaluators) == len(names):
-            row.evaluators = dict(zip(names, row.evaluators.values()))
     return report
 
 

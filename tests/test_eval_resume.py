@@ -157,3 +157,28 @@ def test_frontier_warning_only_when_no_frontier_reaches_the_target():
         warning = runner.frontier_warning(report)
         assert (warning is not None) == warned
     assert "4.500 nats (test) is bracketed by no model x NFE: their entropies span 3.000-4.000" in warning
+
+
+def test_reused_rows_name_their_evaluators_as_this_run_does(runs, tmp_path, monkeypatch):
+    """The same evaluator files spelled otherwise (a run from another directory: relative against absolute paths)
+    reuse the saved rows, and every row's second-evaluator scores are found under this run's names."""
+    (tmp_path / "ar-link").symlink_to(runs / "ar")
+    out = tmp_path / "eval.json"
+
+    def argv(first, second):
+        return ["eval", "--model", str(runs / "mdlm"), "--nfe", "2", "--num-samples", "3", "--eval-blocks", "2",
+                "--warmup", "0", "--repeats", "1", "--device", "cpu", "--evaluator", first, "--evaluator", second,
+                "--json", str(out)]
+
+    assert main(argv(str(runs / "ar"), str(tmp_path / "ar-link"))) == 0
+    before = json.loads(out.read_text())["rows"]
+    monkeypatch.chdir(tmp_path)
+    names = [os.path.relpath(runs / "ar", tmp_path), "ar-link"]
+    counter = CountingRows(monkeypatch)
+    assert main(argv(*names)) == 0
+    assert counter.calls == []  # every row reused
+    after = json.loads(out.read_text())["rows"]
+    scored = [(b, a) for b, a in zip(before, after) if b.get("evaluators")]
+    assert scored and all(list(a["evaluators"]) == names for _, a in scored)
+    assert all([s["gen_ppl"]["ppl"] for s in b["evaluators"].values()] ==
+               [s["gen_ppl"]["ppl"] for s in a["evaluators"].values()] for b, a in scored)

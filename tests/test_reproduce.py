@@ -274,18 +274,3 @@ def test_sdtt_students_are_given_a_didi_instruct_students_flops():
     assert abs(sdtt_flops - di_flops) < 4 * 16932405248 / 10158604288  # within the rounding of 4 rounds
     assert compute["teacher + one distillation's FLOPs"] == (10018, 10018)
 
-
-def test_reused_rows_take_this_invocations_evaluator_names_by_position():
-    """Rows that didi eval's resume computed from another working directory name the same evaluator files
-    otherwise (relative against absolute paths): eval_report gives every row this invocation's names, in order, so
-    the second evaluator's column and the pooling over students find them; rows already named so are unchanged."""
-    from didi.recipes.evaluate.report import EvalReport
-    reproduce = reproduce_module()
-    old, same = curve_row("teacher", 1.0, 2.9, 20.0, 1.0), curve_row("student", 1.0, 2.9, 15.0, 1.0)
-    old.evaluators = {"runs/r/ar": {"spread": {"gen_ppl": {"mean": 20.0}}},
-                      "runs/r/ar2": {"spread": {"gen_ppl": {"mean": 80.0}}}}
-    same.evaluators = {"/abs/runs/r/ar": {"spread": {"gen_ppl": {"mean": 15.0}}},
-                       "/abs/runs/r/ar2": {"spread": {"gen_ppl": {"mean": 50.0}}}}
-    report = reproduce._named_evaluators(EvalReport(rows=[old, same], meta={}), ["/abs/runs/r/ar", "/abs/runs/r/ar2"])
-    assert [r.value("gen_ppl", evaluator="/abs/runs/r/ar2") for r in report.rows] == [80.0, 50.0]
-    assert list(report.rows[0].evaluators) == ["/abs/runs/r/ar", "/abs/runs/r/ar2"]

@@ -65,8 +65,9 @@ class RowStore:
     """The saved units of one ``--json`` report (:mod:`.resume`): :meth:`get` a unit's rows by key, :meth:`put`
     them as soon as they are computed. ``path`` ``None``: nothing is saved or reused (no ``--json``)."""
 
-    def __init__(self, path: Path | None, settings: dict[str, Any], *, reuse: bool = True):
-        self.path, self.settings = path, settings
+    def __init__(self, path: Path | None, settings: dict[str, Any], *, reuse: bool = True,
+                 evaluator_names: list[str] | None = None):
+        self.path, self.settings, self.evaluator_names = path, settings, evaluator_names or []
         self.units: dict[str, dict[str, Any]] = {}
         self.reused = 0
         if path is not None and reuse and path.is_file():
@@ -84,7 +85,8 @@ class RowStore:
         ``extra``), ``--resume``."""
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in (*ROW_SELECTORS, "evaluator")}
         settings["evaluators"] = [fingerprint(name) for name in evaluators]  # resolved paths, not --evaluator's
-        return cls(rows_path(config.json) if config.json else None, {**settings, **extra}, reuse=config.resume)
+        return cls(rows_path(config.json) if config.json else None, {**settings, **extra}, reuse=config.resume,
+                   evaluator_names=evaluators)
 
     def key(self, kind: str, **coordinates: Any) -> dict[str, Any]:
         """The key of a unit: the didi version, its ``kind`` and ``coordinates`` (file fingerprints included by the
@@ -97,12 +99,18 @@ class RowStore:
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
     def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
-        """The saved unit of ``key``: ``{"rows": [EvalRow, ...], **extra}``, or ``None``."""
+        """The saved unit of ``key``: ``{"rows": [EvalRow, ...], **extra}``, or ``None``. Its rows' evaluator scores
+        take this run's evaluator names, by position: the key pins the evaluators' files in order, and a run from
+        another directory spells the same files otherwise (``runs/ar`` against ``/home/me/runs/ar``)."""
         unit = self.units.get(self._digest(key))
         if unit is None:
             return None
         self.reused += 1
-        return {**unit.get("extra", {}), "rows": [EvalRow.from_json(r) for r in unit["rows"]]}
+        rows = [EvalRow.from_json(r) for r in unit["rows"]]
+        for row in rows:
+            if row.evaluators and len(row.evaluators) == len(self.evaluator_names):
+                row.evaluators = dict(zip(self.evaluator_names, row.evaluators.values()))
+        return {**unit.get("extra", {}), "rows": rows}
 
     def put(self, key: dict[str, Any], rows: Iterable[EvalRow], **extra: Any) -> None:
         """Save a finished unit (``extra``: JSON values kept with it, e.g. a likelihood) and rewrite the file."""
