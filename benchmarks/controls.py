@@ -157,6 +157,8 @@ def reports(R, out: Path, scale, ev: dict, seeds: list[int], scaling: list[int])
         rows[f"seed-{s}-data"] = R.eval_report(f"student-s{s}", models=[out / f"student-s{s}"], nfe=nfe, **ev,
                                                **t1).rows
         rows[f"seed-{s}-pure"] = [*per_student["pure"][i], *parts[i]]
+        for budget in scaling:
+            rows[f"seed-{s}-scaling-{budget}"] = per_student[f"scaling-{budget}"][i]
     cost = compute_cost(out, out / "teacher", scale)
     for name, (run, _) in control_teachers(out, scale.teacher_steps, cost).items():
         rows[f"teacher-{name}"] = R.eval_report(f"control-teacher-{name}", models=[run], nfe=nfe, **ev, **t1).rows
@@ -336,7 +338,32 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
              "- Ratio below 1: the student beats its own teacher at the same NFE (both at temperature 1); its spread "
              "combines the two rows' relative spreads. The validation bound is the teacher's NELBO on held-out blocks "
              "(an upper bound on its negative log-likelihood, nats per byte)."]
-    return "\n".join(["", "## A better teacher, longer text", "", *lines, *notes, ""])
+    return "\n".join(["", "## A better teacher, longer text", "", *lines, *notes,
+                      *scaling_seed_table(rows, scale), ""])
+
+
+def scaling_seed_table(rows: dict, scale) -> list[str]:
+    """Each distillation seed's student of each teacher, ancestral at T = 1 (gen-PPL / entropy / MAUVE, means over
+    the sampling seeds): a student that degenerated shows here before it moves a mean."""
+    keys = sorted({k.split("-scaling-")[1] for k in rows if "-scaling-" in k}, key=int)
+    seeds = sorted({int(k.split("-")[1]) for k in rows if k.startswith("seed-") and "-scaling-" in k})
+    if not keys:
+        return []
+    nfes = scale.student_nfe
+    lines = ["", "Per distillation seed (gen-PPL / entropy / MAUVE at T = 1, means over the sampling seeds):", "",
+             "| teacher | seed | " + " | ".join(f"{n} NFE" for n in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
+    for budget in [str(scale.teacher_steps), *keys]:
+        for s in seeds:
+            key = f"seed-{s}-data" if budget == str(scale.teacher_steps) else f"seed-{s}-scaling-{budget}"
+            cells = []
+            for n in nfes:
+                r = next((r for r in rows.get(key, []) if r.nfe == n and r.temperature in (1.0, None)
+                          and r.sampler == "ancestral" and r.prefix_tokens is None), None)
+                mauve = None if r is None else r.value("mauve")
+                cells.append("—" if r is None else f"{r.value('gen_ppl'):.1f} / {r.value('entropy'):.3f} / "
+                             + ("—" if mauve is None else f"{mauve:.2f}"))
+            lines.append(f"| {budget} steps | {s} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def long_text_rows(R, root: Path) -> dict | None:

@@ -144,45 +144,58 @@ def section(R, regime: str, rows: dict, main_rows: list, names: dict, report, sc
 
 def frontier_plot(R, path: Path, families: list, teacher_rows: list, report, nfes: list[int], metric: str,
                   axis: str, scale_factor: float) -> None:
-    """One panel per NFE: the teacher's ancestral temperature curve (``metric`` against ``axis``, each point
+    """One column per NFE: the teacher's ancestral temperature curve (``metric`` against ``axis``, each point
     labelled by its temperature) and every rival at temperature 1 as a point with its std in both directions (over
-    sampling seeds, or over distillation seeds for students): a rival below the curve beats cooling the teacher."""
+    sampling seeds, or over distillation seeds for students): a rival below the curve beats cooling the teacher. The
+    top row shows every rival, the bottom row zooms on the curve's entropy range (a collapsed sampler far to the
+    left squeezes the rest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(1, len(nfes), figsize=(max(9.0, 5.5 * len(nfes)), 5), squeeze=False)
+    fig, axes = plt.subplots(2, len(nfes), figsize=(max(9.0, 5.5 * len(nfes)), 9), squeeze=False)
     markers = "osD^v<>Ph*X"
-    for ax, nfe in zip(axes[0], nfes):
+    for column, nfe in enumerate(nfes):
         t = _pick(teacher_rows, nfe)
         curve = R.frontier_of(report, t) if t is not None else None
-        if curve:
-            axis = R.frontier_axis(curve)
-            points = sorted(curve["points"], key=lambda p: p[axis])
-            ax.plot([p[axis] for p in points], [scale_factor * p[metric] for p in points], color="black", lw=1,
+        points = sorted(curve["points"], key=lambda p: p[R.frontier_axis(curve)]) if curve else []
+        x_of = R.frontier_axis(curve) if curve else axis
+        shown = [(p[x_of], scale_factor * p[metric]) for p in points]
+        for _, _, family in families:
+            r = _pick(family, nfe)
+            if r is not None and r.value(metric) is not None and r.value(x_of) is not None:
+                shown.append((r.value(x_of), scale_factor * r.value(metric)))
+        for zoom, ax in enumerate(axes[:, column]):
+            ax.plot([p[x_of] for p in points], [scale_factor * p[metric] for p in points], color="black", lw=1,
                     label="teacher, ancestral, T sweep")
             for p in points:
-                ax.annotate(f"T={p['temperature']:g}", (p[axis], scale_factor * p[metric]), fontsize=7,
+                ax.annotate(f"T={p['temperature']:g}", (p[x_of], scale_factor * p[metric]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-        for i, (model, sampler, family) in enumerate(families):
-            r = _pick(family, nfe)
-            if r is None or r.value(metric) is None or r.value(axis) is None:
-                continue
-            ax.errorbar(r.value(axis), scale_factor * r.value(metric), xerr=R._sigma(r, axis),
-                        yerr=scale_factor * R._sigma(r, metric), marker=markers[i % len(markers)], ls="none",
-                        capsize=3, color=plt.cm.tab20(i % 20), label=f"{model.split(' (')[0]}, {sampler}")
-        ax.set_title(f"{nfe} NFE")
-        ax.set_xlabel("H(X'|X) (nats)" if axis == "conditional_entropy" else "per-sample unigram entropy (nats)")
-        ax.set_ylabel("invalid transitions (%)" if metric == "invalid_rate" else "gen-PPL")
-        if metric == "gen_ppl":
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            for i, (model, sampler, family) in enumerate(families):
+                r = _pick(family, nfe)
+                if r is None or r.value(metric) is None or r.value(x_of) is None:
+                    continue
+                ax.errorbar(r.value(x_of), scale_factor * r.value(metric), xerr=R._sigma(r, x_of),
+                            yerr=scale_factor * R._sigma(r, metric), marker=markers[i % len(markers)], ls="none",
+                            capsize=3, color=plt.cm.tab20(i % 20), label=f"{model.split(' (')[0]}, {sampler}")
+            if metric == "gen_ppl":
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_minor_formatter(ScalarFormatter())
+            if zoom and points:
+                low, high = points[0][x_of], points[-1][x_of]
+                margin = max(0.1, 0.5 * (high - low))
+                inside = [y for x, y in shown if low - margin <= x <= high + margin]
+                ax.set_xlim(low - margin, high + margin)
+                ax.set_ylim(min(inside) * 0.9, max(inside) * 1.1)
+            ax.set_title(f"{nfe} NFE" + (", the curve's range" if zoom else ""))
+            ax.set_xlabel("H(X'|X) (nats)" if x_of == "conditional_entropy" else "per-sample unigram entropy (nats)")
+            ax.set_ylabel("invalid transitions (%)" if metric == "invalid_rate" else "gen-PPL")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
