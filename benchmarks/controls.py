@@ -290,9 +290,6 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def pick(rs, nfe):
-        return next((r for r in rs if r.nfe == nfe and r.temperature in (1.0, None) and r.sampler == "ancestral"
-                     and r.prefix_tokens is None), None)
     families = []
     for budget in [b for b in budgets(scale) if b == scale.teacher_steps or f"scaling-{b}" in rows]:
         if budget == scale.teacher_steps:
@@ -309,7 +306,7 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
     for label, t_rows, s_rows in families:
         bound = next((r.likelihood.nll for r in t_rows if r.likelihood is not None), None)
         for nfe in scale.student_nfe:
-            t, s = pick(t_rows, nfe), pick(s_rows, nfe)
+            t, s = _t1_ancestral(t_rows, nfe), _t1_ancestral(s_rows, nfe)
             if t is None or s is None:
                 continue
             ratio = s.value("gen_ppl") / t.value("gen_ppl")
@@ -342,23 +339,28 @@ def scaling_section(R, rows: dict, main_rows: list, names: dict, out: Path, scal
                       *scaling_seed_table(rows, scale), ""])
 
 
+def _t1_ancestral(rows: list, nfe: int):
+    """The unconditional ancestral row at temperature 1 and ``nfe`` of ``rows``, or None."""
+    return next((r for r in rows if r.nfe == nfe and r.temperature in (1.0, None) and r.sampler == "ancestral"
+                 and r.prefix_tokens is None), None)
+
+
 def scaling_seed_table(rows: dict, scale) -> list[str]:
     """Each distillation seed's student of each teacher, ancestral at T = 1 (gen-PPL / entropy / MAUVE, means over
     the sampling seeds): a student that degenerated shows here before it moves a mean."""
-    keys = sorted({k.split("-scaling-")[1] for k in rows if "-scaling-" in k}, key=int)
-    seeds = sorted({int(k.split("-")[1]) for k in rows if k.startswith("seed-") and "-scaling-" in k})
-    if not keys:
+    others = [b for b in budgets(scale) if b != scale.teacher_steps and f"scaling-{b}" in rows]
+    seeds = sorted(int(k.split("-")[1]) for k in rows if k.startswith("seed-") and k.endswith("-data"))
+    if not others:
         return []
     nfes = scale.student_nfe
     lines = ["", "Per distillation seed (gen-PPL / entropy / MAUVE at T = 1, means over the sampling seeds):", "",
              "| teacher | seed | " + " | ".join(f"{n} NFE" for n in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
-    for budget in [str(scale.teacher_steps), *keys]:
+    for budget in [scale.teacher_steps, *others]:
         for s in seeds:
-            key = f"seed-{s}-data" if budget == str(scale.teacher_steps) else f"seed-{s}-scaling-{budget}"
+            key = f"seed-{s}-data" if budget == scale.teacher_steps else f"seed-{s}-scaling-{budget}"
             cells = []
             for n in nfes:
-                r = next((r for r in rows.get(key, []) if r.nfe == n and r.temperature in (1.0, None)
-                          and r.sampler == "ancestral" and r.prefix_tokens is None), None)
+                r = _t1_ancestral(rows.get(key, []), n)
                 mauve = None if r is None else r.value("mauve")
                 cells.append("—" if r is None else f"{r.value('gen_ppl'):.1f} / {r.value('entropy'):.3f} / "
                              + ("—" if mauve is None else f"{mauve:.2f}"))

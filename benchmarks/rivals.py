@@ -160,23 +160,20 @@ def frontier_plot(R, path: Path, families: list, teacher_rows: list, report, nfe
     for column, nfe in enumerate(nfes):
         t = _pick(teacher_rows, nfe)
         curve = R.frontier_of(report, t) if t is not None else None
-        points = sorted(curve["points"], key=lambda p: p[R.frontier_axis(curve)]) if curve else []
         x_of = R.frontier_axis(curve) if curve else axis
+        points = sorted(curve["points"], key=lambda p: p[x_of]) if curve else []
+        picked = [(i, model, sampler, r) for i, (model, sampler, family) in enumerate(families)
+                  if (r := _pick(family, nfe)) is not None and r.value(metric) is not None
+                  and r.value(x_of) is not None]
         shown = [(p[x_of], scale_factor * p[metric]) for p in points]
-        for _, _, family in families:
-            r = _pick(family, nfe)
-            if r is not None and r.value(metric) is not None and r.value(x_of) is not None:
-                shown.append((r.value(x_of), scale_factor * r.value(metric)))
+        shown += [(r.value(x_of), scale_factor * r.value(metric)) for *_, r in picked]
         for zoom, ax in enumerate(axes[:, column]):
             ax.plot([p[x_of] for p in points], [scale_factor * p[metric] for p in points], color="black", lw=1,
                     label="teacher, ancestral, T sweep")
             for p in points:
                 ax.annotate(f"T={p['temperature']:g}", (p[x_of], scale_factor * p[metric]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-            for i, (model, sampler, family) in enumerate(families):
-                r = _pick(family, nfe)
-                if r is None or r.value(metric) is None or r.value(x_of) is None:
-                    continue
+            for i, model, sampler, r in picked:
                 ax.errorbar(r.value(x_of), scale_factor * r.value(metric), xerr=R._sigma(r, x_of),
                             yerr=scale_factor * R._sigma(r, metric), marker=markers[i % len(markers)], ls="none",
                             capsize=3, color=plt.cm.tab20(i % 20), label=f"{model.split(' (')[0]}, {sampler}")
