@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=None, help="the DiDi-Instruct settings as JSON, with its iterations as "
                         "'steps' (default: --regime's)")
     parser.add_argument("--pool", type=int, default=InstructConfig.teacher_pool, help="teacher-pool rows of the "
-                        "pure-distillation control")
+                        "pure-distillation control (0: no pool, no pure-distillation entry; sampling a pool batch "
+                        "is most of this script's time)")
     parser.add_argument("--repeats", type=int, default=8, help="timed calls of each, interleaved")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     def pool_batch() -> None:
         pool_method.teacher_samples(pool_rows, seq_len, torch.Generator().manual_seed(0))
 
-    calls = {"teacher step": teacher, **{name: fn for name, (fn, _) in methods.items()}, "pool batch": pool_batch}
+    calls = {"teacher step": teacher, **{name: fn for name, (fn, _) in methods.items()}}
+    if args.pool > 0:
+        calls["pool batch"] = pool_batch
     for fn in calls.values():  # warm-up (and past the iterations' first-call allocations)
         fn()
     flops = {name: flops_of(fn) for name, fn in calls.items()}
@@ -141,16 +144,18 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in calls.items():
             times[name].append(seconds_of(fn))
     median = {name: statistics.median(v) for name, v in times.items()}
-    pool_batches = args.pool / pool_rows
+    pool_batches = args.pool / pool_rows if args.pool > 0 else 0.0
     report = {"teacher": str(args.teacher), "regime": args.regime, "threads": 1, "repeats": args.repeats,
               "flops": flops, "seconds_median": median, "teacher_step_tokens": tokens, "methods": {}}
     # a pure-distillation iteration is a DiDi-Instruct iteration whose real rows come from the pool: the same work
     iterations_of = instruct.steps
-    for name, iterations, pool in (("didi-instruct", iterations_of, 0.0),
-                                   ("pure distillation (teacher pool)", iterations_of, pool_batches)):
+    entries = [("didi-instruct", iterations_of, 0.0)]
+    if args.pool > 0:
+        entries.append(("pure distillation (teacher pool)", iterations_of, pool_batches))
+    for name, iterations, pool in entries:
         key = "didi-instruct"
-        total_flops = iterations * flops[key] + pool * flops["pool batch"]
-        total_s = iterations * median[key] + pool * median["pool batch"]
+        total_flops = iterations * flops[key] + pool * flops.get("pool batch", 0)
+        total_s = iterations * median[key] + pool * median.get("pool batch", 0.0)
         report["methods"][name] = {
             "iterations": iterations, "pool_batches": pool,
             "teacher_steps_equivalent_flops": total_flops / flops["teacher step"],

@@ -88,15 +88,22 @@ def variants(out: Path, scale, scaling: list[int] = ()) -> list[Variant]:
 
 # ----------------------------------------------------------------------------------------------- the compute
 
-def compute_cost(out: Path, teacher: Path, scale) -> dict:
+POOL_ENTRY = "pure distillation (teacher pool)"
+
+
+def compute_cost(out: Path, teacher: Path, scale, pool: bool = True) -> dict:
     """The exchange rate between a distillation with ``scale``'s settings and teacher-training steps
-    (``benchmarks/compute_cost.py``), measured once and kept in OUT/compute_cost.json."""
+    (``benchmarks/compute_cost.py``), measured once and kept in OUT/compute_cost.json. ``pool``: with the teacher
+    pool's cost (the pure-distillation control; sampling it is most of the measurement's time, an hour for the bpe
+    teacher on one thread), measured again if a file without it is there."""
     path = out / "compute_cost.json"
-    if not path.exists():
+    if not path.exists() or (pool and POOL_ENTRY not in json.loads(path.read_text())["methods"]):
         settings = json.dumps({**scale.distill, "steps": scale.distill_iterations})
         command = [sys.executable, str(Path(__file__).with_name("compute_cost.py")), "--teacher", str(teacher),
                    "--settings", settings, "--json", str(path), "--repeats", str(max(2, scale.repeats))]
-        if not scale.data:  # the smoke scale: a pool as small as its runs
+        if not pool:
+            command += ["--pool", "0"]
+        elif not scale.data:  # the smoke scale: a pool as small as its runs
             command += ["--pool", "8"]
         print(f"measuring the compute of a distillation: {' '.join(command[1:])}", flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -233,7 +240,7 @@ def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: P
         f"distillation of {extra['iterations']} iterations costs {extra['teacher_steps_equivalent_flops']:.0f} "
         f"teacher-training steps in FLOPs and {extra['teacher_steps_equivalent_wall']:.0f} in wall-clock; the pure "
         f"distillation adds its teacher pool "
-        f"({cost['methods']['pure distillation (teacher pool)']['teacher_steps_equivalent_flops']:.0f} steps in "
+        f"({cost['methods'][POOL_ENTRY]['teacher_steps_equivalent_flops']:.0f} steps in "
         "FLOPs in all), paid once for every seed. The longer-trained teachers are trained from scratch with the "
         "main teacher's recipe (same model, batch, learning rate, cosine schedule) for that many more steps"
         + ("" if "wall" in teachers else f"; the FLOPs and wall-clock budgets differ by less than "

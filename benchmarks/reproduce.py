@@ -798,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                                      for k, v in control_rows.items()}
         extra_summary["compute_cost"] = cost
     if args.rivals:
-        cost = controls.compute_cost(out, teacher, scale)
+        cost = controls.compute_cost(out, teacher, scale, pool=args.controls)
         rival_rows = rivals.reports(this, out, teacher, students, distill_seeds, scale, ev)
         section = rivals.section(this, regime, rival_rows, rows, names, report, scale, cost,
                                  markov=scale.frontier_entropy == "conditional",

@@ -32,7 +32,7 @@ def sdtt_switches(out: Path, teacher: Path, scale) -> dict:
     student cost the FLOPs of one DiDi-Instruct student of the regime."""
     import compute_cost
 
-    cost = controls.compute_cost(out, teacher, scale)
+    cost = controls.compute_cost(out, teacher, scale, pool=False)
     di_iterations = cost["methods"]["didi-instruct"]["iterations"]
     per_iteration = cost["sdtt_iteration_in_didi_instruct_iterations"]["flops"]
     rounds = compute_cost.SDTT_SETTINGS["rounds"]
@@ -47,7 +47,7 @@ def variants(out: Path, teacher: Path, scale) -> list[controls.Variant]:
 def training_stages(R, out: Path, teacher: Path, scale, data: str, device: str, seed: int) -> list:
     """The compute-matched teacher (FLOPs) of this regime."""
     def stage() -> float | None:
-        cost = controls.compute_cost(out, teacher, scale)
+        cost = controls.compute_cost(out, teacher, scale, pool=False)
         run, steps = controls.control_teachers(out, scale.teacher_steps, cost)["flops"]
         return R.train_stage("mdlm", run, dataclasses.replace(scale, teacher_steps=steps), data, device, seed)
     return [("control-teacher-flops", stage)]
@@ -71,7 +71,8 @@ def reports(R, out: Path, teacher: Path, students: list[Path], distill_seeds: li
     parts = [R.eval_report(sdtt.runs.format(seed=s), models=[sdtt.run(out, s)], nfe=nfe, **ev, **t1).rows
              for s in SDTT_SEEDS]
     rows["sdtt"] = R.mean_over_students(parts, list(SDTT_SEEDS))
-    run, _ = controls.control_teachers(out, scale.teacher_steps, controls.compute_cost(out, teacher, scale))["flops"]
+    cost = controls.compute_cost(out, teacher, scale, pool=False)
+    run, _ = controls.control_teachers(out, scale.teacher_steps, cost)["flops"]
     rows["teacher-flops"] = R.eval_report("control-teacher-flops", models=[run], nfe=nfe, **ev, **t1).rows
     return rows
 
