@@ -33,10 +33,16 @@ def sdtt_switches(out: Path, teacher: Path, scale) -> dict:
     import compute_cost
 
     cost = controls.compute_cost(out, teacher, scale, pool=False)
+    return {**compute_cost.SDTT_SETTINGS, "round_steps": sdtt_round_steps(cost)}
+
+
+def sdtt_round_steps(cost: dict) -> int:
+    """Steps per SDTT round so that its rounds cost one DiDi-Instruct distillation's FLOPs (at least one)."""
+    import compute_cost
+
     di_iterations = cost["methods"]["didi-instruct"]["iterations"]
     per_iteration = cost["sdtt_iteration_in_didi_instruct_iterations"]["flops"]
-    rounds = compute_cost.SDTT_SETTINGS["rounds"]
-    return {**compute_cost.SDTT_SETTINGS, "round_steps": max(1, round(di_iterations / per_iteration / rounds))}
+    return max(1, round(di_iterations / per_iteration / compute_cost.SDTT_SETTINGS["rounds"]))
 
 
 def variants(out: Path, teacher: Path, scale) -> list[controls.Variant]:
@@ -206,9 +212,7 @@ def training_compute(scale, cost: dict) -> dict[str, tuple[float, float]]:
 
     flops, seconds = cost["flops"], cost["seconds_median"]
     di = cost["methods"]["didi-instruct"]
-    rounds = compute_cost.SDTT_SETTINGS["rounds"]
-    sdtt_steps = rounds * round(di["iterations"] / cost["sdtt_iteration_in_didi_instruct_iterations"]["flops"]
-                                / rounds)
+    sdtt_steps = compute_cost.SDTT_SETTINGS["rounds"] * sdtt_round_steps(cost)  # what the SDTT students ran
     longer = controls.control_teachers(Path("."), scale.teacher_steps, cost)["flops"][1]
     base = scale.teacher_steps
     return {"teacher": (base, base),
