@@ -274,7 +274,8 @@ def test_sdtt_students_are_given_a_didi_instruct_students_flops():
     assert abs(sdtt_flops - di_flops) < 4 * 16932405248 / 10158604288  # within the rounding of 4 rounds
     assert compute["teacher + one distillation's FLOPs"] == (10018, 10018)
     # a distillation shorter than SDTT's rounds (the smoke scale): each round still runs one step, and counts it
-    short = {**cost, "methods": {"didi-instruct": {**cost["methods"]["didi-instruct"], "iterations": 1}}}
+    short = {**cost, "methods": {"didi-instruct": {**cost["methods"]["didi-instruct"], "iterations": 1}},
+             "sdtt_iteration_in_didi_instruct_iterations": {"flops": 1.0, "wall": 1.0}}  # 1 / 1 / 4 rounds to 0
     assert rivals.sdtt_round_steps(short) == 1
     assert rivals.training_compute(scale, short)["SDTT student"][0] == 3000 + 4 * 16932405248 / 10158604288
 
