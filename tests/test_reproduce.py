@@ -305,3 +305,21 @@ def test_compute_cost_measures_the_teacher_pool_only_when_asked(tmp_path, monkey
     controls.compute_cost(tmp_path, tmp_path / "teacher", scale)
     controls.compute_cost(tmp_path, tmp_path / "teacher", scale, pool=False)
     assert len(commands) == 2
+
+
+def test_the_slowest_teacher_row_can_be_sampled_and_timed_on_one_batch(tmp_path, monkeypatch):
+    """``top_nfe_one_batch`` (the bpe cpu scale's 1024-NFE row, 17 min a batch): seed 0 only, one batch, no warm-up,
+    and the page says so; the other rows keep every seed and their timed batches."""
+    module = reproduce_module()
+    assert module.SCALES["cpu"].top_nfe_one_batch and not module.BYTES_SCALES["cpu"].top_nfe_one_batch
+    monkeypatch.setitem(module.SCALES, "smoke", dataclasses.replace(module.SCALES["smoke"], top_nfe_one_batch=True,
+                                                                    repeats=2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
+    top = json.loads((tmp_path / "eval" / "teacher-top.json").read_text())["report"]
+    assert [(r["seeds"], r["batch_sizes"]) for r in top["rows"]] == [([0], [16])]
+    assert top["meta"]["config"]["warmup"] == 0 and top["meta"]["config"]["repeats"] == 1
+    rest = json.loads((tmp_path / "eval" / "teacher.json").read_text())["report"]
+    at_t1 = [r for r in rest["rows"] if r["temperature"] == 1.0]
+    assert at_t1 and all(r["seeds"] == [0, 1] and len(r["batch_sizes"]) >= 2 for r in at_t1)
+    assert "on that one batch (no warm-up, no further batches)" in (tmp_path / "results.md").read_text()
