@@ -115,7 +115,7 @@ class Scale:
     repeats: int = 5  # timed full batches per row at least (after one warm-up batch)
     top_nfe_samples: int = 0  # samples for the teacher's largest budget (0: num_samples; 1024 NFE is slow on CPU)
     top_nfe_one_batch: bool = False  # the largest budget: seed 0 only, its one batch timed as it ran, no warm-up
-    # (a batch of 64 at 1024 NFE takes 17 min here: 3 seeds, a warm-up and 5 timed batches would take 2 h 15 min)
+    # (a batch of 64 at 1024 NFE took 11-17 min here: 3 seeds, a warm-up and 5 timed batches would take 1.5-2.3 h)
     rgas_samples: int = 0  # samples per RGAS row (0: num_samples; RGAS also runs the discriminator)
     ablation_nfe: list[int] = field(default_factory=lambda: [8, 16])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # temperature 1 rows: mean ± std over these seeds

@@ -308,7 +308,7 @@ def test_compute_cost_measures_the_teacher_pool_only_when_asked(tmp_path, monkey
 
 
 def test_the_slowest_teacher_row_can_be_sampled_and_timed_on_one_batch(tmp_path, monkeypatch):
-    """``top_nfe_one_batch`` (the bpe cpu scale's 1024-NFE row, 17 min a batch): seed 0 only, one batch, no warm-up,
+    """``top_nfe_one_batch`` (the bpe cpu scale's 1024-NFE row, 11-17 min a batch): seed 0 only, one batch, no warm-up,
     and the page says so; the other rows keep every seed and their timed batches."""
     module = reproduce_module()
     assert module.SCALES["cpu"].top_nfe_one_batch and not module.BYTES_SCALES["cpu"].top_nfe_one_batch
