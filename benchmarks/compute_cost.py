@@ -47,6 +47,9 @@ halves the steps), batch 32, AdamW 1e-4 after a 50-step warm-up in every round, 
 release's 0.9999 averages over 10k updates per round, more than a CPU round lasts). The round length is set by
 ``rivals.py`` so that SDTT costs as much compute as the regime's DiDi-Instruct distillation."""
 
+POOL_ENTRY = "pure distillation (teacher pool)"
+"""The report's method entry of the pure-distillation control (present unless ``--pool 0``)."""
+
 DISTILL_SETTINGS = {"bytes": BYTES_DISTILL, "markov": MARKOV_DISTILL, "bpe": dict(TINY_DISTILL, steps=300)}
 """The DiDi-Instruct settings of each regime of ``benchmarks/reproduce.py`` (``steps``: its iterations)."""
 
@@ -133,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     def pool_batch() -> None:
         pool_method.teacher_samples(pool_rows, seq_len, torch.Generator().manual_seed(0))
 
-    calls = {"teacher step": teacher, **{name: fn for name, (fn, _) in methods.items()}}
-    if args.pool > 0:
-        calls["pool batch"] = pool_batch
+    calls = {"teacher step": teacher, **{name: fn for name, (fn, _) in methods.items()},
+             **({"pool batch": pool_batch} if args.pool > 0 else {})}
     for fn in calls.values():  # warm-up (and past the iterations' first-call allocations)
         fn()
     flops = {name: flops_of(fn) for name, fn in calls.items()}
@@ -144,18 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in calls.items():
             times[name].append(seconds_of(fn))
     median = {name: statistics.median(v) for name, v in times.items()}
-    pool_batches = args.pool / pool_rows if args.pool > 0 else 0.0
     report = {"teacher": str(args.teacher), "regime": args.regime, "threads": 1, "repeats": args.repeats,
               "flops": flops, "seconds_median": median, "teacher_step_tokens": tokens, "methods": {}}
     # a pure-distillation iteration is a DiDi-Instruct iteration whose real rows come from the pool: the same work
     iterations_of = instruct.steps
     entries = [("didi-instruct", iterations_of, 0.0)]
-    if args.pool > 0:
-        entries.append(("pure distillation (teacher pool)", iterations_of, pool_batches))
+    if "pool batch" in calls:
+        entries.append((POOL_ENTRY, iterations_of, args.pool / pool_rows))
     for name, iterations, pool in entries:
         key = "didi-instruct"
-        total_flops = iterations * flops[key] + pool * flops.get("pool batch", 0)
-        total_s = iterations * median[key] + pool * median.get("pool batch", 0.0)
+        total_flops = iterations * flops[key] + (pool * flops["pool batch"] if pool else 0)
+        total_s = iterations * median[key] + (pool * median["pool batch"] if pool else 0.0)
         report["methods"][name] = {
             "iterations": iterations, "pool_batches": pool,
             "teacher_steps_equivalent_flops": total_flops / flops["teacher step"],

@@ -88,16 +88,16 @@ def variants(out: Path, scale, scaling: list[int] = ()) -> list[Variant]:
 
 # ----------------------------------------------------------------------------------------------- the compute
 
-POOL_ENTRY = "pure distillation (teacher pool)"
-
-
 def compute_cost(out: Path, teacher: Path, scale, pool: bool = True) -> dict:
     """The exchange rate between a distillation with ``scale``'s settings and teacher-training steps
     (``benchmarks/compute_cost.py``), measured once and kept in OUT/compute_cost.json. ``pool``: with the teacher
     pool's cost (the pure-distillation control; sampling it is most of the measurement's time, an hour for the bpe
     teacher on one thread), measured again if a file without it is there."""
+    from compute_cost import POOL_ENTRY  # the script's own module (torch, didi): imported only when needed
+
     path = out / "compute_cost.json"
-    if not path.exists() or (pool and POOL_ENTRY not in json.loads(path.read_text())["methods"]):
+    kept = json.loads(path.read_text()) if path.exists() else None
+    if kept is None or (pool and POOL_ENTRY not in kept["methods"]):
         settings = json.dumps({**scale.distill, "steps": scale.distill_iterations})
         command = [sys.executable, str(Path(__file__).with_name("compute_cost.py")), "--teacher", str(teacher),
                    "--settings", settings, "--json", str(path), "--repeats", str(max(2, scale.repeats))]
@@ -107,7 +107,8 @@ def compute_cost(out: Path, teacher: Path, scale, pool: bool = True) -> dict:
             command += ["--pool", "8"]
         print(f"measuring the compute of a distillation: {' '.join(command[1:])}", flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(path.read_text())
+        kept = json.loads(path.read_text())
+    return kept
 
 
 def control_teachers(out: Path, base_steps: int, cost: dict) -> dict[str, tuple[Path, int]]:
@@ -198,6 +199,8 @@ def _quality(row) -> str:
 def controls_section(R, rows: dict, main_rows: list, names: dict, report, out: Path, scale, evaluators: list[str],
                      cost: dict) -> str:
     """The controls table and its reading (Markdown)."""
+    from compute_cost import POOL_ENTRY
+
     teacher = {r.nfe: r for r in main_rows if names.get(r.source) == "teacher" and r.temperature in (1.0, None)
                and r.sampler == "ancestral" and r.prefix_tokens is None and r.nfe in scale.student_nfe}
     student = {r.nfe: r for r in main_rows if names.get(r.source) == "student" and r.temperature in (1.0, None)

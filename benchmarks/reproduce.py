@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     references = dict(references=True)
     reports = [eval_report("teacher", models=[teacher], nfe=scale.teacher_nfe[:-1], **ev, **t1,
                            **({} if has_ar else references))]
-    top = dict(seeds=scale.seeds[:1], mauve=scale.mauve, warmup=0, repeats=1) if scale.top_nfe_one_batch else t1
+    top = {**t1, "seeds": scale.seeds[:1], "warmup": 0, "repeats": 1} if scale.top_nfe_one_batch else t1
     reports.append(eval_report("teacher-top", models=[teacher], nfe=scale.teacher_nfe[-1:],
                                num_samples=scale.top_nfe_samples, **ev, **top))
     reports.append(student_report("student", nfe=scale.student_nfe, **t1))

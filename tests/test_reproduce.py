@@ -280,30 +280,30 @@ def test_sdtt_students_are_given_a_didi_instruct_students_flops():
     assert rivals.training_compute(scale, short)["SDTT student"][0] == 3000 + 4 * 16932405248 / 10158604288
 
 
-
 def test_compute_cost_measures_the_teacher_pool_only_when_asked(tmp_path, monkeypatch):
     """The rivals alone skip the pool's sampling (``--pool 0``); the controls measure again when the kept file has no
     pool entry, and reuse a file that has what they need."""
     reproduce = reproduce_module()
     controls = reproduce.companion("controls")
+    entry = reproduce.companion("compute_cost").POOL_ENTRY
     scale = reproduce.REGIMES["bytes"]["cpu"]
     commands = []
 
     def fake_run(command, check, stdout):
         commands.append(command)
         methods = {"didi-instruct": {}} | ({} if "--pool" in command and command[command.index("--pool") + 1] == "0"
-                                          else {controls.POOL_ENTRY: {}})
+                                          else {entry: {}})
         (tmp_path / "compute_cost.json").write_text(json.dumps({"methods": methods}))
     monkeypatch.setattr(controls.subprocess, "run", fake_run)
     teacher = tmp_path / "teacher"
-    assert controls.POOL_ENTRY not in controls.compute_cost(tmp_path, teacher, scale, pool=False)["methods"]
+    assert entry not in controls.compute_cost(tmp_path, teacher, scale, pool=False)["methods"]
     assert commands[-1][-2:] == ["--pool", "0"]
-    controls.compute_cost(tmp_path, tmp_path / "teacher", scale, pool=False)  # kept: no second measurement
+    controls.compute_cost(tmp_path, teacher, scale, pool=False)  # kept: no second measurement
     assert len(commands) == 1
-    assert controls.POOL_ENTRY in controls.compute_cost(tmp_path, tmp_path / "teacher", scale)["methods"]
+    assert entry in controls.compute_cost(tmp_path, teacher, scale)["methods"]
     assert len(commands) == 2 and "--pool" not in commands[-1]  # the cpu scale's pool: the default size
-    controls.compute_cost(tmp_path, tmp_path / "teacher", scale)
-    controls.compute_cost(tmp_path, tmp_path / "teacher", scale, pool=False)
+    controls.compute_cost(tmp_path, teacher, scale)
+    controls.compute_cost(tmp_path, teacher, scale, pool=False)
     assert len(commands) == 2
 
 
