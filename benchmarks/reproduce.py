@@ -288,6 +288,26 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+RESUMED = "resumed_at"
+"""wall_clock.json's entry {stage: step}: the stages that resumed from a snapshot after an interruption; their seconds
+count only this run's part (the time before the interruption was lost with the process)."""
+
+
+def record_stage(wall: dict, stage: str, seconds: float | None, resumed_from: int) -> None:
+    """Keep a stage's wall-clock ``seconds`` in ``wall`` (None: nothing was run; an earlier measurement stays), and
+    under :data:`RESUMED` the step it resumed from when that was not 0."""
+    if seconds is None:
+        wall.setdefault(stage, None)
+        return
+    wall[stage] = seconds
+    resumed = wall.pop(RESUMED, {})
+    resumed.pop(stage, None)
+    if resumed_from:
+        resumed[stage] = resumed_from
+    if resumed:
+        wall[RESUMED] = resumed
+
+
 def train_stage(kind: str, run_dir: Path, scale: Scale, data: str, device: str, seed: int) -> float | None:
     """Train (or resume) a teacher/AR run; returns its wall-clock seconds (None when reused)."""
     steps = scale.teacher_steps if kind == "mdlm" else scale.ar_steps
@@ -374,6 +394,33 @@ def threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def training_cost_section(wall: dict) -> list[str]:
+    """The page's "Training cost" section from wall_clock.json: each stage's wall-clock (a resumed stage's marked as
+    a part, and left out of the ratios), distillation against teacher training, and how the parallel jobs shared
+    the cores."""
+    lines = ["## Training cost", "", "| stage | wall-clock |", "|---|---|"]
+    jobs, resumed = wall.get("parallel_jobs"), wall.get(RESUMED, {})
+    for stage, secs in wall.items():
+        if stage in ("parallel_jobs", RESUMED):
+            continue
+        untimed = "not timed here (given, or run outside this benchmark)"
+        part = (f" after resuming at step {resumed[stage]} (the time before the interruption is not counted)"
+                if stage in resumed else "")
+        lines.append(f"| {stage} | {untimed if secs is None else f'{secs / 60:.1f} min{part}'} |")
+    whole = {k: v for k, v in wall.items() if k not in resumed}  # a resumed stage's seconds are a part: no ratio
+    if whole.get("teacher") and whole.get("student"):
+        lines += ["", f"Distillation took {wall['student'] / wall['teacher']:.2f}× the teacher's training time."]
+    distillations = [v for k, v in whole.items() if k.startswith("student-s") and v]
+    if whole.get("teacher") and distillations:
+        lines += ["", f"A distillation took {sum(distillations) / len(distillations) / wall['teacher']:.2f}× the "
+                      f"teacher's training time (mean over {len(distillations)} distillation seeds)."]
+    if jobs:
+        lines += ["", f"The distillations ran {jobs} at a time (`--jobs {jobs}`), each process with "
+                      f"{threads_per_job(jobs)} thread(s) sharing the machine's cores: each one's "
+                      "wall-clock is its own, the stages overlap."]
+    return lines
+
+
 def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[str], int]], scale: Scale, jobs: int,
                             wall: dict) -> None:
     """Run each unfinished distillation of ``runs`` (its directory, the child's extra arguments, e.g.
@@ -394,12 +441,13 @@ def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[
         student.mkdir(parents=True, exist_ok=True)
         log = student.with_suffix(".log")
         print(f"distilling {student.name} in the background (log: {log.with_suffix('.err')})", flush=True)
+        resumed_from = completed_steps(student)
         with open(log, "w") as stdout, open(log.with_suffix(".err"), "w") as stderr:
             code = subprocess.run([*base, *extra], env=env, stdout=stdout, stderr=stderr).returncode
         lines = log.read_text().strip().splitlines()
         if code != 0 or not lines:
             return f"{student.name} (exit {code}; see {log.with_suffix('.err')})"
-        wall[student.name] = json.loads(lines[-1])["seconds"]
+        record_stage(wall, student.name, json.loads(lines[-1])["seconds"], resumed_from)
         return None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -679,10 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     elif ablation_runs:
         stages += [(run.name, lambda seed=seed, run=run, switches=switches: distill_stage(
             teacher, run, scale, args.device, seed, **switches)) for _, seed, run, switches in ablation_runs]
-    for stage, run in stages:
-        seconds = run()
-        if seconds is not None or stage not in wall:
-            wall[stage] = seconds
+    for stage, run in stages:  # each stage's run directory is OUT/STAGE
+        resumed_from = completed_steps(out / stage)
+        record_stage(wall, stage, run(), resumed_from)
         wall_file.write_text(json.dumps(wall))  # stages done in an earlier, interrupted run keep their time
     scaling = controls.scaling_budgets(scale, args.scaling)
     families = variant_families(out, teacher, regime, scale, args.controls, args.rivals, scaling)
@@ -703,12 +750,12 @@ def main(argv: list[str] | None = None) -> int:
         wall_file.write_text(json.dumps(wall))
     else:
         for v, seed, run in variant_runs:
-            seconds = distill_stage(v.teacher, run, scale, args.device, seed, **v.switches)
-            if seconds is not None or run.name not in wall:
-                wall[run.name] = seconds
+            resumed_from = completed_steps(run)
+            record_stage(wall, run.name, distill_stage(v.teacher, run, scale, args.device, seed, **v.switches),
+                         resumed_from)
             wall_file.write_text(json.dumps(wall))
     if args.train_only:
-        print(f"training stages done: {', '.join(sorted(k for k in wall if k != 'parallel_jobs'))}")
+        print(f"training stages done: {', '.join(sorted(k for k in wall if k not in ('parallel_jobs', RESUMED)))}")
         return 0
     evaluator = scale.evaluator or (str(ar) if has_ar else None)
     evaluators = [evaluator] if evaluator else []
@@ -1034,26 +1081,7 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
                                                                     if report.target_entropy else "") +
                   "; 'not reached': no two temperatures bracket it, nothing is extrapolated.", "",
                   sweep_table(rows_all, names, report), ""]
-    lines += [
-        "## Training cost", "",
-        "| stage | wall-clock |", "|---|---|",
-    ]
-    jobs = wall.get("parallel_jobs")
-    for stage, secs in wall.items():
-        if stage == "parallel_jobs":
-            continue
-        untimed = "not timed here (given, or run outside this benchmark)"
-        lines.append(f"| {stage} | {untimed if secs is None else f'{secs / 60:.1f} min'} |")
-    if wall.get("teacher") and wall.get("student"):
-        lines += ["", f"Distillation took {wall['student'] / wall['teacher']:.2f}× the teacher's training time."]
-    distillations = [v for k, v in wall.items() if k.startswith("student-s") and v]
-    if wall.get("teacher") and distillations:
-        lines += ["", f"A distillation took {sum(distillations) / len(distillations) / wall['teacher']:.2f}× the "
-                      f"teacher's training time (mean over {len(distillations)} distillation seeds)."]
-    if jobs:
-        lines += ["", f"The distillations ran {jobs} at a time (`--jobs {jobs}`), each process with "
-                      f"{threads_per_job(jobs)} thread(s) sharing the machine's cores: each one's "
-                      "wall-clock is its own, the stages overlap."]
+    lines += training_cost_section(wall)
     if ablation_rows:
         title, plan = ablation_plan(regime)
         lines += ["", *ablation_section(ablation_rows, teacher_rows, rows, names, scale, report, title,

@@ -323,3 +323,38 @@ def test_the_slowest_teacher_row_can_be_sampled_and_timed_on_one_batch(tmp_path,
     at_t1 = [r for r in rest["rows"] if r["temperature"] == 1.0]
     assert at_t1 and all(r["seeds"] == [0, 1] and len(r["batch_sizes"]) >= 2 for r in at_t1)
     assert "on that one batch (no warm-up, no further batches)" in (tmp_path / "results.md").read_text()
+
+
+def test_a_stage_resumed_after_an_interruption_is_timed_as_a_part(tmp_path, monkeypatch):
+    """A stage that resumes from a snapshot (its process was killed at the end of a session) counts only its own
+    part of the wall-clock: wall_clock.json says from which step, and the page marks it and keeps it out of the
+    distillation/teacher ratio; a stage run whole afterwards drops the mark."""
+    module = reproduce_module()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    argv = ["--regime", "markov", "--smoke", "--train-only", "--out", str(tmp_path)]
+    assert module.main(argv) == 0
+    out = tmp_path / "markov"
+    first = json.loads((out / "wall_clock.json").read_text())
+    assert module.RESUMED not in first and first["teacher"] > 0
+    section = "\n".join(module.training_cost_section(first))
+    assert "after resuming" not in section and "A distillation took" in section
+
+    snapshots = sorted((out / "teacher" / "checkpoints").iterdir())
+    assert len(snapshots) >= 2
+    import shutil
+    shutil.rmtree(snapshots[-1])  # the process died before its last snapshot
+    kept = module.completed_steps(out / "teacher")
+    assert 0 < kept < module.MARKOV_SCALES["smoke"].teacher_steps
+    assert module.main(argv) == 0
+    wall = json.loads((out / "wall_clock.json").read_text())
+    assert wall[module.RESUMED] == {"teacher": kept}
+    assert all(wall[s] == first[s] for s in first if s.startswith("student-s"))  # complete stages keep their time
+    section = "\n".join(module.training_cost_section(wall))
+    assert f"| teacher | {wall['teacher'] / 60:.1f} min after resuming at step {kept} (the time before" in section
+    assert "A distillation took" not in section  # no ratio against a part
+
+    recorded = dict(wall)
+    module.record_stage(recorded, "teacher", 3.0, 0)  # the teacher trained again from step 0: a whole time
+    assert module.RESUMED not in recorded and recorded["teacher"] == 3.0
+    module.record_stage(recorded, "teacher", None, 0)  # reused: the measurement stays
+    assert recorded["teacher"] == 3.0
