@@ -291,6 +291,8 @@ def _timed(fn) -> float:
 RESUMED = "resumed_at"
 """wall_clock.json's entry {stage: step}: the stages that resumed from a snapshot after an interruption; their seconds
 count only this run's part (the time before the interruption was lost with the process)."""
+NOT_STAGES = ("parallel_jobs", RESUMED)
+"""wall_clock.json's entries that are not stages."""
 
 
 def record_stage(wall: dict, stage: str, seconds: float | None, resumed_from: int) -> None:
@@ -401,7 +403,7 @@ def training_cost_section(wall: dict) -> list[str]:
     lines = ["## Training cost", "", "| stage | wall-clock |", "|---|---|"]
     jobs, resumed = wall.get("parallel_jobs"), wall.get(RESUMED, {})
     for stage, secs in wall.items():
-        if stage in ("parallel_jobs", RESUMED):
+        if stage in NOT_STAGES:
             continue
         untimed = "not timed here (given, or run outside this benchmark)"
         part = (f" after resuming at step {resumed[stage]} (the time before the interruption is not counted)"
@@ -755,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                          resumed_from)
             wall_file.write_text(json.dumps(wall))
     if args.train_only:
-        print(f"training stages done: {', '.join(sorted(k for k in wall if k not in ('parallel_jobs', RESUMED)))}")
+        print(f"training stages done: {', '.join(sorted(k for k in wall if k not in NOT_STAGES))}")
         return 0
     evaluator = scale.evaluator or (str(ar) if has_ar else None)
     evaluators = [evaluator] if evaluator else []
