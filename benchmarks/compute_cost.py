@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in calls.items():
             times[name].append(seconds_of(fn))
     median = {name: statistics.median(v) for name, v in times.items()}
-    report = {"teacher": str(args.teacher), "regime": args.regime, "threads": 1, "repeats": args.repeats,
+    source = {"regime": args.regime} if args.settings is None else {}  # --settings: no regime's, whatever --regime
+    report = {"teacher": str(args.teacher), **source, "settings": settings, "threads": 1, "repeats": args.repeats,
               "flops": flops, "seconds_median": median, "teacher_step_tokens": tokens, "methods": {}}
     # a pure-distillation iteration is a DiDi-Instruct iteration whose real rows come from the pool: the same work
     iterations_of = instruct.steps

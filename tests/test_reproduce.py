@@ -220,6 +220,9 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
                             timeout=600)
     assert rivals.returncode == 0, rivals.stderr[-3000:]
     assert all((tmp_path / "markov" / f"rival-sdtt-s{s}" / "model.safetensors").is_file() for s in (0, 1, 2))
+    cost = json.loads((tmp_path / "markov" / "compute_cost.json").read_text())  # measured with the scale's settings,
+    assert "regime" not in cost                                                 # not labelled the default regime's
+    assert cost["settings"] == {**scale.distill, "steps": scale.distill_iterations}
     page = (tmp_path / "results-rivals.md").read_text()
     section = page.split("## the Markov language")[1]
     methods = {line.split(" | ")[0][2:] + ", " + line.split(" | ")[1] for line in section.splitlines()
