@@ -64,6 +64,7 @@ import torch
 from didi.config import to_dict
 from didi.data.corpora import DataConfig
 from didi.diffusion.rgas import RGASConfig
+from didi.errors import RunInterrupted
 from didi.recipes.didi_instruct import InstructConfig
 from didi.recipes.distill import distill, method_config
 from didi.recipes.evaluate.markov import MARKOV_METRICS
@@ -438,8 +439,8 @@ def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     base = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
 
-    def run(student: Path, extra: list[str]) -> str | None:
-        """One run's child; its seconds into ``wall``, or why it failed."""
+    def run(student: Path, extra: list[str]) -> tuple[str, str] | None:
+        """One run's child; its seconds into ``wall``, or ("interrupted" | "failed", which and why)."""
         student.mkdir(parents=True, exist_ok=True)
         log = student.with_suffix(".log")
         print(f"distilling {student.name} in the background (log: {log.with_suffix('.err')})", flush=True)
@@ -447,15 +448,23 @@ def parallel_distill_stages(argv: list[str] | None, runs: list[tuple[Path, list[
         with open(log, "w") as stdout, open(log.with_suffix(".err"), "w") as stderr:
             code = subprocess.run([*base, *extra], env=env, stdout=stdout, stderr=stderr).returncode
         lines = log.read_text().strip().splitlines()
+        if code in (130, 143):  # 128 + SIGINT / SIGTERM: the child wrote its snapshot (RunInterrupted)
+            return "interrupted", f"{student.name} at step {completed_steps(student)}"
         if code != 0 or not lines:
-            return f"{student.name} (exit {code}; see {log.with_suffix('.err')})"
+            return "failed", f"{student.name} (exit {code}; see {log.with_suffix('.err')})"
         record_stage(wall, student.name, json.loads(lines[-1])["seconds"], resumed_from)
         return None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        failed = [f for f in pool.map(lambda item: run(*item), todo) if f]
+        ended = [e for e in pool.map(lambda item: run(*item), todo) if e]
+    failed = [why for kind, why in ended if kind == "failed"]
+    interrupted = [which for kind, which in ended if kind == "interrupted"]
     if failed:
         raise SystemExit("distillation failed: " + "; ".join(failed))
+    if interrupted:
+        print(f"reproduce: interrupted: {', '.join(interrupted)} (snapshots written); rerun the same command to "
+              "resume", file=sys.stderr)
+        raise SystemExit(130)
     wall["parallel_jobs"] = jobs if todo else wall.get("parallel_jobs")
 
 
@@ -748,8 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         children += [(run, ["--distill-seed", str(seed), "--variant", v.key],
                       student_config(v.teacher, run, scale, args.device, seed, **v.switches).steps)
                      for v, seed, run in variant_runs]
-        parallel_distill_stages(argv, children, scale, args.jobs, wall)
-        wall_file.write_text(json.dumps(wall))
+        try:
+            parallel_distill_stages(argv, children, scale, args.jobs, wall)
+        finally:  # the students that finished keep their time when another one failed or was interrupted
+            wall_file.write_text(json.dumps(wall))
     else:
         for v, seed, run in variant_runs:
             resumed_from = completed_steps(run)
@@ -1381,5 +1392,20 @@ def _reading(student_rows, teacher_rows, rows, names, report=None) -> str:
     return "\n".join(out)
 
 
+def cli() -> int:
+    """:func:`main` for the command line: a run stopped by SIGINT/SIGTERM (its snapshot written; in a ``--jobs``
+    child or in this process) ends with one line and 128 + the signal, and the same command resumes it."""
+    try:
+        return main()
+    except RunInterrupted as exc:
+        name = {2: "SIGINT", 15: "SIGTERM"}.get(exc.signum, f"signal {exc.signum}")
+        print(f"reproduce: interrupted at step {exc.step} of {exc.steps} ({name}): snapshot written; rerun the "
+              "same command to resume", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("reproduce: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

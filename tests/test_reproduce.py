@@ -361,3 +361,42 @@ def test_a_stage_resumed_after_an_interruption_is_timed_as_a_part(tmp_path, monk
     assert module.RESUMED not in recorded and recorded["teacher"] == 3.0
     module.record_stage(recorded, "teacher", None, 0)  # reused: the measurement stays
     assert recorded["teacher"] == 3.0
+
+
+def test_an_interrupted_parallel_distillation_says_so_in_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
+    """A ``--jobs`` child stopped by SIGINT/SIGTERM exits 130/143 after its snapshot: the parent reports the
+    interruption (not "distillation failed"), keeps the finished students' seconds and exits 130; a child that
+    fails for another reason is still a failure. The command line turns an interruption in this process into one
+    line and 128 + the signal, never a traceback."""
+    module = reproduce_module()
+    codes = {"student-s0": 0, "student-s1": 130, "student-s2": 143}
+
+    def fake_child(command, env, stdout, stderr):
+        name = next(d for d in codes if f"--distill-seed {d[-1]}" in " ".join(command))
+        if codes[name] == 0:
+            stdout.write(json.dumps({"seconds": 2.5}) + "\n")
+        return subprocess.CompletedProcess(command, codes[name])
+
+    monkeypatch.setattr(subprocess, "run", fake_child)
+    runs = [(tmp_path / name, ["--distill-seed", name[-1]], 10) for name in codes]
+    wall: dict = {}
+    with pytest.raises(SystemExit) as stopped:
+        module.parallel_distill_stages([], runs, module.MARKOV_SCALES["smoke"], 3, wall)
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted: student-s1 at step 0, student-s2 at step 0 (snapshots written); rerun the same command" in err
+    assert "failed" not in err and wall["student-s0"] == 2.5 and "student-s1" not in wall
+
+    codes["student-s2"] = 1  # a crash beside the interruption: the run failed
+    with pytest.raises(SystemExit, match=r"distillation failed: student-s2 \(exit 1; see "):
+        module.parallel_distill_stages([], runs[1:], module.MARKOV_SCALES["smoke"], 3, {})
+
+    from didi.errors import RunInterrupted
+
+    def interrupted_main():
+        raise RunInterrupted(15, 7, 30, "didi distill --resume x")
+
+    monkeypatch.setattr(module, "main", interrupted_main)
+    assert module.cli() == 143
+    assert capsys.readouterr().err == ("reproduce: interrupted at step 7 of 30 (SIGTERM): snapshot written; rerun "
+                                       "the same command to resume\n")
