@@ -1086,9 +1086,12 @@ def render(rows, ablation_rows, names, wall, scale, command, plot_name, seconds,
         what = "log gen-PPL linearly in entropy" if not markov else \
             f"the invalid rate (and {'log gen-PPL, ' if any(f.get('gen_ppl') for f in report.frontiers) else ''}" \
             f"NLL/transition) linearly in {'entropy' if axis == 'entropy' else COND_ENTROPY}"
+        swept = {tuple(r.seeds or ()) for r in rows_all if r.temperature not in (1.0, None)}
+        seeds = (f"with sampling seeds {', '.join(map(str, next(iter(swept))))} (each cell: the mean over them)"
+                 if len(swept) == 1 else "(each cell: the mean over its row's sampling seeds, results.json)")
         lines += ["## Temperature sweeps", "",
-                  "Every model x NFE sampled at each temperature (the first seed away from T = 1, the mean over seeds "
-                  f"at T = 1); the matched value interpolates {what} between the two "
+                  f"Every model x NFE sampled at each temperature {seeds}; the matched value interpolates {what} "
+                  "between the two "
                   "temperatures that bracket the target entropy" + (f" ({report.target_entropy['value']:.3f} nats, "
                                                                     f"{report.target_entropy['source']})"
                                                                     if report.target_entropy else "") +

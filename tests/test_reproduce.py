@@ -112,6 +112,7 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert " [" in main_rows["student", "rgas", "4"]  # one seed: a bootstrap interval
     assert any(line.startswith("| data | n/a | — |") for line in text.splitlines())  # the held-out data row
     assert "## Temperature sweeps" in text and "T = 0.5: gen-PPL / entropy" in text
+    assert "sampled at each temperature with sampling seeds 0, 1 (each cell: the mean over them)" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     rgas = [r for r in saved["rows"] if r["sampler"] == "rgas"]
     assert rgas and all(sum(r["extra_calls"]["discriminator"]) > 0 for r in rgas)
