@@ -1014,7 +1014,9 @@ def other_regimes_section(page_dir: Path) -> str:
         "exactly against the chain (invalid-transition rate, NLL per transition, H(X'|X)); "
         "`python benchmarks/reproduce.py --regime markov`.",
         f"- {link('bytes')}: the embedded Shakespeare as UTF-8 bytes, gen-PPL under an AR model trained on "
-        "the same bytes; `python benchmarks/reproduce.py --regime bytes`.", ""])
+        "the same bytes; `python benchmarks/reproduce.py --regime bytes`.",
+        f"- {link('bytes-256')}: the bytes regime on 256-byte rows instead of 64 (its teacher and students join "
+        "the bytes page's scaling plot); `python benchmarks/reproduce.py --regime bytes-256`.", ""])
 
 
 def combined_report(reports: list[EvalReport], args, evaluator: str | None, scale: Scale | None = None

@@ -143,6 +143,7 @@ def test_reproduce_smoke_writes_results_and_plot(tmp_path):
     assert [r["model"] for r in saved["regimes"]["bpe"]["rows"]][:2] == ["teacher", "teacher"]
     page = (tmp_path / "results.md").read_text()
     assert "## Other regimes" in page and "- markov (no results-markov.md yet when this page was written)" in page
+    assert "- bytes-256 (no results-bytes-256.md yet when this page was written): the bytes regime on 256-byte" in page
     # the reading gives each student's entropy against the teacher's at its largest NFE (issue 14's bytes criterion)
     reading = next(line for line in page.splitlines() if line.startswith("- student (ancestral) @ 4:"))
     teacher_top = next(r for r in saved["regimes"]["bpe"]["rows"] if r["model"] == "teacher" and r["nfe"] == 8)
