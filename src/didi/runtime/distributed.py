@@ -79,10 +79,21 @@ def init(device: str = "auto") -> Context:
         raise ConfigError(f"--device: {preferred.type} is not supported under torchrun (use cuda or cpu)")
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
-        atexit.register(tdist.destroy_process_group)  # orderly teardown of NCCL/gloo at interpreter exit
+        atexit.register(_shutdown)
     _PREPARE_GROUP = tdist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
     _CONTEXT = Context(enabled=True, rank=rank, world_size=world, local_rank=local_rank, device=dev)
     return _CONTEXT
+
+
+def _shutdown() -> None:
+    """At interpreter exit, while Python is still whole: destroy every process group and drop this module's
+    reference to the prepare group. A group still referenced here would be destroyed during finalisation, where a
+    gloo worker thread can abort the process ("terminate called without an active exception", exit -6) after
+    the run itself finished."""
+    global _PREPARE_GROUP
+    _PREPARE_GROUP = None
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def context() -> Context:
