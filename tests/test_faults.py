@@ -122,6 +122,21 @@ def test_two_runs_started_together_leave_one_consistent_run(tmp_path, corpus_fil
     assert (run / LOCK_FILE).read_text() == ""  # released on exit
 
 
+def test_a_run_between_its_lock_and_its_config_is_refused_as_being_written(tmp_path):
+    """The moment the race above can hit: the first writer holds the lock and has written a file but not yet
+    config.json. A second start is told another process writes there (not "pass --force", which would write into
+    the live run); once the writer let go, the same folder is refused only for its files."""
+    run = tmp_path / "dup"
+    with RunLock(run) as writer:
+        writer.acquire()
+        (run / "metrics.jsonl").write_text("")
+        with RunLock(run) as second, pytest.raises(checkpoint.CheckpointError,
+                                                   match="another didi process is writing this run"):
+            checkpoint.check_new_run_dir(run, lock=second)
+    with RunLock(run) as third, pytest.raises(checkpoint.CheckpointError, match="already exists and is not empty"):
+        checkpoint.check_new_run_dir(run, lock=third)
+
+
 def test_a_lock_left_by_a_dead_writer_is_taken_over_with_one_line(tmp_path, corpus_file, capsys):
     run = tmp_path / "run"
     assert main(train_args(run, corpus_file, 2)) == 0

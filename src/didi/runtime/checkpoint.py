@@ -356,11 +356,13 @@ def check_new_run_dir(run_dir: Path, force: bool = False, lock: RunLock | None =
     ``--resume``) or, unless ``force``, anything else: other files (the rule of ``didi convert``/``export``: never
     write among the user's files) or a run whose start was interrupted before its first snapshot (``--force``
     restarts it, ``--resume`` continues it from step 0). The run's lock file alone does not count. With ``lock``,
-    a folder that holds a run is first locked, so that a run another process is writing is refused as such."""
+    a folder with a lock file or a run is first locked, so that a run another process is writing is refused as
+    such, also in the moment between its lock and its config.json (a writer takes the lock before any write)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: exists and is not a directory")
-    if lock is not None and ((run_dir / CONFIG).exists() or latest_snapshot(run_dir) is not None):
+    if lock is not None and ((run_dir / LOCK_FILE).exists() or (run_dir / CONFIG).exists()
+                             or latest_snapshot(run_dir) is not None):
         lock.acquire(create=False)
     if latest_snapshot(run_dir) is not None:
         raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume or choose another --out")
