@@ -53,6 +53,7 @@ import math
 import os
 import platform
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -1403,8 +1404,8 @@ def cli() -> int:
     try:
         return main()
     except RunInterrupted as exc:
-        name = {2: "SIGINT", 15: "SIGTERM"}.get(exc.signum, f"signal {exc.signum}")
-        print(f"reproduce: interrupted at step {exc.step} of {exc.steps} ({name}): snapshot written; rerun the "
+        print(f"reproduce: interrupted at step {exc.step} of {exc.steps} ({signal.Signals(exc.signum).name}): "
+              "snapshot written; rerun the "
               "same command to resume", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
